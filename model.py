@@ -1,0 +1,642 @@
+"""
+The teacher (a Qwen2 / Llama decoder, exactly as HF transformers computes it) and the two RADLADS
+students that replace its attention with a recurrent time mixer:
+
+  RAD-RWKV6: token shift + decay LoRA + full-rank gate, gated linear attention   (wkv_kernel.wkv6)
+  RAD-RWKV7: RoPE kept, no token shift, generalized delta rule                   (wkv_kernel.wkv7)
+
+Parameter names follow HF Qwen2 for everything the teacher has and the published RAD-RWKV
+checkpoints for the new parts, so loading and exporting are key-for-key copies (SPEC §1, §2, §5).
+Read bottom-up: norm, rotary, teacher attention, MLP, the two time mixers, block, config, model,
+student construction, loading/saving, generation.
+"""
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import wkv_kernel
+
+
+class ConfigError(ValueError):
+    """A config.json or checkpoint this code cannot represent; the message is one line."""
+
+
+# ----------------------------------------------------------------------------- norm, rotary
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in float32, cast back, then scale: the order HF uses (matters in bf16)
+        xf = x.float()
+        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+def rope_cos_sin(pos, head_dim, theta):
+    """pos: integer positions of any shape (...,) -> cos, sin of shape (..., head_dim), float32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim)
+    freqs = pos.float()[..., None] * inv_freq  # (..., N/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # "rotate_half" layout: both halves share a frequency
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, T, H, N); cos/sin: (B or 1, T, N), cast to x's dtype first as HF does
+    cos, sin = cos.to(x.dtype).unsqueeze(2), sin.to(x.dtype).unsqueeze(2)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def repeat_kv(x, n_rep):
+    # (B, T, KVH, N) -> (B, T, KVH*n_rep, N), each KV head repeated consecutively (HF repeat_kv)
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=2)
+
+
+# ----------------------------------------------------------------------------- teacher attention
+
+class Attention(nn.Module):
+    """Causal softmax attention with GQA and RoPE; the teacher's, and a hybrid student's kept layers."""
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        H, KVH, N, C = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        self.H, self.KVH, self.N = H, KVH, N
+        self.q_proj = nn.Linear(C, H * N, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(C, KVH * N, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(C, KVH * N, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(H * N, C, bias=False)
+
+    def forward(self, x, cos, sin, v_first=None, cache=None):
+        B, T, _ = x.shape
+        q = apply_rope(self.q_proj(x).view(B, T, self.H, self.N), cos, sin)  # (B, T, H, N)
+        k = apply_rope(self.k_proj(x).view(B, T, self.KVH, self.N), cos, sin)  # (B, T, KVH, N)
+        v = self.v_proj(x).view(B, T, self.KVH, self.N)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True, enable_gqa=self.H != self.KVH)
+        else:
+            # KV cache (B, L, KVH, N); row b already holds cache["lens"][b] tokens
+            pos = cache["lens"][:, None] + torch.arange(T, device=x.device)  # (B, T)
+            rows = torch.arange(B, device=x.device)[:, None]
+            cache["k"][rows, pos] = k.to(cache["k"].dtype)
+            cache["v"][rows, pos] = v.to(cache["v"].dtype)
+            L = int(pos.max()) + 1
+            mask = torch.arange(L, device=x.device) <= pos[..., None]  # (B, T, L): causal per row
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), cache["k"][:, :L].transpose(1, 2),
+                                               cache["v"][:, :L].transpose(1, 2), attn_mask=mask[:, None],
+                                               enable_gqa=self.H != self.KVH)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1)), v_first
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        C, F_ = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(C, F_, bias=False)
+        self.up_proj = nn.Linear(C, F_, bias=False)
+        self.down_proj = nn.Linear(F_, C, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+# ----------------------------------------------------------------------------- students
+
+def lora_rank(C, e, m):
+    # SPEC §2: rank(e, m) = max(1, round(C**e * m / 32)) * 32  (96 for C=3584, e=0.5, m=1.8)
+    return max(1, round(C ** e * m / 32)) * 32
+
+
+def orthogonal(shape, gain, gen):
+    # orthogonal init drawn from a given generator, so every process computes the same tensor
+    a = torch.randn(max(shape), min(shape), generator=gen, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r))  # unique Q: diag(R) > 0
+    return (gain * (q if shape[0] >= shape[1] else q.T)).float()
+
+
+class RWKV6Attention(nn.Module):
+    """RAD-RWKV6 (SPEC §2.1): token shift, decay LoRA, full-rank gate, GLA recurrence, no RoPE."""
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        H, KVH, N, C = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        D, r = H * N, lora_rank(C, 0.5, 1.8)
+        self.H, self.KVH, self.N, self.layer_idx = H, KVH, N, layer_idx
+        self.q_proj = nn.Linear(C, D, bias=cfg.attention_bias)  # receptance r, copied from the teacher
+        self.k_proj = nn.Linear(C, KVH * N, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(C, KVH * N, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(D, C, bias=False)
+        for name in ("x", "r", "k", "v", "w", "g"):
+            setattr(self, f"time_maa_{name}", nn.Parameter(torch.empty(1, 1, C)))
+        self.time_maa_w1 = nn.Parameter(torch.empty(C, 5 * r))  # token-shift LoRA, 5 groups of rank r
+        self.time_maa_w2 = nn.Parameter(torch.empty(5, r, C))
+        self.time_decay = nn.Parameter(torch.empty(1, 1, D))
+        self.time_decay_w1 = nn.Parameter(torch.empty(C, r))  # decay LoRA
+        self.time_decay_w2 = nn.Parameter(torch.empty(r, D))
+        self.gate = nn.Linear(C, D, bias=False)
+
+    @staticmethod
+    def init_tensors(cfg, layer_idx, gen):
+        """The new parameters at their SPEC init (full size, float32): the student starts as a no-op shift."""
+        C, D, L = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_hidden_layers
+        r = lora_rank(C, 0.5, 1.8)
+        t = {f"time_maa_{n}": torch.zeros(1, 1, C) for n in "rkvwg"}
+        t["time_maa_x"] = torch.ones(1, 1, C)
+        t["time_maa_w1"] = torch.zeros(C, 5 * r)
+        t["time_maa_w2"] = torch.rand(5, r, C, generator=gen) * 0.02 - 0.01  # U(-0.01, 0.01)
+        n = torch.arange(D, dtype=torch.float64) / max(D - 1, 1)
+        t["time_decay"] = (-6 + 5 * n ** (0.7 + 1.3 * layer_idx / max(L - 1, 1))).float().view(1, 1, D)
+        t["time_decay_w1"] = torch.zeros(C, r)
+        t["time_decay_w2"] = torch.rand(r, D, generator=gen) * 0.02 - 0.01
+        t["gate.weight"] = torch.zeros(D, C)  # [choice] zero: g = 0.5 everywhere at start
+        return t
+
+    def forward(self, x, cos, sin, v_first=None, cache=None):
+        B, T, C = x.shape
+        H, N = self.H, self.N
+        # token shift: xprev is x one step back (zero, or the last token of the previous chunk)
+        xprev = F.pad(x, (0, 0, 1, -1))
+        if cache is not None:
+            xprev[:, 0] = cache["shift"]
+            cache["shift"] = x[:, -1].clone()
+        dx = xprev - x
+        xxx = torch.tanh((x + dx * self.time_maa_x) @ self.time_maa_w1)  # (B, T, 5r)
+        xxx = torch.bmm(xxx.view(B * T, 5, -1).transpose(0, 1), self.time_maa_w2)  # (5, B*T, C)
+        mr, mk, mv, mw, mg = xxx.view(5, B, T, C).unbind(0)
+        xr, xk = x + dx * (self.time_maa_r + mr), x + dx * (self.time_maa_k + mk)
+        xv, xw = x + dx * (self.time_maa_v + mv), x + dx * (self.time_maa_w + mw)
+        xg = x + dx * (self.time_maa_g + mg)
+        r = self.q_proj(xr).view(B, T, H, N)
+        k = repeat_kv(self.k_proj(xk).view(B, T, self.KVH, N), H // self.KVH)  # (B, T, H, N)
+        v = repeat_kv(self.v_proj(xv).view(B, T, self.KVH, N), H // self.KVH)
+        d = self.time_decay.float() + torch.tanh(xw @ self.time_decay_w1).float() @ self.time_decay_w2.float()
+        logw = (-d.exp()).clamp(min=-5).view(B, T, H, N)  # log decay, w = exp(logw) in [e^-5, 1)
+        g = torch.sigmoid(self.gate(xg))
+        k = (k.float() * -torch.expm1(logw)).to(k.dtype)  # state balancing: k * (1 - w)
+        state = cache["state"] if cache is not None else None
+        o, state = wkv_kernel.wkv6(r * N ** -0.5, k, v, logw, state)
+        if cache is not None:
+            cache["state"] = state
+        return self.o_proj(o.reshape(B, T, H * N) * g), v_first
+
+
+class RWKV7Attention(nn.Module):
+    """RAD-RWKV7 (SPEC §2.2): RoPE kept, no token shift, generalized delta rule, state balancing."""
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        H, KVH, N, C = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        D = H * N  # equals C for every Qwen2.5 shape; the per-channel vectors live on the head dims
+        rd, rv, rg = lora_rank(C, 0.5, 1.8), lora_rank(C, 0.5, 1.3), lora_rank(C, 0.8, 0.6)
+        self.H, self.KVH, self.N, self.layer_idx = H, KVH, N, layer_idx
+        self.q_proj = nn.Linear(C, D, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(C, KVH * N, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(C, KVH * N, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(D, C, bias=False)
+        for name in ("w0", "a0", "v0", "k_k", "k_a"):
+            setattr(self, name, nn.Parameter(torch.empty(1, 1, D)))
+        self.w1, self.w2 = nn.Parameter(torch.empty(C, rd)), nn.Parameter(torch.empty(rd, D))  # decay LoRA
+        self.a1, self.a2 = nn.Parameter(torch.empty(C, rd)), nn.Parameter(torch.empty(rd, D))  # in-context lr
+        self.v1, self.v2 = nn.Parameter(torch.empty(C, rv)), nn.Parameter(torch.empty(rv, D))  # value residual
+        self.g1, self.g2 = nn.Parameter(torch.empty(C, rg)), nn.Parameter(torch.empty(rg, D))  # output gate
+        self.r_k = nn.Parameter(torch.empty(H, N))  # kept for the published format; unused (no bonus term)
+
+    @staticmethod
+    def init_tensors(cfg, layer_idx, gen):
+        C, D, L = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_hidden_layers
+        rd, rv, rg = lora_rank(C, 0.5, 1.8), lora_rank(C, 0.5, 1.3), lora_rank(C, 0.8, 0.6)
+        n = torch.arange(D, dtype=torch.float64) / max(D - 1, 1)
+        w0 = -7 + 5 * n ** (0.85 + (layer_idx / max(L - 1, 1)) ** 0.5) + 0.5
+        return {
+            "w0": w0.float().view(1, 1, D), "w1": torch.zeros(C, rd), "w2": orthogonal((rd, D), 0.1, gen),
+            "a0": torch.zeros(1, 1, D), "a1": torch.zeros(C, rd), "a2": orthogonal((rd, D), 0.1, gen),
+            "v0": torch.ones(1, 1, D), "v1": torch.zeros(C, rv), "v2": orthogonal((rv, D), 0.1, gen),
+            "g1": torch.zeros(C, rg), "g2": orthogonal((rg, D), 0.1, gen),
+            "k_k": torch.full((1, 1, D), 0.85), "k_a": torch.ones(1, 1, D),
+            "r_k": torch.zeros(cfg.num_attention_heads, cfg.head_dim),
+        }
+
+    def forward(self, x, cos, sin, v_first=None, cache=None):
+        B, T, C = x.shape
+        H, N = self.H, self.N
+        r = apply_rope(self.q_proj(x).view(B, T, H, N), cos, sin)
+        k = apply_rope(self.k_proj(x).view(B, T, self.KVH, N), cos, sin)
+        k = repeat_kv(k, H // self.KVH)  # (B, T, H, N)
+        v = repeat_kv(self.v_proj(x).view(B, T, self.KVH, N), H // self.KVH)
+        d = self.w0.float() + torch.tanh(x @ self.w1).float() @ self.w2.float()  # (B, T, D) float32
+        a = torch.sigmoid(self.a0 + (x @ self.a1) @ self.a2).view(B, T, H, N)  # in-context lr in (0, 1)
+        g = torch.sigmoid(x @ self.g1) @ self.g2
+        kk = F.normalize(k.float(), dim=-1)  # unit key per head, float32
+        if v_first is None:
+            v_first = v  # the first recurrent layer's values feed every later layer
+        else:
+            v = v + (v_first - v) * torch.sigmoid(self.v0 + (x @ self.v1) @ self.v2).view(B, T, H, N)
+        logw = -math.exp(-0.5) * torch.sigmoid(d).view(B, T, H, N)  # w = exp(logw) in (0.545, 1)
+        k = (k.float() * (1 - logw.exp() + a.float())).to(k.dtype)  # state balancing: k * (1 - w + a)
+        state = cache["state"] if cache is not None else None
+        o, state = wkv_kernel.wkv7(r, logw, k, v, (-kk).to(r.dtype), (kk * a.float()).to(r.dtype), state)
+        if cache is not None:
+            cache["state"] = state
+        return self.o_proj((o * N ** -0.5).reshape(B, T, H * N) * g), v_first
+
+
+MIXERS = {"attention": Attention, "rwkv6": RWKV6Attention, "rwkv7": RWKV7Attention}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = MIXERS[cfg.mixer(layer_idx)](cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, v_first=None, cache=None):
+        h, v_first = self.self_attn(self.input_layernorm(x), cos, sin, v_first, cache)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), v_first
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 151936  # rows of embed_tokens / lm_head
+    hidden_size: int = 896  # C
+    intermediate_size: int = 4864  # MLP width
+    num_hidden_layers: int = 24  # L
+    num_attention_heads: int = 14  # H (query heads; the students' recurrent heads)
+    num_key_value_heads: int = 2  # KVH (GQA); k and v are repeated H/KVH times
+    head_dim: int = 64  # N
+    rms_norm_eps: float = 1e-6  # read from config.json: 1e-6 Qwen2.5 Instruct, 1e-5 Llama/SmolLM2
+    rope_theta: float = 1e6  # RoPE base
+    attention_bias: bool = True  # q/k/v biases (Qwen2: yes; Llama: no)
+    tie_word_embeddings: bool = False  # lm_head shares embed_tokens' weight
+    max_position_embeddings: int = 32768  # informational; RoPE is computed for any position
+    model_type: str = "qwen2"  # qwen2 | llama (teachers), rwkv6qwen2 | rwkv7qwen2 (students)
+    student: str = ""  # "" for a teacher, else the time mixer: "rwkv6" | "rwkv7"
+    attention_layers: list = field(default_factory=list)  # hybrid student: layers kept as softmax attention
+    untied_from_tied: bool = False  # the teacher tied lm_head; the student trains an untied copy
+    bos_token_id: int = None
+    eos_token_id: int = None
+
+    def mixer(self, layer_idx):
+        if not self.student or layer_idx in self.attention_layers:
+            return "attention"
+        return self.student
+
+    @classmethod
+    def from_hf(cls, d):
+        """HF config.json dict -> ModelConfig; refuses what the code cannot represent."""
+        mt = d.get("model_type")
+        if mt not in ("qwen2", "llama", "rwkv6qwen2", "rwkv7qwen2"):
+            raise ConfigError(f"config.json: model_type {mt!r} is not supported (qwen2, llama, rwkv6qwen2, rwkv7qwen2)")
+        if d.get("use_sliding_window"):
+            raise ConfigError("config.json: use_sliding_window=true is not supported (full causal attention only)")
+        if any(t != "full_attention" for t in d.get("layer_types") or []):
+            raise ConfigError("config.json: layer_types other than full_attention are not supported")
+        if d.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"config.json: hidden_act {d['hidden_act']!r} is not supported (silu only)")
+        if d.get("mlp_bias"):
+            raise ConfigError("config.json: mlp_bias=true is not supported")
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (default RoPE only)")
+        theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
+        if mt == "llama" and d.get("attention_bias"):
+            raise ConfigError("config.json: attention_bias=true for llama (o_proj bias) is not supported")
+        H = d["num_attention_heads"]
+        n_layers = d["num_hidden_layers"]
+        kw = dict(
+            vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+            num_hidden_layers=n_layers, num_attention_heads=H,
+            num_key_value_heads=d.get("num_key_value_heads") or H,
+            head_dim=d.get("head_dim") or d["hidden_size"] // H, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta), attention_bias=d.get("attention_bias", mt != "llama"),
+            tie_word_embeddings=d.get("tie_word_embeddings", False),
+            max_position_embeddings=d.get("max_position_embeddings", 32768), model_type=mt,
+            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
+        if mt.endswith("qwen2") and mt != "qwen2":  # a RAD-RWKV student in the published format
+            att = d.get("attention_layers")
+            if att is None:  # the published format keeps the last num_attention_layers layers
+                att = list(range(n_layers - d.get("num_attention_layers", 0), n_layers))
+            kw.update(student=mt[:5], attention_layers=list(att), untied_from_tied=d.get("untied_from_tied", False))
+        return cls(**kw)
+
+    def to_hf(self):
+        d = {"architectures": ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"],
+             "hidden_act": "silu", "torch_dtype": "bfloat16", "use_sliding_window": False}
+        d.update({f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("student", "attention_layers", "untied_from_tied")})
+        if self.student:  # SPEC §5: every student field written explicitly
+            C = self.hidden_size
+            n_att = len(self.attention_layers)
+            suffix = self.attention_layers == list(range(self.num_hidden_layers - n_att, self.num_hidden_layers))
+            d.update(architectures=[f"{self.student.upper()}Qwen2ForCausalLM"], model_type=f"{self.student}qwen2",
+                     lora_rank_decay=lora_rank(C, 0.5, 1.8), lora_rank_iclr=lora_rank(C, 0.5, 1.8),
+                     lora_rank_value_residual_mix=lora_rank(C, 0.5, 1.3), lora_rank_gate=lora_rank(C, 0.8, 0.6),
+                     lora_rank_tokenshift=lora_rank(C, 0.5, 1.8), use_rope=self.student == "rwkv7",
+                     attention_output_bias=False, gate_rank_type=1 if self.student == "rwkv6" else 2,
+                     balance_state=True, groupnorm_att=False, use_tokenshift=self.student == "rwkv6",
+                     num_attention_layers=n_att if suffix else None, attention_layers=list(self.attention_layers),
+                     untied_from_tied=self.untied_from_tied)
+        return d
+
+
+PRESETS = {  # for random-init benchmarks and tests; real runs read config.json
+    "qwen2.5-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, head_dim=128),
+    "qwen2.5-32b": dict(vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
+                        num_attention_heads=40, num_key_value_heads=8, head_dim=128),
+    "qwen2.5-72b": dict(vocab_size=152064, hidden_size=8192, intermediate_size=29568, num_hidden_layers=80,
+                        num_attention_heads=64, num_key_value_heads=8, head_dim=128),
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16),
+}
+
+
+# ----------------------------------------------------------------------------- model
+
+class Model(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
+            layers=nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers)),
+            norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)))
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def rope(self, pos):
+        return rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)
+
+    def forward(self, idx, cache=None, logits=True):
+        """idx (B, T) token ids -> logits (B, T, V), or the final normed hidden states (B, T, C)
+        with logits=False (for chunked losses). cache: from new_cache(), advanced in place."""
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device)[None] if cache is None else \
+            cache["lens"][:, None] + torch.arange(T, device=idx.device)  # (1 or B, T)
+        cos, sin = self.rope(pos)
+        x, v_first = self.model.embed_tokens(idx), None
+        for i, block in enumerate(self.model.layers):
+            layer_cache = None
+            if cache is not None:
+                layer_cache = cache["layers"][i]
+                layer_cache["lens"] = cache["lens"]
+            x, v_first = block(x, cos, sin, v_first, layer_cache)
+        if cache is not None:
+            cache["lens"] = cache["lens"] + T
+        x = self.model.norm(x)
+        return self.lm_head(x) if logits else x
+
+    def init_weights(self, seed=0, std=0.02):
+        """Random init for a teacher (tests, benchmarks): normal(0, std) matrices, unit norms, zero biases."""
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                norm = name.endswith("norm.weight")
+                p.copy_(torch.ones(p.shape) if norm else torch.randn(p.shape, generator=gen) * std)
+            if self.cfg.student:
+                for name, t in student_init_tensors(self.cfg).items():
+                    self.get_parameter(name).copy_(t)
+        return self
+
+
+# ----------------------------------------------------------------------------- students from a teacher
+
+def student_config(teacher_cfg, student="rwkv7", attention_layers=()):
+    if student not in ("rwkv6", "rwkv7"):
+        raise ConfigError(f"student {student!r} is not one of rwkv6, rwkv7")
+    if teacher_cfg.student:
+        raise ConfigError("the teacher is already a student model")
+    bad = [i for i in attention_layers if not 0 <= i < teacher_cfg.num_hidden_layers]
+    if bad:
+        raise ConfigError(f"attention_layers {bad} out of range 0..{teacher_cfg.num_hidden_layers - 1}")
+    return replace(teacher_cfg, student=student, model_type=f"{student}qwen2", tie_word_embeddings=False,
+                   attention_layers=sorted(set(attention_layers)), untied_from_tied=teacher_cfg.tie_word_embeddings)
+
+
+def student_init_tensors(cfg, seed=1337):
+    """Every new student parameter at its SPEC init, keyed as in the state dict. Deterministic per
+    layer (seed + layer), independent of device and world size, so sharded runs can build it too."""
+    out = {}
+    for i in range(cfg.num_hidden_layers):
+        kind = cfg.mixer(i)
+        if kind == "attention":
+            continue
+        gen = torch.Generator().manual_seed(seed + i)
+        for name, t in MIXERS[kind].init_tensors(cfg, i, gen).items():
+            out[f"model.layers.{i}.self_attn.{name}"] = t
+    return out
+
+
+def make_student(teacher, student="rwkv7", attention_layers=(), seed=1337):
+    """A student built from a teacher: every teacher weight copied bit for bit (an untied lm_head
+    copy when the teacher ties it), the new time-mixer parameters at their SPEC init."""
+    cfg = student_config(teacher.cfg, student, attention_layers)
+    p = next(teacher.parameters())
+    with torch.device("meta"):
+        model = Model(cfg)
+    sd = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+    sd["lm_head.weight"] = teacher.lm_head.weight.detach().clone()
+    sd.update({k: v.to(p.device, p.dtype) for k, v in student_init_tensors(cfg, seed).items()})
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
+
+
+def param_count(model_or_cfg):
+    model = model_or_cfg
+    if isinstance(model_or_cfg, ModelConfig):
+        with torch.device("meta"):
+            model = Model(model_or_cfg)
+    total = sum(p.numel() for p in model.parameters())
+    new = sum(p.numel() for n, p in model.named_parameters() if ".self_attn." in n and "_proj." not in n)
+    return total, new
+
+
+# ----------------------------------------------------------------------------- loading and saving HF dirs
+
+def read_config(path):
+    f = os.path.join(path, "config.json")
+    if not os.path.isfile(f):
+        raise FileNotFoundError(f"{path}: no config.json (expected an HF model directory)")
+    with open(f) as fh:
+        return ModelConfig.from_hf(json.load(fh))
+
+
+def iter_checkpoint(path):
+    """Yield (key, tensor) from an HF directory's safetensors (single file or sharded index),
+    memory-mapped: one tensor is materialised at a time. Pickle files are refused."""
+    from safetensors import safe_open
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as fh:
+            weight_map = json.load(fh)["weight_map"]
+        files = sorted(set(weight_map.values()))
+    elif os.path.isfile(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    elif any(f.endswith((".bin", ".pt", ".pth")) for f in os.listdir(path)):
+        raise ConfigError(f"{path}: only pickle weights found; convert them to safetensors first")
+    else:
+        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    for name in files:
+        f = os.path.join(path, name)
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"{path}: shard {name} listed in the index is missing")
+        with safe_open(f, framework="pt") as st:
+            for key in st.keys():
+                yield key, st.get_tensor(key)
+
+
+def load_model(path, device="cpu", dtype=None):
+    """An HF directory (teacher qwen2/llama, or an exported RAD-RWKV student) -> Model on `device`.
+    Built on the meta device; each tensor is checked against its expected shape and materialised
+    once, in `dtype` (default: as stored)."""
+    cfg = read_config(path)
+    with torch.device("meta"):
+        model = Model(cfg)
+    expected = dict(model.state_dict())
+    if cfg.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    loaded = {}
+    for key, t in iter_checkpoint(path):
+        if cfg.tie_word_embeddings and key == "lm_head.weight":
+            continue  # some tied checkpoints store the head anyway
+        if key not in expected:
+            raise ConfigError(f"{path}: unexpected tensor {key} for a {cfg.model_type} model")
+        if tuple(t.shape) != tuple(expected[key].shape):
+            raise ConfigError(f"{path}: {key} has shape {tuple(t.shape)}, expected {tuple(expected[key].shape)}")
+        loaded[key] = t.to(device=device, dtype=dtype or t.dtype)
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        raise ConfigError(f"{path}: {len(missing)} tensors missing, e.g. {missing[0]}")
+    model.load_state_dict(loaded, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 * 2**30, dtype=torch.bfloat16):
+    """Write an HF directory: config.json (every field explicit), safetensors sharded above
+    max_shard_bytes with an index, and the tokenizer files copied from tokenizer_dir."""
+    import shutil
+    from safetensors.torch import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    if cfg.tie_word_embeddings:
+        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
+    shards, cur, size = [], {}, 0
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().to("cpu", dtype).contiguous()
+        if cur and size + t.numel() * t.element_size() > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k], size = t, size + t.numel() * t.element_size()
+    shards.append(cur)
+    names = ["model.safetensors"] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        save_file(shard, os.path.join(out_dir, name + ".tmp"), metadata={"format": "pt"})
+        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
+                 "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
+        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
+            json.dump(index, fh, indent=2)
+    hf = cfg.to_hf()
+    hf["torch_dtype"] = str(dtype).replace("torch.", "")
+    with open(os.path.join(out_dir, "config.json"), "w") as fh:
+        json.dump(hf, fh, indent=2)
+    if tokenizer_dir:
+        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                  "special_tokens_map.json", "vocab.json", "merges.txt"):
+            if os.path.isfile(os.path.join(tokenizer_dir, f)):
+                shutil.copy(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- generation
+
+def new_cache(model, batch_size, max_len, device=None, dtype=None):
+    """Per-layer generation state: a KV cache for softmax layers, an N x N float32 state (plus the
+    last token for RAD-RWKV6's shift) for recurrent layers. Recurrent layers need no max_len."""
+    cfg, p = model.cfg, next(model.parameters())
+    device, dtype = device or p.device, dtype or p.dtype
+    B, H, KVH, N = batch_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    layers = []
+    for i in range(cfg.num_hidden_layers):
+        kind = cfg.mixer(i)
+        if kind == "attention":
+            layers.append({"k": torch.zeros(B, max_len, KVH, N, device=device, dtype=dtype),
+                           "v": torch.zeros(B, max_len, KVH, N, device=device, dtype=dtype)})
+        else:
+            c = {"state": torch.zeros(B, H, N, N, device=device, dtype=torch.float32)}
+            if kind == "rwkv6":
+                c["shift"] = torch.zeros(B, cfg.hidden_size, device=device, dtype=dtype)
+            layers.append(c)
+    return {"lens": torch.zeros(B, dtype=torch.long, device=device), "layers": layers}
+
+
+def stack_caches(caches):
+    # one cache per prompt (batch 1) -> one batched cache
+    return {"lens": torch.cat([c["lens"] for c in caches]),
+            "layers": [{k: torch.cat([c["layers"][i][k] for c in caches]) for k in caches[0]["layers"][i]
+                        if k != "lens"} for i in range(len(caches[0]["layers"]))]}
+
+
+def sample(logits, temperature=0.0, top_p=1.0, gen=None):
+    # logits (B, V) -> (B,) next tokens; greedy at temperature 0, else nucleus sampling
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sp, si = probs.sort(dim=-1, descending=True)
+        sp[(sp.cumsum(-1) - sp) > top_p] = 0  # keep the smallest prefix whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter_(-1, si, sp)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_p=1.0, eos_id=None, prefill_chunk=1024,
+             seed=None):
+    """prompts: list of token-id lists (any lengths) -> list of generated id lists (EOS included
+    when hit). Each prompt is prefilled alone in chunks carrying its state, then all decode together,
+    one token per step, each row at its own position."""
+    device = next(model.parameters()).device
+    max_len = max(len(p) for p in prompts) + max_new_tokens
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    caches, last = [], []
+    for p in prompts:
+        if not p:
+            raise ValueError("generate: empty prompt")
+        cache = new_cache(model, 1, max_len)
+        ids = torch.tensor([p], device=device)
+        for s in range(0, len(p), prefill_chunk):
+            logits = model(ids[:, s:s + prefill_chunk], cache)
+        caches.append(cache)
+        last.append(logits[:, -1])
+    cache, logits = stack_caches(caches), torch.cat(last)
+    out = [[] for _ in prompts]
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        tok = sample(logits.float(), temperature, top_p, gen)
+        for b, t in enumerate(tok.tolist()):
+            if not done[b]:
+                out[b].append(t)
+        if eos_id is not None:
+            done |= tok == eos_id
+        if bool(done.all()):
+            break
+        logits = model(tok[:, None], cache)[:, -1]
+    return out

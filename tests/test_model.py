@@ -1,0 +1,215 @@
+"""Teacher parity with HF transformers, loading errors, and the two students: init, kernel vs
+reference forward, recurrent generation vs the parallel forward, export -> import round trip."""
+import json
+
+import pytest
+import torch
+
+import model as M
+import wkv_kernel
+
+transformers = pytest.importorskip("transformers", reason="transformers is a test-only dependency (HF parity)")
+
+CASES = {  # name: (model_type, extra config) covering GQA, biases, tying, head_dim != C/H
+    "qwen2-gqa-untied": ("qwen2", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)),
+    "qwen2-mha-tied-hd24": ("qwen2", dict(num_attention_heads=4, num_key_value_heads=4, head_dim=24,
+                                          tie_word_embeddings=True)),
+    "llama-gqa-tied": ("llama", dict(num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True)),
+    "llama-mqa-untied-hd8": ("llama", dict(num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                                           tie_word_embeddings=False)),
+}
+
+
+def rel_rms(a, b):
+    return ((a.double() - b.double()).pow(2).mean().sqrt() / b.double().pow(2).mean().sqrt()).item()
+
+
+def hf_model(model_type, extra, seed=0):
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=320, hidden_size=48, intermediate_size=96, num_hidden_layers=3, rope_theta=1e4,
+              rms_norm_eps=1e-5, max_position_embeddings=1024, **extra)
+    if model_type == "qwen2":
+        hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw))
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
+    with torch.no_grad():  # HF zero-inits biases; make them count
+        for n, p in hf.named_parameters():
+            if n.endswith("bias"):
+                p.normal_(0, 0.1)
+    return hf.eval()
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def hf_dir(request, tmp_path_factory):
+    model_type, extra = CASES[request.param]
+    hf = hf_model(model_type, extra)
+    d = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(d)
+    return hf, str(d)
+
+
+def test_teacher_matches_transformers(hf_dir):
+    hf, d = hf_dir
+    ours = M.load_model(d)
+    idx = torch.randint(0, 320, (2, 300), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, got = hf(idx).logits, ours(idx)
+    assert (ref - got).abs().max().item() <= 1e-4
+
+
+def test_load_casts_and_shards(tmp_path):
+    hf = hf_model("qwen2", CASES["qwen2-gqa-untied"][1])
+    hf.to(torch.bfloat16).save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    ours = M.load_model(str(tmp_path), dtype=torch.float32)
+    assert next(ours.parameters()).dtype == torch.float32
+    assert all(not p.is_meta for p in ours.parameters())
+
+
+def test_bad_checkpoints(tmp_path):
+    hf = hf_model("qwen2", CASES["qwen2-gqa-untied"][1])
+    hf.save_pretrained(tmp_path / "ok", max_shard_size="20KB")
+    # a missing shard
+    bad = tmp_path / "ok"
+    shard = sorted(bad.glob("model-*.safetensors"))[-1]
+    shard.rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        M.load_model(str(bad))
+    # a shape mismatch
+    cfg = json.loads((bad / "config.json").read_text())
+    hf.save_pretrained(tmp_path / "shape")
+    cfg["intermediate_size"] = 64
+    (tmp_path / "shape" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(M.ConfigError, match="shape"):
+        M.load_model(str(tmp_path / "shape"))
+    # unsupported model types and features
+    for patch, msg in [({"model_type": "mistral"}, "model_type"), ({"use_sliding_window": True}, "sliding"),
+                       ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope type")]:
+        c = dict(cfg, intermediate_size=96, **patch)
+        (tmp_path / "shape" / "config.json").write_text(json.dumps(c))
+        with pytest.raises(M.ConfigError, match=msg):
+            M.load_model(str(tmp_path / "shape"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        M.load_model(str(tmp_path / "nowhere"))
+
+
+# ----------------------------------------------------------------------------- students
+
+def tiny_teacher(tied=False, seed=0):
+    cfg = M.ModelConfig(**M.PRESETS["tiny"], tie_word_embeddings=tied, rope_theta=1e4)
+    return M.Model(cfg).init_weights(seed)
+
+
+@pytest.mark.parametrize("kind", ["rwkv6", "rwkv7"])
+def test_student_keeps_teacher_weights_and_published_names(kind):
+    teacher = tiny_teacher(tied=True)
+    student = M.make_student(teacher, kind)
+    assert student.cfg.untied_from_tied and not student.cfg.tie_word_embeddings
+    sd_t, sd_s = teacher.state_dict(), student.state_dict()
+    for k, v in sd_t.items():
+        assert torch.equal(v, sd_s[k]), k  # bit-identical copy
+    assert student.lm_head.weight.data_ptr() != student.model.embed_tokens.weight.data_ptr()
+    C, D, H, N = 64, 64, 4, 16
+    r = M.lora_rank(C, 0.5, 1.8)
+    if kind == "rwkv6":
+        shapes = {**{f"time_maa_{n}": (1, 1, C) for n in "xrkvwg"}, "time_maa_w1": (C, 5 * r),
+                  "time_maa_w2": (5, r, C), "time_decay": (1, 1, D), "time_decay_w1": (C, r),
+                  "time_decay_w2": (r, D), "gate.weight": (D, C)}
+    else:
+        rv, rg = M.lora_rank(C, 0.5, 1.3), M.lora_rank(C, 0.8, 0.6)
+        shapes = {"w0": (1, 1, C), "w1": (C, r), "w2": (r, C), "a0": (1, 1, C), "a1": (C, r), "a2": (r, C),
+                  "v0": (1, 1, C), "v1": (C, rv), "v2": (rv, C), "g1": (C, rg), "g2": (rg, C),
+                  "k_k": (1, 1, C), "k_a": (1, 1, C), "r_k": (H, N)}
+    new = {k.split("self_attn.")[1]: tuple(v.shape) for k, v in sd_s.items()
+           if k not in sd_t and k != "lm_head.weight"}
+    assert new == shapes
+
+
+def test_lora_ranks_for_7b():
+    C = 3584
+    assert [M.lora_rank(C, 0.5, 1.8), M.lora_rank(C, 0.5, 1.3), M.lora_rank(C, 0.8, 0.6)] == [96, 64, 416]
+
+
+def test_rwkv6_token_shift_is_noop_at_init():
+    teacher = tiny_teacher()
+    att = M.make_student(teacher, "rwkv6").model.layers[1].self_attn
+    x = torch.randn(2, 9, 64)
+    captured = {}  # the mixed inputs that reach r, k, v and the gate
+    for name, lin in [("xr", att.q_proj), ("xk", att.k_proj), ("xv", att.v_proj), ("xg", att.gate)]:
+        lin.register_forward_hook(lambda m, i, o, name=name: captured.__setitem__(name, i[0]))
+    cos, sin = M.rope_cos_sin(torch.arange(9)[None], 16, 1e4)
+    att(x, cos, sin)
+    for name in ("xr", "xk", "xv", "xg"):
+        assert torch.equal(captured[name], x), name
+
+
+def students():
+    teacher = tiny_teacher(seed=3)
+    return {"rwkv6": M.make_student(teacher, "rwkv6"), "rwkv7": M.make_student(teacher, "rwkv7"),
+            "rwkv7-hybrid": M.make_student(teacher, "rwkv7", attention_layers=[1])}
+
+
+def perturb(model, seed=0):
+    # move the new parameters away from their init so every path of the mixer matters
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".self_attn." in n and "_proj" not in n:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("name", ["rwkv6", "rwkv7", "rwkv7-hybrid"])
+def test_recurrent_generation_matches_parallel(name):
+    model = perturb(students()[name]).eval()
+    g = torch.Generator().manual_seed(5)
+    for T, chunk in [(23, 7), (17, 16)]:  # prompt lengths that are not multiples of the chunk
+        idx = torch.randint(0, 512, (1, T + 6), generator=g)
+        with torch.no_grad():
+            full = model(idx)
+            cache = M.new_cache(model, 1, T + 6)
+            parts = [model(idx[:, s:min(s + chunk, T)], cache) for s in range(0, T, chunk)]
+            parts += [model(idx[:, t:t + 1], cache) for t in range(T, T + 6)]
+        assert rel_rms(torch.cat(parts, 1), full) <= 1e-5
+
+
+def test_batched_generation_matches_single():
+    model = perturb(students()["rwkv7-hybrid"]).eval()
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8], [4] * 12]
+    together = M.generate(model, prompts, max_new_tokens=8, prefill_chunk=5)
+    alone = [M.generate(model, [p], max_new_tokens=8)[0] for p in prompts]
+    assert together == alone
+    sampled = M.generate(model, prompts, max_new_tokens=5, temperature=0.8, top_p=0.9, seed=0)
+    assert [len(s) for s in sampled] == [5, 5, 5]
+
+
+@pytest.mark.parametrize("name", ["rwkv6", "rwkv7"])
+def test_kernel_forward_matches_reference(name, monkeypatch):
+    model = perturb(students()[name]).eval()
+    idx = torch.randint(0, 512, (2, 37), generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(wkv_kernel, "USE_REFERENCE", True)
+    with torch.no_grad():
+        ref = model(idx)
+    monkeypatch.setattr(wkv_kernel, "USE_REFERENCE", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with torch.no_grad():
+        got = model(idx)
+    assert rel_rms(got, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["rwkv6", "rwkv7-hybrid"])
+def test_export_import_round_trip(name, tmp_path):
+    model = perturb(students()[name]).eval()
+    M.save_model(model.state_dict(), model.cfg, str(tmp_path), dtype=torch.float32, max_shard_bytes=100_000)
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    hf = json.loads((tmp_path / "config.json").read_text())
+    for key in ("lora_rank_decay", "lora_rank_iclr", "lora_rank_value_residual_mix", "lora_rank_gate",
+                "lora_rank_tokenshift", "use_rope", "rope_theta", "attention_bias", "attention_output_bias",
+                "gate_rank_type", "balance_state", "groupnorm_att", "use_tokenshift", "num_attention_layers"):
+        assert key in hf, key
+    assert hf["model_type"] == name[:5] + "qwen2" and hf["groupnorm_att"] is False and hf["balance_state"] is True
+    back = M.load_model(str(tmp_path))
+    assert back.cfg == model.cfg
+    idx = torch.randint(0, 512, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(back(idx), model(idx))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 import wkv_kernel
 
@@ -260,7 +261,15 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
+    checkpointing = False  # activation checkpointing: recompute this block in the backward pass
+
     def forward(self, x, cos, sin, v_first=None, cache=None):
+        if self.checkpointing and torch.is_grad_enabled():
+            # inside the block's own forward, so a sharding wrapper around the block sees one call
+            return torch.utils.checkpoint.checkpoint(self._forward, x, cos, sin, v_first, cache, use_reentrant=False)
+        return self._forward(x, cos, sin, v_first, cache)
+
+    def _forward(self, x, cos, sin, v_first, cache):
         h, v_first = self.self_attn(self.input_layernorm(x), cos, sin, v_first, cache)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), v_first
@@ -383,8 +392,9 @@ class Model(nn.Module):
         return rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)
 
     def forward(self, idx, cache=None, logits=True):
-        """idx (B, T) token ids -> logits (B, T, V), or the final normed hidden states (B, T, C)
-        with logits=False (for chunked losses). cache: from new_cache(), advanced in place."""
+        """idx (B, T) token ids -> logits (B, T, V). logits=False returns the final normed hidden
+        states (B, T, C); a callable returns logits(hidden, lm_head_weight), so a chunked loss runs
+        while a sharding wrapper holds the head unsharded. cache: from new_cache(), advanced in place."""
         B, T = idx.shape
         pos = torch.arange(T, device=idx.device)[None] if cache is None else \
             cache["lens"][:, None] + torch.arange(T, device=idx.device)  # (1 or B, T)
@@ -399,6 +409,8 @@ class Model(nn.Module):
         if cache is not None:
             cache["lens"] = cache["lens"] + T
         x = self.model.norm(x)
+        if callable(logits):
+            return logits(x, self.lm_head.weight)
         return self.lm_head(x) if logits else x
 
     def init_weights(self, seed=0, std=0.02):

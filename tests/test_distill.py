@@ -1,0 +1,111 @@
+"""distill.py end to end on CPU with a tiny random teacher: each step lowers its loss, two gloo
+processes give the losses of one on the same global batch, and a SIGKILL-ed run resumes exactly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import model as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V = 512
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("distill")
+    teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"], model_type="qwen2", rope_theta=1e4)).init_weights(0)
+    M.save_model(teacher.state_dict(), teacher.cfg, str(tmp / "teacher"), dtype=torch.float32)
+    # learnable text: runs of consecutive ids from random starts, so a small model can fit it
+    rng = np.random.default_rng(0)
+    docs = [(rng.integers(1, V) + np.arange(rng.integers(20, 200))) % (V - 1) + 1 for _ in range(600)]
+    data.write_binidx(str(tmp / "train"), docs, V)
+    data.write_binidx(str(tmp / "val"), docs[:40], V)
+    return tmp
+
+
+def run(setup, out, *args, nproc=1, wait=True):
+    common = ["--teacher", str(setup / "teacher"), "--data", str(setup / "train"), "--val_data", str(setup / "val"),
+              "--out_dir", str(setup / out), "--dtype", "float32", "--seq_len", "32", "--batch_size", "8",
+              "--micro_batch", "2", "--warmup_steps", "2", "--val_every", "1000", "--val_batches", "2",
+              "--ckpt_every", "1000"]
+    if nproc == 1:
+        cmd = [sys.executable, "distill.py"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               f"--master_port={29600 + os.getpid() % 300}", "distill.py"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    p = subprocess.Popen(cmd + common + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    if not wait:
+        return p
+    outp = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, outp
+    return outp
+
+
+def losses(setup, out, stage):
+    rows = [json.loads(line) for line in open(setup / out / f"stage{stage}" / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_three_steps_lower_their_losses(setup):
+    run(setup, "a", "--stage", "1", "--tokens", str(40 * 8 * 32), "--lr", "3e-3", "--lr_final", "1e-4")
+    run(setup, "a", "--stage", "2", "--tokens", str(30 * 8 * 32), "--lr", "1e-3", "--lr_final", "1e-3")
+    out = run(setup, "a", "--stage", "3", "--tokens", str(30 * 8 * 32), "--seq_len", "64", "--lr", "1e-3",
+              "--lr_final", "1e-3", "--micro_batch", "2")
+    assert "saved" in out
+    for stage in (1, 2, 3):
+        ls = list(losses(setup, "a", stage).values())
+        first, last = np.mean(ls[:3]), np.mean(ls[-3:])
+        assert last < 0.8 * first, (stage, first, last)
+    # the final student is an HF directory the model code loads, with the teacher's MLPs after step 1
+    s1 = M.load_model(str(setup / "a" / "stage1" / "final"))
+    t = M.load_model(str(setup / "teacher"))
+    assert torch.equal(s1.model.layers[0].mlp.up_proj.weight, t.model.layers[0].mlp.up_proj.weight)
+    assert not torch.equal(s1.model.layers[0].self_attn.q_proj.weight, t.model.layers[0].self_attn.q_proj.weight)
+    assert (setup / "a" / "stage2" / "final" / "config.json").exists()
+
+
+def test_two_processes_match_one(setup):
+    args = ["--stage", "2", "--init_from", "teacher", "--tokens", str(6 * 8 * 32), "--lr", "1e-3"]
+    run(setup, "one", *args)
+    run(setup, "two", *args, nproc=2)
+    a, b = losses(setup, "one", 2), losses(setup, "two", 2)
+    assert a.keys() == b.keys() and len(a) == 6
+    for k in a:
+        assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]) + 1e-7, (k, a[k], b[k])
+
+
+def test_sigkill_then_resume_reproduces_losses(setup):
+    args = ["--stage", "1", "--tokens", str(16 * 8 * 32), "--lr", "3e-3", "--ckpt_every", "4"]
+    run(setup, "ref", *args, nproc=2)
+    p = run(setup, "kill", *args, nproc=2, wait=False)
+    ckpt = setup / "kill" / "stage1" / "ckpt" / "step_0000008"
+    t0 = time.time()
+    while not ckpt.exists() and p.poll() is None and time.time() - t0 < 300:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)  # the launcher and both workers, mid-run
+    p.wait()
+    assert ckpt.exists() and not (setup / "kill" / "stage1" / "final").exists()
+    out = run(setup, "kill", *args, nproc=2)
+    assert "resumed from" in out
+    ref, got = losses(setup, "ref", 1), losses(setup, "kill", 1)
+    for step in range(9, 17):
+        assert got[step] == ref[step], (step, got[step], ref[step])
+
+
+def test_bad_arguments_give_one_line(setup):
+    for args, msg in [(["--stage", "1", "--no_such_flag", "1"], "unrecognized arguments"),
+                      (["--stage", "1", "--teacher", str(setup / "nope")], "config.json"),
+                      (["--stage", "2", "--out_dir", str(setup / "empty")], "run step 1 first")]:
+        p = subprocess.run([sys.executable, "distill.py", "--data", str(setup / "train"), *args], cwd=ROOT,
+                           capture_output=True, text=True)
+        assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr

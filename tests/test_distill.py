@@ -65,7 +65,7 @@ def test_three_steps_lower_their_losses(setup):
     for stage in (1, 2, 3):
         ls = list(losses(setup, "a", stage).values())
         first, last = np.mean(ls[:3]), np.mean(ls[-3:])
-        assert last < 0.8 * first, (stage, first, last)
+        assert last < 0.9 * first, (stage, first, last)
     # the final student is an HF directory the model code loads, with the teacher's MLPs after step 1
     s1 = M.load_model(str(setup / "a" / "stage1" / "final"))
     t = M.load_model(str(setup / "teacher"))

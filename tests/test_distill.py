@@ -105,7 +105,8 @@ def test_sigkill_then_resume_reproduces_losses(setup):
 def test_bad_arguments_give_one_line(setup):
     for args, msg in [(["--stage", "1", "--no_such_flag", "1"], "unrecognized arguments"),
                       (["--stage", "1", "--teacher", str(setup / "nope")], "config.json"),
-                      (["--stage", "2", "--out_dir", str(setup / "empty")], "run step 1 first")]:
+                      (["--stage", "2", "--teacher", str(setup / "teacher"), "--out_dir", str(setup / "empty")],
+                       "run step 1 first")]:
         p = subprocess.run([sys.executable, "distill.py", "--data", str(setup / "train"), *args], cwd=ROOT,
                            capture_output=True, text=True)
         assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -1,0 +1,299 @@
+"""eval.py: scores against hand computations (multiple choice, lambada, perplexity), the report's
+relative scores, the passkey prompt and probe, the inference benchmark (CPU smoke), input errors."""
+import json
+import lzma
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tiktoken
+import torch
+import torch.nn.functional as F
+
+import data
+import eval as E
+import model as M
+
+ROOT = E.__file__.rsplit("/", 1)[0]
+EOT = 256
+
+try:
+    import wkv_kernel  # noqa: F401  (the students need it)
+    STUDENTS = ["rwkv6", "rwkv7"]
+except Exception:  # the kernel file may be absent or broken; teacher tests still run
+    STUDENTS = []
+
+
+@pytest.fixture(scope="module")
+def enc():
+    """Byte-level tokenizer: token id = byte value, 256 = <|endoftext|> (eot and eos)."""
+    e = tiktoken.Encoding("bytes", pat_str=r"[\s\S]", mergeable_ranks={bytes([i]): i for i in range(256)},
+                          special_tokens={"<|endoftext|>": EOT})
+    e.eot_id = e.eos_id = EOT
+    return e
+
+
+class Bigram(torch.nn.Module):
+    """logits at a position = table[token there]: the next token depends only on the current one."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(table.float())
+        self.lm_head = torch.nn.Identity()
+        self.cfg = M.ModelConfig(num_hidden_layers=0)  # no layers to cache: model.generate works as is
+
+    def forward(self, idx, cache=None, logits=True):
+        return self.table[idx]
+
+
+def tiny_teacher(vocab=512, seed=0):
+    cfg = M.ModelConfig(**{**M.PRESETS["tiny"], "vocab_size": vocab})
+    return M.Model(cfg).init_weights(seed=seed, std=0.1).eval()
+
+
+def write_jsonl(path, docs):
+    path.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- tokenization split
+
+def test_encode_pair(enc):
+    assert E.encode_pair(enc, "Q:", " x") == (list(b"Q:"), list(b" x"))
+    assert E.encode_pair(enc, "Q: ", "x") == (list(b"Q:"), list(b" x"))  # trailing space moves over
+    assert E.encode_pair(enc, "", "ab") == ([EOT], list(b"ab"))  # empty context: the EOS token
+    assert E.encode_pair(enc, "a", "é") == ([97], [0xC3, 0xA9])
+
+
+# ----------------------------------------------------------------------------- multiple choice
+
+def test_multiple_choice_by_hand(enc, tmp_path):
+    # unigram model: log P(byte) = u[byte] - logZ at every position, whatever the context
+    u = torch.zeros(257)
+    u[ord("x")], u[0xC3], u[0xA9], u[ord("y")] = 0.0, 1.2, 1.2, 0.5
+    logZ = math.log(254 + 2 * math.exp(1.2) + math.exp(0.5))
+    model = Bigram(u.expand(257, 257).clone())
+    ll = {"x": -logZ, "é": 2.4 - 2 * logZ, "y": 0.5 - logZ, "xy": 0.5 - 2 * logZ}
+    # "x" vs "é": sums -5.57 vs -8.73 -> acc picks "x"; per UTF-8 byte -5.57 vs -4.37 -> acc_norm picks "é"
+    # (per character "é" would lose: -8.73). "y" beats "x" and "xy" by sum and per byte.
+    assert ll["x"] > ll["é"] and ll["é"] / 2 > ll["x"] and ll["y"] > max(ll["x"], ll["xy"]) and ll["y"] > ll["xy"] / 2
+    docs = [{"context": "Q:", "choices": ["x", "é"], "label": 1},  # acc 0, acc_norm 1
+            {"context": "Q:", "choices": ["x", "é"], "label": 0},  # acc 1, acc_norm 0
+            {"context": "", "choices": ["xy", "y", "x"], "label": 1}]  # acc 1, acc_norm 1
+    path = write_jsonl(tmp_path / "toy.jsonl", docs)
+    res = E.multiple_choice(model, enc, E.load_task(str(tmp_path), "toy"), batch_size=2)
+    assert res["acc"] == pytest.approx(2 / 3) and res["acc_norm"] == pytest.approx(2 / 3)
+    assert res["random"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 3) / 3) and res["n"] == 3
+    # and the sums themselves
+    got = E.loglikelihoods(model, [E.encode_pair(enc, "Q:", c) for c in ll])
+    assert [g[0] for g in got] == pytest.approx(list(ll.values()), abs=1e-5)
+    assert path.exists()
+
+
+def test_partial_evaluation(enc, tmp_path):
+    # bigram: after "a" a space is likely, after "b" it is not -> the context ending in "a" wins
+    table = torch.zeros(257, 257)
+    table[ord("a"), ord(" ")] = 3.0
+    docs = [{"context": ["the b", "the a"], "choices": [" z"], "label": 1},
+            {"context": ["so a", "so b"], "choices": [" z", " z"], "label": 1}]
+    write_jsonl(tmp_path / "part.jsonl", docs)
+    res = E.multiple_choice(Bigram(table), enc, E.load_task(str(tmp_path), "part"))
+    assert res["acc"] == 0.5 and res["acc_norm"] == 0.5 and res["random"] == 0.5
+
+
+@pytest.mark.parametrize("kind", ["teacher"] + STUDENTS)
+def test_loglikelihoods_match_direct(kind):
+    # batched, right-padded, length-sorted, truncated scoring == one sequence at a time, full logits
+    model = tiny_teacher()
+    if kind != "teacher":
+        model = M.make_student(model, kind).eval()
+    g = torch.Generator().manual_seed(0)
+    reqs = [(torch.randint(0, 512, (n,), generator=g).tolist(), torch.randint(0, 512, (m,), generator=g).tolist())
+            for n, m in [(1, 1), (7, 3), (30, 1), (2, 12), (64, 5), (5, 5), (40, 20)]]
+    got = E.loglikelihoods(model, reqs, batch_size=3, max_len=50)
+    with torch.no_grad():
+        for (ctx, cont), (lp, greedy) in zip(reqs, got):
+            seq = torch.tensor([(ctx + cont)[-51:]])
+            logp = model(seq[:, :-1]).float().log_softmax(-1)[0, -len(cont):]
+            want = logp.gather(-1, seq[0, -len(cont):, None]).sum().item()
+            assert lp == pytest.approx(want, abs=1e-4)
+            assert greedy == bool((logp.argmax(-1) == seq[0, -len(cont):]).all())
+
+
+# ----------------------------------------------------------------------------- lambada
+
+def test_lambada_by_hand(enc, tmp_path):
+    table = torch.zeros(257, 257)
+    table[ord("a"), ord(" ")] = table[ord(" "), ord("b")] = table[ord("b"), ord("c")] = 5.0
+    docs = [{"text": "aa bc"}, {"text": "aa bd"}]  # " bc" is greedy all the way, " bd" misses at "d"
+    write_jsonl(tmp_path / "lambada_toy.jsonl", docs)
+    res = E.lambada(Bigram(table), enc, E.load_task(str(tmp_path), "lambada_toy"))
+    logZ = math.log(256 + math.exp(5))  # every row used holds one 5 and 256 zeros
+    ll1, ll2 = 3 * (5 - logZ), 2 * (5 - logZ) - logZ
+    assert res["acc"] == 0.5 and res["random"] == 0.0
+    assert res["ppl"] == pytest.approx(math.exp(-(ll1 + ll2) / 2), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+def test_perplexity_jsonl_and_binidx(enc, tmp_path):
+    texts = ["The first document, a little longer than the others.", "Second.", "A third one ends here."]
+    with lzma.open(tmp_path / "val.jsonl.xz", "wt") as fh:
+        fh.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+    stream = [t for x in texts for t in list(x.encode()) + [EOT]]
+    toks = E.text_tokens(str(tmp_path / "val.jsonl.xz"), enc, 70)
+    assert toks.tolist() == stream[:70]
+    data.write_binidx(tmp_path / "val", [np.array(list(x.encode()) + [EOT]) for x in texts], 257)
+    assert E.text_tokens(str(tmp_path / "val"), enc, 70).tolist() == stream[:70]
+    model = tiny_teacher()
+    res = E.perplexity(model, toks, window=16, batch_size=3)  # 4 windows of 16, the last 6 tokens dropped
+    x = torch.tensor(stream[:64]).view(4, 16)
+    with torch.no_grad():
+        want = F.cross_entropy(model(x[:, :-1]).flatten(0, 1).float(), x[:, 1:].flatten()).item()
+    assert res["loss"] == pytest.approx(want, rel=1e-5) and res["predicted"] == 60 and res["tokens"] == 64
+    assert res["ppl"] == pytest.approx(math.exp(want), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- report
+
+def test_relative_scores():
+    results = {
+        "student": {"arc_challenge": {"acc": 0.5, "acc_norm": 0.45, "random": 0.25},
+                    "lambada_openai": {"acc": 0.6, "ppl": 9.0, "random": 0.0}, "val": {"loss": 3.0, "ppl": 20.1}},
+        "teacher": {"arc_challenge": {"acc": 0.6, "acc_norm": 0.55, "random": 0.25},
+                    "lambada_openai": {"acc": 0.8, "ppl": 5.0, "random": 0.0}, "val": {"loss": 2.5, "ppl": 12.2}},
+    }
+    rel = E.relative_scores(results, "teacher")
+    assert rel["teacher"] == pytest.approx({"arc_challenge": 1.0, "lambada_openai": 1.0, "avg": 1.0})
+    # arc_challenge reports acc_norm: (0.45 - 0.25) / (0.55 - 0.25); lambada acc: 0.6 / 0.8
+    assert rel["student"]["arc_challenge"] == pytest.approx(2 / 3)
+    assert rel["student"]["lambada_openai"] == pytest.approx(0.75)
+    assert rel["student"]["avg"] == pytest.approx((2 / 3 + 0.75) / 2)
+    md, _ = E.report(results, "teacher")
+    assert "| student | 45.0 | 60.0 | 9.00 | 3.0000 | 20.10 |" in md
+    assert "| student | 66.7 | 75.0 | 70.8 |" in md
+
+
+# ----------------------------------------------------------------------------- passkey
+
+@pytest.mark.parametrize("n_tokens", [300, 1000, 4000])
+def test_passkey_prompt_length(enc, n_tokens):
+    text = E.passkey_prompt(enc, n_tokens, 0.37, 48213)
+    assert abs(len(enc.encode_ordinary(text)) - n_tokens) <= 25  # one filler sentence is about 20 bytes
+    assert text.count("48213") == 2 and text.endswith("The pass key is")
+    if n_tokens >= 1000:  # the key sits near the requested depth (the intro counts for less here)
+        assert 0.3 < text.index("48213") / len(text) < 0.5
+
+
+def test_passkey_prompt_real_tokenizer(shared):
+    tok = data.load_tokenizer(shared / "tokenizers" / "qwen2")
+    for n in (1024, 8192):
+        assert abs(len(tok.encode_ordinary(E.passkey_prompt(tok, n, 0.9, 10001))) - n) <= 8
+
+
+def test_passkey_probe(enc, monkeypatch):
+    model = tiny_teacher()
+    res = E.run_passkey(model, enc, [80, 200], trials=2, seed=3, prefill_chunk=64)  # a real (random) model
+    assert set(res) == {"80", "200"} and all(0 <= v <= 1 for v in res.values())
+
+    def oracle(model, prompts, **kw):  # reads the key out of the prompt: every answer right
+        return [list(b" " + re.search(rb"pass key is (\d+)", bytes(p)).group(1) + b".")[:8] for p in prompts]
+    monkeypatch.setattr(E.M, "generate", oracle)
+    assert E.run_passkey(model, enc, [300], trials=3) == {"300": 1.0}
+    monkeypatch.setattr(E.M, "generate", lambda model, prompts, **kw: [list(b" 12 is it") for _ in prompts])
+    assert E.run_passkey(model, enc, [300], trials=3) == {"300": 0.0}
+
+
+def test_lm_eval_adapter(enc, monkeypatch):
+    # a stand-in for lm_eval.api.model (an optional dependency) and its request objects
+    import types
+    api = types.ModuleType("lm_eval.api.model")
+    api.LM = object
+    for name, mod in [("lm_eval", types.ModuleType("lm_eval")), ("lm_eval.api", types.ModuleType("lm_eval.api")),
+                      ("lm_eval.api.model", api)]:
+        monkeypatch.setitem(sys.modules, name, mod)
+    req = lambda *args: types.SimpleNamespace(args=args)
+    table = torch.zeros(257, 257)
+    table[ord("a"), ord(" ")] = table[ord(" "), ord("b")] = table[ord("b"), ord("c")] = 5.0
+    table[ord("c"), ord("!")] = 5.0
+    model = Bigram(table)
+    lm = E.lm_eval_adapter(model, enc, max_len=4)
+    got = lm.loglikelihood([req("aa", " bc"), req("aa", " bd")])
+    logZ = math.log(256 + math.exp(5))
+    assert got == [(pytest.approx(3 * (5 - logZ)), True), (pytest.approx(2 * (5 - logZ) - logZ), False)]
+    # rolling: EOS + 9 bytes in pieces of 4, each after (up to) 4 earlier tokens == one pass over the text
+    text = "aa bc! abc"
+    ids = [EOT] + list(text.encode())
+    logp = table.log_softmax(-1)
+    want = sum(logp[a, b].item() for a, b in zip(ids[:-1], ids[1:]))
+    assert lm.loglikelihood_rolling([req(text)]) == pytest.approx([want], abs=1e-4)
+    # greedy continuation of "a": " bc!" then "!" repeats; cut at the first stop string
+    assert lm.generate_until([req("a", {"until": ["!"], "max_gen_toks": 6})]) == [" bc"]
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+def test_bench_smoke(tmp_path, capsys):
+    cfg = E.EvalConfig(bench=True, preset="tiny", bench_students=",".join(STUDENTS[-1:]), bench_contexts="8,24",
+                       bench_batches="1,2", decode_steps=3, prefill_chunk=16, device="cpu", out=str(tmp_path))
+    rows = E.evaluate(cfg)
+    assert len(rows) == 4 * (1 + len(STUDENTS[-1:]))
+    assert all(r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 for r in rows)
+    assert "| teacher | 2 | 24 |" in capsys.readouterr().out
+    assert (tmp_path / "bench.md").exists() and (tmp_path / "bench.json").exists()
+
+
+# ----------------------------------------------------------------------------- errors and the command line
+
+def test_task_errors(tmp_path):
+    write_jsonl(tmp_path / "bad.jsonl", [{"context": "a", "choices": ["b", "c"], "label": 0},
+                                         {"context": "a", "choices": ["b", "c"], "label": 2}])
+    with pytest.raises(E.EvalError, match=r"bad\.jsonl:2: \"label\""):
+        E.load_task(str(tmp_path), "bad")
+    (tmp_path / "broken.jsonl").write_text('{"context": "a", "choices": ["b"], "label": 0}\n{"context": \n')
+    with pytest.raises(E.EvalError, match=r"broken\.jsonl:2: not valid JSON"):
+        E.load_task(str(tmp_path), "broken")
+    write_jsonl(tmp_path / "lambada_bad.jsonl", [{"text": "oneword"}])
+    with pytest.raises(E.EvalError, match=r"lambada_bad\.jsonl:1:"):
+        E.load_task(str(tmp_path), "lambada_bad")
+    with pytest.raises(E.EvalError, match="unknown task 'nope'.*there: bad, broken"):
+        E.load_task(str(tmp_path), "nope")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "eval.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors(tmp_path):
+    p = run_cli("--models", f"teacher={tmp_path / 'missing'}")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [f"eval.py: error: {tmp_path / 'missing'}: no such model directory"]
+    p = run_cli("--bogus-flag")
+    assert p.returncode == 2 and "unrecognized arguments: --bogus-flag" in p.stderr
+
+
+def test_cli_unknown_task(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(SystemExit, match="unknown task 'winograd'"):
+        E.main(["--models", str(tmp_path / "m"), "--tasks", "winograd", "--eval-dir", str(tmp_path)])
+
+
+def test_end_to_end(shared, tmp_path):
+    # a tiny random teacher with the real Qwen2 tokenizer, named twice: relative scores are exactly 1
+    cfg = M.ModelConfig(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    d = tmp_path / "tiny"
+    M.save_model(M.Model(cfg).init_weights().state_dict(), cfg, str(d), tokenizer_dir=str(shared / "tokenizers" / "qwen2"),
+                 dtype=torch.float32)
+    E.main(["--models", f"student={d}", f"teacher={d}", "--tasks", "lambada_openai,arc_challenge", "--limit", "6",
+            "--eval-dir", str(shared / "eval"), "--val-data", str(shared / "data/gutenberg/val-00.jsonl.xz"),
+            "--val-tokens", "600", "--val-window", "128", "--device", "cpu", "--out", str(tmp_path / "out")])
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["reference"] == "teacher" and rep["results"]["student"] == rep["results"]["teacher"]
+    assert all(math.isnan(v) or v == pytest.approx(1.0) for v in rep["relative"]["student"].values())
+    assert rep["results"]["teacher"]["val"]["tokens"] == 512
+    assert 11.0 < rep["results"]["teacher"]["val"]["loss"] < 13.0  # ~ln(151936) = 11.93 for a random model
+    assert "## Relative to teacher" in (tmp_path / "out" / "report.md").read_text()

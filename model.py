@@ -91,9 +91,9 @@ class Attention(nn.Module):
             cache["v"][rows, pos] = v.to(cache["v"].dtype)
             L = int(pos.max()) + 1
             mask = torch.arange(L, device=x.device) <= pos[..., None]  # (B, T, L): causal per row
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), cache["k"][:, :L].transpose(1, 2),
-                                               cache["v"][:, :L].transpose(1, 2), attn_mask=mask[:, None],
-                                               enable_gqa=self.H != self.KVH)
+            # KV heads repeated up front: a masked GQA call would go to a backend that re-plans for every length
+            kc, vc = (repeat_kv(c[:, :L], self.H // self.KVH).transpose(1, 2) for c in (cache["k"], cache["v"]))
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, attn_mask=mask[:, None])
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1)), v_first
 
 

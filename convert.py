@@ -256,7 +256,7 @@ def main(argv=None):
     p = sub.add_parser("student", help="teacher directory -> a fresh (step 0) student directory")
     p.add_argument("teacher")
     p.add_argument("out_dir")
-    p.add_argument("--student", default="rwkv7", choices=["rwkv7", "rwkv6"])
+    p.add_argument("--student", default="rwkv7", help="time mixer: rwkv7, rwkv6 (model.MIXERS)")
     p.add_argument("--attention_layers", default="", help="comma-separated layers kept as softmax attention")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p = sub.add_parser("export", help="distill.py checkpoint (stageN/ckpt/step_*) -> HF directory")

@@ -350,7 +350,8 @@ def main(argv):
         torch.backends.cuda.matmul.allow_tf32 = True
     else:
         device = torch.device("cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            device_id=device if device.type == "cuda" else None)
     torch.manual_seed(cfg.seed)
     stage_dir = os.path.join(cfg.out_dir, f"stage{cfg.stage}")
     ckpt_root = os.path.join(stage_dir, "ckpt")

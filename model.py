@@ -307,8 +307,9 @@ class ModelConfig:
     def from_hf(cls, d):
         """HF config.json dict -> ModelConfig; refuses what the code cannot represent."""
         mt = d.get("model_type")
-        if mt not in ("qwen2", "llama", "rwkv6qwen2", "rwkv7qwen2"):
-            raise ConfigError(f"config.json: model_type {mt!r} is not supported (qwen2, llama, rwkv6qwen2, rwkv7qwen2)")
+        known = ["qwen2", "llama"] + [f"{k}qwen2" for k in MIXERS if k != "attention"]
+        if mt not in known:
+            raise ConfigError(f"config.json: model_type {mt!r} is not supported ({', '.join(known)})")
         if d.get("use_sliding_window"):
             raise ConfigError("config.json: use_sliding_window=true is not supported (full causal attention only)")
         if any(t != "full_attention" for t in d.get("layer_types") or []):
@@ -339,7 +340,8 @@ class ModelConfig:
             att = d.get("attention_layers")
             if att is None:  # the published format keeps the last num_attention_layers layers
                 att = list(range(n_layers - d.get("num_attention_layers", 0), n_layers))
-            kw.update(student=mt[:5], attention_layers=list(att), untied_from_tied=d.get("untied_from_tied", False))
+            kw.update(student=mt[:-len("qwen2")], attention_layers=list(att),
+                      untied_from_tied=d.get("untied_from_tied", False))
         return cls(**kw)
 
     def to_hf(self):
@@ -429,8 +431,8 @@ class Model(nn.Module):
 # ----------------------------------------------------------------------------- students from a teacher
 
 def student_config(teacher_cfg, student="rwkv7", attention_layers=()):
-    if student not in ("rwkv6", "rwkv7"):
-        raise ConfigError(f"student {student!r} is not one of rwkv6, rwkv7")
+    if student not in MIXERS or student == "attention":
+        raise ConfigError(f"student {student!r} is not one of {', '.join(k for k in MIXERS if k != 'attention')}")
     if teacher_cfg.student:
         raise ConfigError("the teacher is already a student model")
     bad = [i for i in attention_layers if not 0 <= i < teacher_cfg.num_hidden_layers]

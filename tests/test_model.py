@@ -229,3 +229,24 @@ def test_export_import_round_trip(name, tmp_path):
     idx = torch.randint(0, 512, (1, 20))
     with torch.no_grad():
         assert torch.equal(back(idx), model(idx))
+
+
+def test_new_mixer_from_readme(tmp_path):
+    # the README's fork-and-hack example, run as written: build, decode with state, export, import
+    readme = open(os.path.join(os.path.dirname(M.__file__), "README.md")).read()
+    code = readme.split("## Hacking")[1].split("```python")[1].split("```")[0]
+    try:
+        exec(code, {})
+        student = perturb(M.make_student(tiny_teacher(seed=4), "gla")).eval()
+        assert student.cfg.model_type == "glaqwen2"
+        idx = torch.randint(0, 512, (1, 21), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            full = student(idx)
+            cache = M.new_cache(student, 1, 21)
+            steps = torch.cat([student(idx[:, :9], cache)] + [student(idx[:, t:t + 1], cache) for t in range(9, 21)], 1)
+        assert rel_rms(steps, full) <= 1e-5
+        M.save_model(student.state_dict(), student.cfg, str(tmp_path), dtype=torch.float32)
+        with torch.no_grad():
+            assert torch.equal(M.load_model(str(tmp_path))(idx), full)
+    finally:
+        M.MIXERS.pop("gla", None)

@@ -21,7 +21,6 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -171,7 +170,7 @@ def shard(model, mp, split_mixers=False):
     fully_shard(model, mp_policy=mp, reshard_after_forward=False)
 
 
-def build(cfg, device, mp, world):
+def build(cfg, device, mp):
     """Teacher (frozen, compute dtype) and student (float32 master weights), built on the meta
     device, sharded, then filled from the checkpoints."""
     dtype = getattr(torch, cfg.dtype)
@@ -374,7 +373,7 @@ def main(argv):
 
     # models
     mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
-    teacher, student = build(cfg, device, mp, world)
+    teacher, student = build(cfg, device, mp)
     vocab = student.cfg.vocab_size
     for ds in (train_ds, val_ds) if val_ds is not None else (train_ds,):
         data.check_tokens(ds, vocab)  # a dataset tokenized for another vocabulary fails here, not mid-run

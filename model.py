@@ -253,6 +253,11 @@ class RWKV7Attention(nn.Module):
 MIXERS = {"attention": Attention, "rwkv6": RWKV6Attention, "rwkv7": RWKV7Attention}
 
 
+def student_kinds():
+    # every registered time mixer but the teacher's own attention (MIXERS may grow at run time)
+    return [k for k in MIXERS if k != "attention"]
+
+
 class Block(nn.Module):
     def __init__(self, cfg, layer_idx):
         super().__init__()
@@ -307,7 +312,7 @@ class ModelConfig:
     def from_hf(cls, d):
         """HF config.json dict -> ModelConfig; refuses what the code cannot represent."""
         mt = d.get("model_type")
-        known = ["qwen2", "llama"] + [f"{k}qwen2" for k in MIXERS if k != "attention"]
+        known = ["qwen2", "llama"] + [f"{k}qwen2" for k in student_kinds()]
         if mt not in known:
             raise ConfigError(f"config.json: model_type {mt!r} is not supported ({', '.join(known)})")
         if d.get("use_sliding_window"):
@@ -431,8 +436,8 @@ class Model(nn.Module):
 # ----------------------------------------------------------------------------- students from a teacher
 
 def student_config(teacher_cfg, student="rwkv7", attention_layers=()):
-    if student not in MIXERS or student == "attention":
-        raise ConfigError(f"student {student!r} is not one of {', '.join(k for k in MIXERS if k != 'attention')}")
+    if student not in student_kinds():
+        raise ConfigError(f"student {student!r} is not one of {', '.join(student_kinds())}")
     if teacher_cfg.student:
         raise ConfigError("the teacher is already a student model")
     bad = [i for i in attention_layers if not 0 <= i < teacher_cfg.num_hidden_layers]

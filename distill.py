@@ -170,6 +170,13 @@ def shard(model, mp, split_mixers=False):
     fully_shard(model, mp_policy=mp, reshard_after_forward=False)
 
 
+def init_source(cfg):
+    # where the student starts: "teacher" (a fresh student) or an HF student directory
+    if cfg.init_from != "auto":
+        return cfg.init_from
+    return "teacher" if cfg.stage == 1 else os.path.join(cfg.out_dir, f"stage{cfg.stage - 1}", "final")
+
+
 def build(cfg, device, mp):
     """Teacher (frozen, compute dtype) and student (float32 master weights), built on the meta
     device, sharded, then filled from the checkpoints."""
@@ -189,9 +196,7 @@ def build(cfg, device, mp):
         teacher.to_empty(device=device)
         load_into(teacher, with_head(M.iter_checkpoint(cfg.teacher), tcfg.tie_word_embeddings), cfg.teacher)
         teacher.eval()
-    src = cfg.init_from
-    if src == "auto":
-        src = "teacher" if cfg.stage == 1 else os.path.join(cfg.out_dir, f"stage{cfg.stage - 1}", "final")
+    src = init_source(cfg)
     if src == "teacher":
         if teacher is None:
             raise ValueError("--init_from teacher needs --teacher")
@@ -488,7 +493,7 @@ def main(argv):
     sd = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         final = os.path.join(stage_dir, "final")
-        M.save_model(sd, student.cfg, final + ".tmp", tokenizer_dir=cfg.teacher or cfg.init_from,
+        M.save_model(sd, student.cfg, final + ".tmp", tokenizer_dir=cfg.teacher or init_source(cfg),
                      dtype=torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
         if os.path.isdir(final):
             shutil.rmtree(final)

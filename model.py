@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import wkv_kernel
 
@@ -89,11 +90,12 @@ class Attention(nn.Module):
             rows = torch.arange(B, device=x.device)[:, None]
             cache["k"][rows, pos] = k.to(cache["k"].dtype)
             cache["v"][rows, pos] = v.to(cache["v"].dtype)
-            L = int(pos.max()) + 1
+            L = cache["filled"]  # longest row after this call, a host int (no device sync per layer)
             mask = torch.arange(L, device=x.device) <= pos[..., None]  # (B, T, L): causal per row
-            # KV heads repeated up front: a masked GQA call would go to a backend that re-plans for every length
             kc, vc = (repeat_kv(c[:, :L], self.H // self.KVH).transpose(1, 2) for c in (cache["k"], cache["v"]))
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, attn_mask=mask[:, None])
+            # cuDNN's attention would plan a new graph for every new length L: keep to the other backends
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+                y = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, attn_mask=mask[:, None])
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1)), v_first
 
 
@@ -407,11 +409,12 @@ class Model(nn.Module):
             cache["lens"][:, None] + torch.arange(T, device=idx.device)  # (1 or B, T)
         cos, sin = self.rope(pos)
         x, v_first = self.model.embed_tokens(idx), None
+        filled = None if cache is None else int(cache["lens"].max()) + T  # one device sync per call
         for i, block in enumerate(self.model.layers):
             layer_cache = None
             if cache is not None:
                 layer_cache = cache["layers"][i]
-                layer_cache["lens"] = cache["lens"]
+                layer_cache["lens"], layer_cache["filled"] = cache["lens"], filled
             x, v_first = block(x, cos, sin, v_first, layer_cache)
         if cache is not None:
             cache["lens"] = cache["lens"] + T
@@ -611,7 +614,7 @@ def stack_caches(caches):
     # one cache per prompt (batch 1) -> one batched cache
     return {"lens": torch.cat([c["lens"] for c in caches]),
             "layers": [{k: torch.cat([c["layers"][i][k] for c in caches]) for k in caches[0]["layers"][i]
-                        if k != "lens"} for i in range(len(caches[0]["layers"]))]}
+                        if k not in ("lens", "filled")} for i in range(len(caches[0]["layers"]))]}
 
 
 def sample(logits, temperature=0.0, top_p=1.0, gen=None):

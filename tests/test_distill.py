@@ -23,6 +23,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distill")
     teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"], model_type="qwen2", rope_theta=1e4)).init_weights(0)
     M.save_model(teacher.state_dict(), teacher.cfg, str(tmp / "teacher"), dtype=torch.float32)
+    (tmp / "teacher" / "tokenizer_config.json").write_text('{"marker": 1}')  # travels with every final student
     # learnable text: runs of consecutive ids from random starts, so a small model can fit it
     rng = np.random.default_rng(0)
     docs = [(rng.integers(1, V) + np.arange(rng.integers(20, 200))) % (V - 1) + 1 for _ in range(600)]
@@ -60,7 +61,7 @@ def test_three_steps_lower_their_losses(setup):
     run(setup, "a", "--stage", "1", "--tokens", str(40 * 8 * 32), "--lr", "3e-3", "--lr_final", "1e-4")
     run(setup, "a", "--stage", "2", "--tokens", str(30 * 8 * 32), "--lr", "1e-3", "--lr_final", "1e-3")
     out = run(setup, "a", "--stage", "3", "--tokens", str(30 * 8 * 32), "--seq_len", "64", "--lr", "1e-3",
-              "--lr_final", "1e-3", "--micro_batch", "2")
+              "--lr_final", "1e-3", "--micro_batch", "2", "--teacher", "")  # step 3 as users run it: no teacher
     assert "saved" in out
     for stage in (1, 2, 3):
         ls = list(losses(setup, "a", stage).values())
@@ -71,7 +72,8 @@ def test_three_steps_lower_their_losses(setup):
     t = M.load_model(str(setup / "teacher"))
     assert torch.equal(s1.model.layers[0].mlp.up_proj.weight, t.model.layers[0].mlp.up_proj.weight)
     assert not torch.equal(s1.model.layers[0].self_attn.q_proj.weight, t.model.layers[0].self_attn.q_proj.weight)
-    assert (setup / "a" / "stage2" / "final" / "config.json").exists()
+    for stage in (1, 2, 3):  # step 3 has no teacher: the tokenizer comes along from step 2's student
+        assert (setup / "a" / f"stage{stage}" / "final" / "tokenizer_config.json").read_text() == '{"marker": 1}'
 
 
 def test_two_processes_match_one(setup):

@@ -72,6 +72,8 @@ class EvalConfig:
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu (DATA.md's references are float32)
     seed: int = 1234  # passkey keys/depths and benchmark token ids
     out: str = "out/eval"  # report.md/.json (bench.md/.json/.png) are written here
+    merge: list = field(default_factory=list)  # report.json files (or their dirs) of earlier runs, e.g. one
+    #                                            per GPU, joined into one report instead of evaluating
 
 
 class EvalError(ValueError):
@@ -538,6 +540,8 @@ def evaluate(cfg):
     dtype = getattr(torch, cfg.dtype) if cfg.dtype != "auto" else torch.bfloat16 if device.type == "cuda" else torch.float32
     if cfg.bench:
         return bench(cfg, device, dtype)
+    if cfg.merge:
+        return write_report(cfg, merged_results(cfg.merge), [], device, dtype)
     models = parse_models(cfg.models)
     if not models:
         raise EvalError("no --models given")
@@ -568,7 +572,25 @@ def evaluate(cfg):
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    ref = "teacher" if "teacher" in results else models[0][0]
+    return write_report(cfg, results, models, device, dtype)
+
+
+def merged_results(paths):
+    results = {}
+    for p in paths:
+        p = os.path.join(p, "report.json") if os.path.isdir(p) else p
+        if not os.path.isfile(p):
+            raise EvalError(f"{p}: no such report")
+        with open(p) as fh:
+            for name, res in json.load(fh)["results"].items():
+                if name in results:
+                    raise EvalError(f"model name {name!r} is in two merged reports")
+                results[name] = res
+    return results
+
+
+def write_report(cfg, results, models, device, dtype):
+    ref = "teacher" if "teacher" in results else next(iter(results))
     md, rel = report(results, ref)
     os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "report.json"), "w") as fh:
@@ -577,7 +599,7 @@ def evaluate(cfg):
     with open(os.path.join(cfg.out, "report.md"), "w") as fh:
         fh.write(md + f"\n\n{device} {dtype}; acc_norm divides by UTF-8 bytes.\n")
     print(md)
-    if cfg.generate:
+    if cfg.generate and models:
         print(f"\ngreedy continuations of {cfg.generate!r}:")
         for name, res in results.items():
             print(f"--- {name}:\n{res['sample']}")
@@ -592,7 +614,7 @@ def parse_args(argv=None):
     for f in fields(EvalConfig):
         default = f.default_factory() if f.default is MISSING else f.default
         kw = dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool) else \
-            dict(nargs="*", metavar="NAME=DIR") if isinstance(default, list) else dict(type=type(default))
+            dict(nargs="*", metavar="NAME=DIR" if f.name == "models" else "PATH") if isinstance(default, list) else dict(type=type(default))
         p.add_argument("--" + f.name.replace("_", "-"), default=default, help=helps.get(f.name), **kw)
     return EvalConfig(**vars(p.parse_args(argv)))
 

@@ -177,6 +177,20 @@ def test_relative_scores():
     assert "| student | 66.7 | 75.0 | 70.8 |" in md
 
 
+def test_merge_reports(tmp_path):
+    # models evaluated in separate runs (one per GPU) joined into one report, relative to the teacher
+    for name, acc in [("teacher", 0.55), ("student", 0.45)]:
+        (tmp_path / name).mkdir()
+        res = {name: {"arc_challenge": {"acc": 0.5, "acc_norm": acc, "random": 0.25}}}
+        (tmp_path / name / "report.json").write_text(json.dumps({"results": res}))
+    E.main(["--merge", str(tmp_path / "student"), str(tmp_path / "teacher" / "report.json"), "--out", str(tmp_path / "m")])
+    rep = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert rep["reference"] == "teacher" and list(rep["results"]) == ["student", "teacher"]
+    assert rep["relative"]["student"]["arc_challenge"] == pytest.approx(2 / 3)  # (0.45 - 0.25) / (0.55 - 0.25)
+    with pytest.raises(SystemExit, match="'student' is in two merged reports"):
+        E.main(["--merge", str(tmp_path / "student"), str(tmp_path / "student"), "--out", str(tmp_path / "m2")])
+
+
 # ----------------------------------------------------------------------------- passkey
 
 @pytest.mark.parametrize("n_tokens", [300, 1000, 4000])

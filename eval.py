@@ -541,7 +541,7 @@ def evaluate(cfg):
     if cfg.bench:
         return bench(cfg, device, dtype)
     if cfg.merge:
-        return write_report(cfg, merged_results(cfg.merge), [], device, dtype)
+        return write_report(cfg, merged_results(cfg.merge), device, dtype)
     models = parse_models(cfg.models)
     if not models:
         raise EvalError("no --models given")
@@ -572,7 +572,7 @@ def evaluate(cfg):
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return write_report(cfg, results, models, device, dtype)
+    return write_report(cfg, results, device, dtype)
 
 
 def merged_results(paths):
@@ -589,7 +589,7 @@ def merged_results(paths):
     return results
 
 
-def write_report(cfg, results, models, device, dtype):
+def write_report(cfg, results, device, dtype):
     ref = "teacher" if "teacher" in results else next(iter(results))
     md, rel = report(results, ref)
     os.makedirs(cfg.out, exist_ok=True)
@@ -599,10 +599,11 @@ def write_report(cfg, results, models, device, dtype):
     with open(os.path.join(cfg.out, "report.md"), "w") as fh:
         fh.write(md + f"\n\n{device} {dtype}; acc_norm divides by UTF-8 bytes.\n")
     print(md)
-    if cfg.generate and models:
+    samples = {name: res["sample"] for name, res in results.items() if "sample" in res}
+    if samples:
         print(f"\ngreedy continuations of {cfg.generate!r}:")
-        for name, res in results.items():
-            print(f"--- {name}:\n{res['sample']}")
+        for name, text in samples.items():
+            print(f"--- {name}:\n{text}")
     return results
 
 

@@ -64,6 +64,7 @@ class EvalConfig:
     bench_contexts: str = "1024,4096,16384,32768"  # bench: prompt lengths (tokens)
     bench_batches: str = "1,32"  # bench: batch sizes
     decode_steps: int = 64  # bench: decode steps timed after the prefill
+    cuda_graphs: bool = True  # bench: decode by replaying a captured CUDA graph (off: eager, host-bound at small batch)
     prefill_chunk: int = 2048  # tokens per forward when prefilling a cache: bounds attention's mask memory
     batch_size: int = 32  # sequences per forward when scoring
     max_len: int = 2048  # longer scored inputs keep their last max_len tokens (lm-eval's max_length)
@@ -418,15 +419,17 @@ def sync(device):
 
 
 @torch.no_grad()
-def time_generation(model, B, T, steps, prefill_chunk):
-    """Prefill B random prompts of T tokens into a cache (chunked), then `steps` greedy decode
-    steps -> (prefill tokens/s, decode tokens/s). Eager PyTorch, no CUDA graphs or compile: at
-    batch 1 both models' decode is bound by host time (kernel launches; for the teacher's masked
-    GQA attention, cuDNN plans a new graph for each new KV length, ~2.4 ms per layer and step
-    on an H100), so decode tokens/s at batch 1 understates what either model can do."""
+def time_generation(model, B, T, steps, prefill_chunk, cuda_graphs=True):
+    """Prefill B random prompts of T tokens into a cache (chunked, eager), then `steps` greedy decode
+    steps -> (prefill tokens/s, decode tokens/s). With cuda_graphs, decode is model.GraphDecoder's
+    static step, on a GPU one graph replay per step (captured after the prefill, off the clock), so
+    it measures GPU time; the teacher's step attends over all T + steps slots of its KV cache.
+    Without, eager PyTorch: at batch 1 decode is then bound by host time (kernel launches), not by
+    the GPU, and understates what either model can do."""
     device = next(model.parameters()).device
     ids = torch.randint(0, model.cfg.vocab_size, (B, T)).to(device)
-    cache = M.new_cache(model, B, T + steps)
+    dec = M.GraphDecoder(model, B, T + steps) if cuda_graphs else None
+    cache = dec.cache if dec else M.new_cache(model, B, T + steps)
     sync(device)
     t0 = time.perf_counter()
     for s in range(0, T, prefill_chunk):
@@ -434,10 +437,14 @@ def time_generation(model, B, T, steps, prefill_chunk):
     tok = model.lm_head(h[:, -1]).argmax(-1)
     sync(device)
     t1 = time.perf_counter()
-    for _ in range(steps):
-        tok = model.lm_head(model(tok[:, None], cache, logits=False)[:, -1]).argmax(-1)
+    if dec:
+        dec.capture()  # not timed
     sync(device)
-    return B * T / (t1 - t0), B * steps / (time.perf_counter() - t1)
+    t2 = time.perf_counter()
+    for _ in range(steps):
+        tok = (dec.step(tok) if dec else model(tok[:, None], cache)[:, -1]).argmax(-1)
+    sync(device)
+    return B * T / (t1 - t0), B * steps / (time.perf_counter() - t2)
 
 
 def bench(cfg, device, dtype):
@@ -463,11 +470,12 @@ def bench(cfg, device, dtype):
             for T in contexts:
                 row = {"model": name, "batch": B, "context": T}
                 try:
-                    time_generation(model, B, min(T, cfg.prefill_chunk), 2, cfg.prefill_chunk)  # warm-up: same shapes
+                    time_generation(model, B, min(T, cfg.prefill_chunk), 2, cfg.prefill_chunk,
+                                    cfg.cuda_graphs)  # warm-up: same shapes
                     if cuda:
                         torch.cuda.reset_peak_memory_stats()
                     row["prefill_tok_s"], row["decode_tok_s"] = time_generation(model, B, T, cfg.decode_steps,
-                                                                                cfg.prefill_chunk)
+                                                                                cfg.prefill_chunk, cfg.cuda_graphs)
                     row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
                 except torch.OutOfMemoryError:  # its tensors are freed once the except block is left
                     row["skipped"] = "out of memory"
@@ -483,8 +491,10 @@ def bench(cfg, device, dtype):
                         [[r["model"], r["batch"], r["context"], fmt(r.get("prefill_tok_s"), ",.0f"),
                           fmt(r.get("decode_tok_s"), ",.1f"), fmt(r.get("peak_gib"), ".2f"), r.get("skipped", "")]
                          for r in rows])
-    md += (f"\n\n{device} {dtype}, {cfg.decode_steps} decode steps after the prefill; eager PyTorch (no CUDA graphs,"
-           " no compile): decode at small batch is bound by host time, not by the GPU.")
+    md += (f"\n\n{device} {dtype}, {cfg.decode_steps} decode steps after an eager prefill; " + (
+        "decode replays one CUDA graph per step (capture not timed; the teacher attends over its whole static"
+        " KV cache of context + steps slots)." if cuda and cfg.cuda_graphs else
+        "eager decode (no CUDA graphs, no compile): at small batch it is bound by host time, not by the GPU."))
     os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "bench.json"), "w") as fh:
         json.dump({"config": asdict(cfg), "rows": rows}, fh, indent=2)

@@ -90,7 +90,9 @@ class Attention(nn.Module):
             rows = torch.arange(B, device=x.device)[:, None]
             cache["k"][rows, pos] = k.to(cache["k"].dtype)
             cache["v"][rows, pos] = v.to(cache["v"].dtype)
-            L = cache["filled"]  # longest row after this call, a host int (no device sync per layer)
+            # up to the longest row after this call, a host int (no device sync per layer); in the static
+            # step (filled None) over the whole cache, so nothing the graph captures changes between steps
+            L = cache["filled"] or cache["k"].shape[1]
             mask = torch.arange(L, device=x.device) <= pos[..., None]  # (B, T, L): causal per row
             kc, vc = (repeat_kv(c[:, :L], self.H // self.KVH).transpose(1, 2) for c in (cache["k"], cache["v"]))
             # cuDNN's attention would plan a new graph for every new length L: keep to the other backends
@@ -170,7 +172,7 @@ class RWKV6Attention(nn.Module):
         xprev = F.pad(x, (0, 0, 1, -1))
         if cache is not None:
             xprev[:, 0] = cache["shift"]
-            cache["shift"] = x[:, -1].clone()
+            cache["shift"].copy_(x[:, -1])  # in place, as every cache update: a captured graph holds the buffer
         dx = xprev - x
         xxx = torch.tanh((x + dx * self.time_maa_x) @ self.time_maa_w1)  # (B, T, 5r)
         xxx = torch.bmm(xxx.view(B * T, 5, -1).transpose(0, 1), self.time_maa_w2)  # (5, B*T, C)
@@ -188,7 +190,7 @@ class RWKV6Attention(nn.Module):
         state = cache["state"] if cache is not None else None
         o, state = wkv_kernel.wkv6(r * N ** -0.5, k, v, logw, state)
         if cache is not None:
-            cache["state"] = state
+            cache["state"].copy_(state)
         return self.o_proj(o.reshape(B, T, H * N) * g), v_first
 
 
@@ -248,7 +250,7 @@ class RWKV7Attention(nn.Module):
         state = cache["state"] if cache is not None else None
         o, state = wkv_kernel.wkv7(r, logw, k, v, (-kk).to(r.dtype), (kk * a.float()).to(r.dtype), state)
         if cache is not None:
-            cache["state"] = state
+            cache["state"].copy_(state)
         return self.o_proj((o * N ** -0.5).reshape(B, T, H * N) * g), v_first
 
 
@@ -409,7 +411,8 @@ class Model(nn.Module):
             cache["lens"][:, None] + torch.arange(T, device=idx.device)  # (1 or B, T)
         cos, sin = self.rope(pos)
         x, v_first = self.model.embed_tokens(idx), None
-        filled = None if cache is None else int(cache["lens"].max()) + T  # one device sync per call
+        # one device sync per call; none in GraphDecoder's static step, which attends over the whole cache
+        filled = None if cache is None or cache.get("static") else int(cache["lens"].max()) + T
         for i, block in enumerate(self.model.layers):
             layer_cache = None
             if cache is not None:
@@ -417,7 +420,7 @@ class Model(nn.Module):
                 layer_cache["lens"], layer_cache["filled"] = cache["lens"], filled
             x, v_first = block(x, cos, sin, v_first, layer_cache)
         if cache is not None:
-            cache["lens"] = cache["lens"] + T
+            cache["lens"] += T
         x = self.model.norm(x)
         if callable(logits):
             return logits(x, self.lm_head.weight)
@@ -590,6 +593,9 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
 
 # ----------------------------------------------------------------------------- generation
 
+CACHE_KEYS = ("k", "v", "state", "shift")  # what new_cache puts in a layer's dict (Model.forward adds more)
+
+
 def new_cache(model, batch_size, max_len, device=None, dtype=None):
     """Per-layer generation state: a KV cache for softmax layers, an N x N float32 state (plus the
     last token for RAD-RWKV6's shift) for recurrent layers. Recurrent layers need no max_len."""
@@ -629,26 +635,83 @@ def sample(logits, temperature=0.0, top_p=1.0, gen=None):
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
+class GraphDecoder:
+    """A static cache (new_cache) and a one-token decode step over it. Prefill with the ordinary
+    model(ids, dec.cache), or one prompt per row with model(ids, dec.row(b)); then step(tok) (B,) ->
+    logits (B, V), valid until the next step. The step's attention reads all max_len slots, masked
+    per row, and every cache update is in place, so on CUDA the step is one graph replay (recorded
+    by capture(), which the first step calls); elsewhere it runs eagerly."""
+
+    def __init__(self, model, batch_size, max_len):
+        self.model, self.cache, self.graph = model, new_cache(model, batch_size, max_len), None
+        self.static = dict(self.cache, static=True)  # the same tensors, flagged for Model.forward
+        self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=self.cache["lens"].device)
+        self.buffers = self._buffers()
+
+    def _buffers(self):
+        return [self.static["lens"]] + [c[k] for c in self.cache["layers"] for k in CACHE_KEYS if k in c]
+
+    @torch.no_grad()
+    def _step(self):
+        logits = self.model(self.tok, self.static)[:, -1]
+        if any(a is not b for a, b in zip(self._buffers(), self.buffers)):  # a graph would keep the old tensor
+            raise RuntimeError("GraphDecoder: a layer replaced a cache tensor instead of updating it in place")
+        return logits
+
+    def capture(self):
+        """Record the step as a CUDA graph, keeping the cache's contents (a no-op elsewhere). Best after
+        the prefill: the graph's memory pool cannot use blocks that the prefill leaves cached."""
+        if self.graph is not None or not self.tok.is_cuda:
+            return
+        # a warm-up step advances lens and the states: put them back after each; the k/v slot at lens
+        # that it writes stays masked until the next real step overwrites it
+        moved = [self.static["lens"]] + [c[k] for c in self.cache["layers"] for k in ("state", "shift") if k in c]
+        saved = [t.clone() for t in moved]
+        s = torch.cuda.Stream()  # warm up on a side stream first, as PyTorch documents (Triton compiles here)
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                self._step()
+                for t, t0 in zip(moved, saved):
+                    t.copy_(t0)
+        torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.empty_cache()  # during capture the allocator cannot free cached blocks to make room
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._step()
+
+    def row(self, b):
+        # row b as a batch-1 cache of views into the static one: model(ids, dec.row(b)) prefills it in place
+        return {"lens": self.cache["lens"][b:b + 1],
+                "layers": [{k: c[k][b:b + 1] for k in CACHE_KEYS if k in c} for c in self.cache["layers"]]}
+
+    def step(self, tok):
+        self.tok[:, 0].copy_(tok)
+        self.capture()
+        if self.graph is None:
+            return self._step()
+        self.graph.replay()
+        return self.logits
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_p=1.0, eos_id=None, prefill_chunk=1024,
              seed=None):
     """prompts: list of token-id lists (any lengths) -> list of generated id lists (EOS included
     when hit). Each prompt is prefilled alone in chunks carrying its state, then all decode together,
-    one token per step, each row at its own position."""
+    one token per step (a CUDA graph replay on a GPU), each row at its own position."""
+    if not all(prompts):
+        raise ValueError("generate: empty prompt")
     device = next(model.parameters()).device
-    max_len = max(len(p) for p in prompts) + max_new_tokens
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    caches, last = [], []
-    for p in prompts:
-        if not p:
-            raise ValueError("generate: empty prompt")
-        cache = new_cache(model, 1, max_len)
-        ids = torch.tensor([p], device=device)
+    dec = GraphDecoder(model, len(prompts), max(len(p) for p in prompts) + max_new_tokens)
+    last = []
+    for b, p in enumerate(prompts):
+        ids, row = torch.tensor([p], device=device), dec.row(b)
         for s in range(0, len(p), prefill_chunk):
-            logits = model(ids[:, s:s + prefill_chunk], cache)
-        caches.append(cache)
+            logits = model(ids[:, s:s + prefill_chunk], row)
         last.append(logits[:, -1])
-    cache, logits = stack_caches(caches), torch.cat(last)
+    logits = torch.cat(last)
     out = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
@@ -660,5 +723,5 @@ def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_p=1.0, eos_
             done |= tok == eos_id
         if bool(done.all()):
             break
-        logits = model(tok[:, None], cache)[:, -1]
+        logits = dec.step(tok)
     return out

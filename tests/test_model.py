@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import model as M
 import wkv_kernel
@@ -186,6 +187,71 @@ def test_batched_generation_matches_single():
     assert [len(s) for s in sampled] == [5, 5, 5]
 
 
+class HostReads(TorchDispatchMode):
+    # counts ops that read a device value on the host: each is a sync, which a CUDA graph cannot capture
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default)
+        return func(*args, **(kwargs or {}))
+
+
+def prefill_rows(model, lens, steps, max_len, seed=6):
+    """Prompts of different lengths prefilled (in chunks of 8) into a GraphDecoder, one row each, and into
+    stacked batch-1 caches (the ordinary path); the decoder's free slots hold random stale values first."""
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(0, 512, (1, n + steps), generator=g) for n in lens]
+    dec, caches = M.GraphDecoder(model, len(lens), max_len), []
+    for c in dec.cache["layers"]:
+        for k in ("k", "v"):
+            if k in c:
+                c[k].copy_(torch.randn(c[k].shape, generator=g))
+    with torch.no_grad():
+        for b, (n, x) in enumerate(zip(lens, seqs)):
+            caches.append(M.new_cache(model, 1, max_len))
+            for s in range(0, n, 8):
+                ref = model(x[:, s:min(s + 8, n)].to(dec.tok.device), caches[-1])
+                got = model(x[:, s:min(s + 8, n)].to(dec.tok.device), dec.row(b))
+            assert rel_rms(got, ref) <= 1e-5
+    return seqs, dec, M.stack_caches(caches)
+
+
+@pytest.mark.parametrize("name", ["teacher", "rwkv6", "rwkv7", "rwkv7-hybrid"])
+def test_static_step_matches_decode(name):
+    # the static step (eager here; a CUDA graph on a GPU), rows at different positions, against the
+    # ordinary decode over stacked caches and against each row's parallel forward; and it reads nothing on the host
+    model = perturb({"teacher": tiny_teacher(seed=3), **students()}[name]).eval()
+    lens, steps = [9, 1, 20], 5
+    seqs, dec, cache = prefill_rows(model, lens, steps, max(lens) + steps)  # as generate: the last slot gets used
+    with torch.no_grad():
+        full = [model(x)[0] for x in seqs]  # (n + steps, V)
+        for t in range(steps):
+            tok = torch.stack([x[0, n + t] for n, x in zip(lens, seqs)])
+            ref = model(tok[:, None], cache)[:, -1]
+            with HostReads() as reads:
+                got = dec.step(tok)
+            assert reads.n == 0
+            assert rel_rms(got, ref) <= 1e-5, t
+            assert rel_rms(got, torch.stack([f[n + t] for n, f in zip(lens, full)])) <= 1e-5, t
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["teacher", "rwkv6", "rwkv7-hybrid"])
+def test_graph_step_matches_decode(name):
+    # graph replay (captured after the prefill, which it must leave intact) against the ordinary decode,
+    # float32 on the GPU; same kernels but attention's reduction over max_len slots instead of the filled ones
+    model = perturb({"teacher": tiny_teacher(seed=3), **students()}[name]).cuda().eval()
+    lens, steps = [9, 1, 20], 5
+    seqs, dec, cache = prefill_rows(model, lens, steps, max(lens) + steps)
+    with torch.no_grad():
+        for t in range(steps):
+            tok = torch.stack([x[0, n + t] for n, x in zip(lens, seqs)]).cuda()
+            assert rel_rms(dec.step(tok), model(tok[:, None], cache)[:, -1]) <= 1e-4, t
+    assert dec.graph is not None
+
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton reads it once, at import
 
 
@@ -245,6 +311,7 @@ def test_new_mixer_from_readme(tmp_path):
             cache = M.new_cache(student, 1, 21)
             steps = torch.cat([student(idx[:, :9], cache)] + [student(idx[:, t:t + 1], cache) for t in range(9, 21)], 1)
         assert rel_rms(steps, full) <= 1e-5
+        assert M.generate(student, [idx[0].tolist()], 1) == [[full[0, -1].argmax().item()]]
         M.save_model(student.state_dict(), student.cfg, str(tmp_path), dtype=torch.float32)
         with torch.no_grad():
             assert torch.equal(M.load_model(str(tmp_path))(idx), full)

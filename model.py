@@ -616,13 +616,6 @@ def new_cache(model, batch_size, max_len, device=None, dtype=None):
     return {"lens": torch.zeros(B, dtype=torch.long, device=device), "layers": layers}
 
 
-def stack_caches(caches):
-    # one cache per prompt (batch 1) -> one batched cache
-    return {"lens": torch.cat([c["lens"] for c in caches]),
-            "layers": [{k: torch.cat([c["layers"][i][k] for c in caches]) for k in caches[0]["layers"][i]
-                        if k not in ("lens", "filled")} for i in range(len(caches[0]["layers"]))]}
-
-
 def sample(logits, temperature=0.0, top_p=1.0, gen=None):
     # logits (B, V) -> (B,) next tokens; greedy at temperature 0, else nucleus sampling
     if temperature <= 0:

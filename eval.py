@@ -550,8 +550,9 @@ def evaluate(cfg):
     dtype = getattr(torch, cfg.dtype) if cfg.dtype != "auto" else torch.bfloat16 if device.type == "cuda" else torch.float32
     if cfg.bench:
         return bench(cfg, device, dtype)
-    if cfg.merge:
-        return write_report(cfg, merged_results(cfg.merge), device, dtype)
+    if cfg.merge:  # the report names the devices of the merged runs, not this process's
+        results, devices = merged_results(cfg.merge)
+        return write_report(cfg, results, devices, "(merged)")
     models = parse_models(cfg.models)
     if not models:
         raise EvalError("no --models given")
@@ -586,17 +587,20 @@ def evaluate(cfg):
 
 
 def merged_results(paths):
-    results = {}
+    results, devices = {}, []
     for p in paths:
         p = os.path.join(p, "report.json") if os.path.isdir(p) else p
         if not os.path.isfile(p):
             raise EvalError(f"{p}: no such report")
         with open(p) as fh:
-            for name, res in json.load(fh)["results"].items():
-                if name in results:
-                    raise EvalError(f"model name {name!r} is in two merged reports")
-                results[name] = res
-    return results
+            rep = json.load(fh)
+        for name, res in rep["results"].items():
+            if name in results:
+                raise EvalError(f"model name {name!r} is in two merged reports")
+            results[name] = res
+        where = f"{rep.get('device', '?')} {rep.get('dtype', '?')}"
+        devices += [where] if where not in devices else []
+    return results, " / ".join(devices)
 
 
 def write_report(cfg, results, device, dtype):

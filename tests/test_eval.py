@@ -182,11 +182,12 @@ def test_merge_reports(tmp_path):
     for name, acc in [("teacher", 0.55), ("student", 0.45)]:
         (tmp_path / name).mkdir()
         res = {name: {"arc_challenge": {"acc": 0.5, "acc_norm": acc, "random": 0.25}}}
-        (tmp_path / name / "report.json").write_text(json.dumps({"results": res}))
+        (tmp_path / name / "report.json").write_text(json.dumps({"results": res, "device": "cuda", "dtype": "torch.bfloat16"}))
     E.main(["--merge", str(tmp_path / "student"), str(tmp_path / "teacher" / "report.json"), "--out", str(tmp_path / "m")])
     rep = json.loads((tmp_path / "m" / "report.json").read_text())
     assert rep["reference"] == "teacher" and list(rep["results"]) == ["student", "teacher"]
     assert rep["relative"]["student"]["arc_challenge"] == pytest.approx(2 / 3)  # (0.45 - 0.25) / (0.55 - 0.25)
+    assert "cuda torch.bfloat16 (merged)" in (tmp_path / "m" / "report.md").read_text()  # the runs' device, not ours
     with pytest.raises(SystemExit, match="'student' is in two merged reports"):
         E.main(["--merge", str(tmp_path / "student"), str(tmp_path / "student"), "--out", str(tmp_path / "m2")])
 

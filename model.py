@@ -93,11 +93,16 @@ class Attention(nn.Module):
             # up to the longest row after this call, a host int (no device sync per layer); in the static
             # step (filled None) over the whole cache, so nothing the graph captures changes between steps
             L = cache["filled"] or cache["k"].shape[1]
-            mask = torch.arange(L, device=x.device) <= pos[..., None]  # (B, T, L): causal per row
-            kc, vc = (repeat_kv(c[:, :L], self.H // self.KVH).transpose(1, 2) for c in (cache["k"], cache["v"]))
+            R = self.H // self.KVH  # GQA: the R query heads of one KV head become R * T query rows of it, so
+            # the cache is read as stored (KVH heads), never expanded to H
+            mask = (torch.arange(L, device=x.device) <= pos[..., None]).repeat(1, R, 1)  # (B, R*T, L): causal per row
+            qg = q.view(B, T, self.KVH, R, self.N).permute(0, 2, 3, 1, 4).reshape(B, self.KVH, R * T, self.N)
             # cuDNN's attention would plan a new graph for every new length L: keep to the other backends
+            kc, vc = (c[:, :L].transpose(1, 2) for c in (cache["k"], cache["v"]))  # (B, KVH, L, N)
             with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-                y = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, attn_mask=mask[:, None])
+                y = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask[:, None])  # (B, KVH, R*T, N)
+            y = y.view(B, self.KVH, R, T, self.N).permute(0, 3, 1, 2, 4)  # (B, T, KVH, R, N): head h = KV head h // R
+            return self.o_proj(y.reshape(B, T, -1)), v_first
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1)), v_first
 
 

@@ -65,6 +65,7 @@ class EvalConfig:
     bench_batches: str = "1,32"  # bench: batch sizes
     decode_steps: int = 64  # bench: decode steps timed after the prefill
     cuda_graphs: bool = True  # bench: decode by replaying a captured CUDA graph (off: eager, host-bound at small batch)
+    compile: bool = False  # bench: torch.compile the decode step before its graph is captured (compile time not timed)
     prefill_chunk: int = 2048  # tokens per forward when prefilling a cache: bounds attention's mask memory
     batch_size: int = 32  # sequences per forward when scoring
     max_len: int = 2048  # longer scored inputs keep their last max_len tokens (lm-eval's max_length)
@@ -419,7 +420,7 @@ def sync(device):
 
 
 @torch.no_grad()
-def time_generation(model, B, T, steps, prefill_chunk, cuda_graphs=True):
+def time_generation(model, B, T, steps, prefill_chunk, cuda_graphs=True, compile=False):
     """Prefill B random prompts of T tokens into a cache (chunked, eager), then `steps` greedy decode
     steps -> (prefill tokens/s, decode tokens/s). With cuda_graphs, decode is model.GraphDecoder's
     static step, on a GPU one graph replay per step (captured after the prefill, off the clock), so
@@ -428,7 +429,7 @@ def time_generation(model, B, T, steps, prefill_chunk, cuda_graphs=True):
     the GPU, and understates what either model can do."""
     device = next(model.parameters()).device
     ids = torch.randint(0, model.cfg.vocab_size, (B, T)).to(device)
-    dec = M.GraphDecoder(model, B, T + steps) if cuda_graphs else None
+    dec = M.GraphDecoder(model, B, T + steps, compile) if cuda_graphs else None
     cache = dec.cache if dec else M.new_cache(model, B, T + steps)
     sync(device)
     t0 = time.perf_counter()
@@ -461,6 +462,11 @@ def bench(cfg, device, dtype):
     if not builds:
         raise EvalError("--bench needs --preset or --models")
     contexts, batches = ints(cfg.bench_contexts, "bench-contexts"), ints(cfg.bench_batches, "bench-batches")
+    if cfg.compile and not cfg.cuda_graphs:
+        raise EvalError("--compile compiles the graph decoder's step: drop --no-cuda-graphs")
+    if cfg.compile:  # one compile per cache shape and model (they share Model.forward's code)
+        limit = 2 * len(builds) * len(contexts) * len(batches)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
     torch.manual_seed(cfg.seed)
     rows, cuda = [], device.type == "cuda"
     for name, build in builds:
@@ -471,11 +477,12 @@ def bench(cfg, device, dtype):
                 row = {"model": name, "batch": B, "context": T}
                 try:
                     time_generation(model, B, min(T, cfg.prefill_chunk), 2, cfg.prefill_chunk,
-                                    cfg.cuda_graphs)  # warm-up: same shapes
+                                    cfg.cuda_graphs, cfg.compile)  # warm-up: same shapes
                     if cuda:
                         torch.cuda.reset_peak_memory_stats()
                     row["prefill_tok_s"], row["decode_tok_s"] = time_generation(model, B, T, cfg.decode_steps,
-                                                                                cfg.prefill_chunk, cfg.cuda_graphs)
+                                                                                cfg.prefill_chunk, cfg.cuda_graphs,
+                                                                                cfg.compile)
                     row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
                 except torch.OutOfMemoryError:  # its tensors are freed once the except block is left
                     row["skipped"] = "out of memory"
@@ -493,8 +500,9 @@ def bench(cfg, device, dtype):
                          for r in rows])
     md += (f"\n\n{device} {dtype}, {cfg.decode_steps} decode steps after an eager prefill; " + (
         "decode replays one CUDA graph per step (capture not timed; the teacher attends over its whole static"
-        " KV cache of context + steps slots)." if cuda and cfg.cuda_graphs else
-        "eager decode (no CUDA graphs, no compile): at small batch it is bound by host time, not by the GPU."))
+        " KV cache of context + steps slots)" if cuda and cfg.cuda_graphs else
+        "eager decode (no CUDA graphs): at small batch it is bound by host time, not by the GPU") +
+        ("; the step compiled with torch.compile (compile not timed)." if cfg.compile else "."))
     os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "bench.json"), "w") as fh:
         json.dump({"config": asdict(cfg), "rows": rows}, fh, indent=2)

@@ -638,10 +638,12 @@ class GraphDecoder:
     model(ids, dec.cache), or one prompt per row with model(ids, dec.row(b)); then step(tok) (B,) ->
     logits (B, V), valid until the next step. The step's attention reads all max_len slots, masked
     per row, and every cache update is in place, so on CUDA the step is one graph replay (recorded
-    by capture(), which the first step calls); elsewhere it runs eagerly."""
+    by capture(), which the first step calls); elsewhere it runs eagerly. compile: the step runs through
+    torch.compile (fusing its element-wise kernels), compiled at the first step or capture."""
 
-    def __init__(self, model, batch_size, max_len):
+    def __init__(self, model, batch_size, max_len, compile=False):
         self.model, self.cache, self.graph = model, new_cache(model, batch_size, max_len), None
+        self.fn = torch.compile(model, dynamic=False) if compile else model
         self.static = dict(self.cache, static=True)  # the same tensors, flagged for Model.forward
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=self.cache["lens"].device)
         self.buffers = self._buffers()
@@ -651,7 +653,7 @@ class GraphDecoder:
 
     @torch.no_grad()
     def _step(self):
-        logits = self.model(self.tok, self.static)[:, -1]
+        logits = self.fn(self.tok, self.static)[:, -1]
         if any(a is not b for a, b in zip(self._buffers(), self.buffers)):  # a graph would keep the old tensor
             raise RuntimeError("GraphDecoder: a layer replaced a cache tensor instead of updating it in place")
         return logits

@@ -205,12 +205,12 @@ def stack_caches(caches):
                        for i, layer in enumerate(caches[0]["layers"])]}
 
 
-def prefill_rows(model, lens, steps, max_len, seed=6):
+def prefill_rows(model, lens, steps, max_len, seed=6, compile=False):
     """Prompts of different lengths prefilled (in chunks of 8) into a GraphDecoder, one row each, and into
     stacked batch-1 caches (the ordinary path); the decoder's free slots hold random stale values first."""
     g = torch.Generator().manual_seed(seed)
     seqs = [torch.randint(0, 512, (1, n + steps), generator=g) for n in lens]
-    dec, caches = M.GraphDecoder(model, len(lens), max_len), []
+    dec, caches = M.GraphDecoder(model, len(lens), max_len, compile), []
     for c in dec.cache["layers"]:
         for k in ("k", "v"):
             if k in c:
@@ -242,6 +242,19 @@ def test_static_step_matches_decode(name):
             assert reads.n == 0
             assert rel_rms(got, ref) <= 1e-5, t
             assert rel_rms(got, torch.stack([f[n + t] for n, f in zip(lens, full)])) <= 1e-5, t
+
+
+@pytest.mark.parametrize("name", ["teacher", "rwkv7"])
+def test_compiled_step_matches_decode(name):
+    # GraphDecoder(compile=True): the torch.compile'd step (CPU code here) against the ordinary decode
+    model = perturb({"teacher": tiny_teacher(seed=3), **students()}[name]).eval()
+    lens, steps = [9, 1, 20], 3
+    seqs, dec, cache = prefill_rows(model, lens, steps, max(lens) + steps, compile=True)
+    assert dec.fn is not model
+    with torch.no_grad():
+        for t in range(steps):
+            tok = torch.stack([x[0, n + t] for n, x in zip(lens, seqs)])
+            assert rel_rms(dec.step(tok), model(tok[:, None], cache)[:, -1]) <= 1e-5, t
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -258,13 +258,15 @@ def test_compiled_step_matches_decode(name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("name", ["teacher", "rwkv6", "rwkv7-hybrid"])
-def test_graph_step_matches_decode(name):
+@pytest.mark.parametrize("name,compile", [("teacher", False), ("rwkv6", False), ("rwkv7-hybrid", False),
+                                          ("rwkv7-hybrid", True)])
+def test_graph_step_matches_decode(name, compile):
     # graph replay (captured after the prefill, which it must leave intact) against the ordinary decode,
-    # float32 on the GPU; same kernels but attention's reduction over max_len slots instead of the filled ones
+    # float32 on the GPU; same kernels but attention's reduction over max_len slots instead of the filled ones;
+    # compile: the step's torch.compile'd code captured (the hybrid has both attention and RWKV7 layers)
     model = perturb({"teacher": tiny_teacher(seed=3), **students()}[name]).cuda().eval()
     lens, steps = [9, 1, 20], 5
-    seqs, dec, cache = prefill_rows(model, lens, steps, max(lens) + steps)
+    seqs, dec, cache = prefill_rows(model, lens, steps, max(lens) + steps, compile=compile)
     with torch.no_grad():
         for t in range(steps):
             tok = torch.stack([x[0, n + t] for n, x in zip(lens, seqs)]).cuda()

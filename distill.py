@@ -69,7 +69,8 @@ class Config:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # clip the global gradient norm
     seed: int = 1337  # torch seed and student init
-    dtype: str = "bfloat16"  # compute and teacher dtype: bfloat16 | float32 (master weights stay float32)
+    dtype: str = "bfloat16"  # compute and teacher dtype: bfloat16 | float32 (master weights and Adam state stay
+    # float32: [choice] over SPEC's bf16 weights, whose updates at lr 1e-5 would round away; exports are bf16)
     loss_chunk: int = 2048  # tokens per chunk of the KL / cross-entropy, so [tokens, vocab] float32 never exists
     activation_checkpointing: bool = False  # recompute blocks in the backward (steps 2/3)
     compile: bool = False  # torch.compile each student block

@@ -212,7 +212,7 @@ class RWKV7Attention(nn.Module):
         self.k_proj = nn.Linear(C, KVH * N, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(C, KVH * N, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(D, C, bias=False)
-        for name in ("w0", "a0", "v0", "k_k", "k_a"):
+        for name in ("w0", "a0", "v0", "k_k", "k_a"):  # k_k, k_a: kept for the published format; unused
             setattr(self, name, nn.Parameter(torch.empty(1, 1, D)))
         self.w1, self.w2 = nn.Parameter(torch.empty(C, rd)), nn.Parameter(torch.empty(rd, D))  # decay LoRA
         self.a1, self.a2 = nn.Parameter(torch.empty(C, rd)), nn.Parameter(torch.empty(rd, D))  # in-context lr
@@ -353,7 +353,10 @@ class ModelConfig:
         if mt.endswith("qwen2") and mt != "qwen2":  # a RAD-RWKV student in the published format
             att = d.get("attention_layers")
             if att is None:  # the published format keeps the last num_attention_layers layers
-                att = list(range(n_layers - d.get("num_attention_layers", 0), n_layers))
+                n_att = d.get("num_attention_layers", 0)
+                if not isinstance(n_att, int):
+                    raise ConfigError(f"config.json: num_attention_layers is {n_att!r} and no attention_layers list")
+                att = list(range(n_layers - n_att, n_layers))
             kw.update(student=mt[:-len("qwen2")], attention_layers=list(att),
                       untied_from_tied=d.get("untied_from_tied", False))
         return cls(**kw)
@@ -373,6 +376,8 @@ class ModelConfig:
                      lora_rank_tokenshift=lora_rank(C, 0.5, 1.8), use_rope=self.student == "rwkv7",
                      attention_output_bias=False, gate_rank_type=1 if self.student == "rwkv6" else 2,
                      balance_state=True, groupnorm_att=False, use_tokenshift=self.student == "rwkv6",
+                     # the published format knows only the last n layers as attention: any other choice is
+                     # null there, and our attention_layers list (which loaders of that format cannot read)
                      num_attention_layers=n_att if suffix else None, attention_layers=list(self.attention_layers),
                      untied_from_tied=self.untied_from_tied)
         return d

@@ -317,6 +317,11 @@ def test_export_import_round_trip(name, tmp_path):
     idx = torch.randint(0, 512, (1, 20))
     with torch.no_grad():
         assert torch.equal(back(idx), model(idx))
+    if name == "rwkv7-hybrid":  # attention at layer 1 of 3: not a suffix, so the published field is null
+        assert hf["num_attention_layers"] is None and hf["attention_layers"] == [1]
+        del hf["attention_layers"]
+        with pytest.raises(M.ConfigError, match="num_attention_layers is None and no attention_layers list"):
+            M.ModelConfig.from_hf(hf)
 
 
 def test_new_mixer_from_readme(tmp_path):

@@ -1,0 +1,134 @@
+"""The students against the method's text, written out a second time in float64 with explicit
+matrices and one timestep per loop iteration (no chunking, no fused forms), so that a formula changed
+in model.py (a sign, a missing term, a wrong base) fails here even when every other path of the
+code agrees with it. Also the init values of every new parameter (SPEC section 2)."""
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import model as M  # noqa: E402
+import wkv_kernel  # noqa: E402
+
+TOL = 1e-5  # relative max error: float64 here, float32 decay math in model.py
+
+
+def rope64(x, pos, N, theta):
+    # rotate-half RoPE; x (B, T, heads, N)
+    f = pos.double()[:, None] * theta ** (-torch.arange(0, N, 2, dtype=torch.float64) / N)
+    emb = torch.cat([f, f], -1)
+    rot = torch.cat([-x[..., N // 2:], x[..., :N // 2]], -1)
+    return x * emb.cos()[None, :, None] + rot * emb.sin()[None, :, None]
+
+
+def spec_rwkv6(att, x):
+    # tokenshift with a 5-way LoRA, decay LoRA, sigmoid gate, S_t = diag(w_t) S + k_t^T v_t, o_t = (r_t / sqrt(N)) S_t
+    B, T, C = x.shape
+    H, N, R = att.H, att.N, att.H // att.KVH
+    dx = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1) - x
+    lo = torch.tanh((x + dx * att.time_maa_x) @ att.time_maa_w1)
+    r5 = lo.shape[-1] // 5
+    mr, mk, mv, mw, mg = (lo[..., i * r5:(i + 1) * r5] @ att.time_maa_w2[i] for i in range(5))
+    r = att.q_proj(x + dx * (att.time_maa_r + mr)).view(B, T, H, N)
+    k = att.k_proj(x + dx * (att.time_maa_k + mk)).view(B, T, -1, N).repeat_interleave(R, 2)
+    v = att.v_proj(x + dx * (att.time_maa_v + mv)).view(B, T, -1, N).repeat_interleave(R, 2)
+    d = att.time_decay + torch.tanh((x + dx * (att.time_maa_w + mw)) @ att.time_decay_w1) @ att.time_decay_w2
+    w = torch.clamp(-d.exp(), min=-5.0).exp().view(B, T, H, N)
+    g = torch.sigmoid(att.gate(x + dx * (att.time_maa_g + mg)))
+    k = k * (1 - w)  # state balancing
+    S = torch.zeros(B, H, N, N, dtype=x.dtype)
+    o = torch.zeros(B, T, H, N, dtype=x.dtype)
+    for t in range(T):
+        S = torch.diag_embed(w[:, t]) @ S + k[:, t, :, :, None] @ v[:, t, :, None, :]
+        o[:, t] = (r[:, t, :, None, :] * N ** -0.5 @ S)[:, :, 0]
+    return att.o_proj(o.reshape(B, T, H * N) * g)
+
+
+def spec_rwkv7(att, x, v_first, pos, theta):
+    # RoPE kept, no tokenshift: S_t = S (diag(w_t) - kk_t^T (a_t * kk_t)) + v_t^T k_t, y_t = S_t r_t / sqrt(N)
+    B, T, C = x.shape
+    H, N, R = att.H, att.N, att.H // att.KVH
+    r = rope64(att.q_proj(x).view(B, T, H, N), pos, N, theta)
+    k = rope64(att.k_proj(x).view(B, T, -1, N), pos, N, theta).repeat_interleave(R, 2)
+    v = att.v_proj(x).view(B, T, -1, N).repeat_interleave(R, 2)
+    w = (-math.exp(-0.5) * torch.sigmoid(att.w0 + torch.tanh(x @ att.w1) @ att.w2)).exp().view(B, T, H, N)
+    a = torch.sigmoid(att.a0 + x @ att.a1 @ att.a2).view(B, T, H, N)
+    g = torch.sigmoid(x @ att.g1) @ att.g2
+    kk = k / k.norm(dim=-1, keepdim=True)
+    if v_first is None:
+        v_first = v
+    else:
+        v = v + (v_first - v) * torch.sigmoid(att.v0 + x @ att.v1 @ att.v2).view(B, T, H, N)
+    k = k * (1 - w + a)  # state balancing
+    S = torch.zeros(B, H, N, N, dtype=x.dtype)  # [value, key]
+    y = torch.zeros(B, T, H, N, dtype=x.dtype)
+    for t in range(T):
+        trans = torch.diag_embed(w[:, t]) - kk[:, t, :, :, None] @ (a[:, t] * kk[:, t])[:, :, None, :]
+        S = S @ trans + v[:, t, :, :, None] @ k[:, t, :, None, :]
+        y[:, t] = (S @ r[:, t, :, :, None])[..., 0]
+    return att.o_proj((y * N ** -0.5).reshape(B, T, H * N) * g), v_first
+
+
+def student(kind, attention_layers=()):
+    teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1).double()
+    s = M.make_student(teacher, kind, attention_layers)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # move the new parameters off their init, so that every term is exercised
+        for name, p in s.named_parameters():
+            if ".self_attn." in name and "_proj" not in name:
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+    return s
+
+
+@pytest.mark.parametrize("kind", ["rwkv6", "rwkv7"])
+def test_mixers_match_the_method_written_out(kind, monkeypatch):
+    monkeypatch.setattr(wkv_kernel, "USE_REFERENCE", True)
+    s = student(kind, [1] if kind == "rwkv7" else [])  # the hybrid: v_first must skip the attention layer
+    B, T = 2, 9
+    x = torch.randn(B, T, s.cfg.hidden_size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    pos = torch.arange(T)
+    cos, sin = s.rope(pos[None])
+    vf, vf_ref, checked = None, None, 0
+    with torch.no_grad():
+        for blk in s.model.layers:
+            att = blk.self_attn
+            if isinstance(att, M.Attention):
+                continue
+            out, vf = att(x, cos, sin, vf)
+            if kind == "rwkv6":
+                ref = spec_rwkv6(att, x)
+            else:
+                ref, vf_ref = spec_rwkv7(att, x, vf_ref, pos, s.cfg.rope_theta)
+            assert ((out - ref).abs().max() / ref.abs().max()).item() <= TOL, blk
+            checked += 1
+    assert checked == s.cfg.num_hidden_layers - (1 if kind == "rwkv7" else 0)
+
+
+@pytest.mark.parametrize("kind", ["rwkv6", "rwkv7"])
+def test_student_init_matches_the_method(kind):
+    teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1)
+    sd, tsd = M.make_student(teacher, kind).state_dict(), teacher.state_dict()
+    assert all(torch.equal(tsd[k], sd[k]) for k in tsd)  # every teacher tensor copied as it is
+    L, D = teacher.cfg.num_hidden_layers, teacher.cfg.num_attention_heads * teacher.cfg.head_dim
+    n = torch.arange(D, dtype=torch.float64) / (D - 1)
+    for i in range(L):
+        p = lambda name: sd[f"model.layers.{i}.self_attn.{name}"].double()  # noqa: E731
+        if kind == "rwkv6":
+            assert torch.allclose(p("time_decay").flatten(), -6 + 5 * n ** (0.7 + 1.3 * i / (L - 1)), atol=1e-6)
+            assert (p("time_maa_x") == 1).all() and all((p(f"time_maa_{c}") == 0).all() for c in "rkvwg")
+            for name in ("time_maa_w1", "time_decay_w1", "gate.weight"):
+                assert (p(name) == 0).all(), name
+            for name in ("time_maa_w2", "time_decay_w2"):  # uniform in [-0.01, 0.01]
+                t = p(name)
+                assert t.abs().max() <= 0.01 and t.std() > 0.004, name
+        else:
+            assert torch.allclose(p("w0").flatten(), -7 + 5 * n ** (0.85 + (i / (L - 1)) ** 0.5) + 0.5, atol=1e-6)
+            for name in ("w1", "a0", "a1", "v1", "g1", "r_k"):
+                assert (p(name) == 0).all(), name
+            assert (p("v0") == 1).all() and (p("k_a") == 1).all() and torch.allclose(p("k_k"), torch.tensor(0.85).double())
+            for name in ("w2", "a2", "v2", "g2"):  # orthogonal rows, gain 0.1: W W^T = 0.01 I
+                t = p(name)
+                assert torch.allclose(t @ t.T, 0.01 * torch.eye(t.shape[0], dtype=torch.float64), atol=1e-6), name

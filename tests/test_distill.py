@@ -1,6 +1,8 @@
 """distill.py end to end on CPU with a tiny random teacher: each step lowers its loss, two gloo
-processes give the losses of one on the same global batch, and a SIGKILL-ed run resumes exactly."""
+processes give the losses of one on the same global batch, and a SIGKILL-ed run resumes exactly; then the
+step losses and the LR schedule against their definitions."""
 import json
+import math
 import os
 import re
 import signal
@@ -133,3 +135,49 @@ def test_bad_arguments_give_one_line(setup):
         p = subprocess.run([sys.executable, "distill.py", "--data", str(setup / "train"), *args], cwd=ROOT,
                            capture_output=True, text=True)
         assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+# ----------------------------------------------------------------------------- the losses and the schedule, in process
+
+def test_lr_schedule_is_the_quarter_cosine_with_warmup():
+    import distill
+    lr0, lr1, total, warm = 1e-3, 1e-5, 1000, 50
+    want = {0: lr0 * 0.01, 25: lr0 * (0.01 + 0.99 * 25 / 50), 50: lr0,  # warmup multiplies the cosine's start
+            525: lr1 + (lr0 - lr1) * math.cos(math.pi / 4),  # half of the budget after warmup
+            1000: lr1, 2000: lr1}  # the end of the budget, and past it (clamped)
+    for step, lr in want.items():
+        assert distill.get_lr(step, total, lr0, lr1, warm) == pytest.approx(lr, rel=1e-12), step
+
+
+def test_step_losses_match_their_definitions():
+    # step 1: mean over layers and tokens of ||teacher attention out - student mixer out||_2 / sqrt(C), each
+    # layer on the teacher's own normed input, the residual stream the teacher's; step 2: KL(teacher || student)
+    # per token, averaged; both against a hand-written forward, with chunks that do not divide the tokens
+    import distill
+    torch.manual_seed(0)
+    teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1)
+    student = M.make_student(teacher, "rwkv7")
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if ".self_attn." in name and "_proj" not in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    batch = torch.randint(0, V, (2, 10))
+    x = batch[:, :-1]
+    hooks = distill.attention_hooks(teacher)
+    with torch.no_grad():
+        got1 = distill.step_loss(distill.Config(stage=1), teacher, student, batch, hooks)[0]
+        got2 = distill.step_loss(distill.Config(stage=2, loss_chunk=5), teacher, student, batch, hooks)[0]
+        cos, sin = teacher.rope(torch.arange(x.shape[1])[None])
+        h, v_first, per_layer = teacher.model.embed_tokens(x), None, []
+        for tb, sb in zip(teacher.model.layers, student.model.layers):
+            n = tb.input_layernorm(h)
+            t_out = tb.self_attn(n, cos, sin)[0]
+            s_out, v_first = sb.self_attn(n, cos, sin, v_first)
+            per_layer.append(((t_out - s_out).pow(2).sum(-1).sqrt() / math.sqrt(h.shape[-1])).mean())
+            h = h + t_out
+            h = h + tb.mlp(tb.post_attention_layernorm(h))
+        want1 = torch.stack(per_layer).mean()
+        logp_t, logp_s = teacher(x).log_softmax(-1), student(x).log_softmax(-1)
+        want2 = (logp_t.exp() * (logp_t - logp_s)).sum(-1).mean()
+    assert got1.item() == pytest.approx(want1.item(), rel=1e-5)
+    assert got2.item() == pytest.approx(want2.item(), rel=1e-5)

@@ -324,6 +324,16 @@ def test_export_import_round_trip(name, tmp_path):
             M.ModelConfig.from_hf(hf)
 
 
+def test_published_config_fields_read_back():
+    # a suffix hybrid in the published form (num_attention_layers, no list) and a student of a tied teacher
+    s = M.make_student(tiny_teacher(tied=True), "rwkv7", attention_layers=[2])
+    hf = s.cfg.to_hf()
+    assert hf["num_attention_layers"] == 1 and hf["untied_from_tied"] is True
+    del hf["attention_layers"]
+    back = M.ModelConfig.from_hf(hf)
+    assert back.attention_layers == [2] and back.untied_from_tied and back == s.cfg
+
+
 def test_new_mixer_from_readme(tmp_path):
     # the README's fork-and-hack example, run as written: build, decode with state, export, import
     readme = open(os.path.join(os.path.dirname(M.__file__), "README.md")).read()

@@ -87,6 +87,13 @@ def test_chunked_matches_reference(kind, shape, with_state):
     compare(kind, getattr(W, f"{kind}_chunked"), shape, with_state)
 
 
+def test_tri_inverse_is_the_inverse():
+    # (I - L)^-1 of a strictly lower-triangular L with entries of size 1, where every power of L matters
+    L = torch.randn(3, W.CHUNK, W.CHUNK, dtype=torch.float64).tril(-1)
+    want = torch.linalg.inv(torch.eye(W.CHUNK, dtype=torch.float64) - L)
+    assert rel_rms(W._tri_inverse(L), want) < 1e-10
+
+
 @pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
 def test_cpu_fallback_keeps_dtype(kind):
     # without the interpreter, wkv6 / wkv7 on the CPU run the chunked version; bfloat16 in, bfloat16 out

@@ -3,6 +3,7 @@ built by hand from the documented layout), the magic-prime sampler, and clear er
 import gzip
 import json
 import lzma
+import math
 import pickle
 import struct
 import subprocess
@@ -284,6 +285,15 @@ def small_ds(tmp_path):
     rng = np.random.default_rng(1)
     data.write_binidx(tmp_path / "s", random_docs(rng, 40, 50000), 50000)
     return data.BinIdx(tmp_path / "s")
+
+
+def test_window_formula_at_a_real_prime():
+    # SPEC section 4 at the magic prime of 1.5B tokens at 512: start = (floor(p * 0.618034) * i^3 mod p) * L
+    from fractions import Fraction
+    p, L = 2929793, 512
+    step = math.floor(p * Fraction("0.618034"))
+    for i in (1, 2, 1000, 10**6 + 7):
+        assert data.sample_window(i, p, L) == (step * i ** 3 % p) * L, i
 
 
 def test_every_window_once_per_p(small_ds):

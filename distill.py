@@ -32,6 +32,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
+import convert
 import data
 import model as M
 
@@ -158,7 +159,7 @@ def with_head(tensors, tied):
 
 def student_tensors(cfg, teacher_dir, seed):
     # a fresh student: the teacher's tensors and the new parameters at their init
-    yield from with_head(M.iter_checkpoint(teacher_dir), cfg.untied_from_tied)
+    yield from with_head(convert.iter_checkpoint(teacher_dir), cfg.untied_from_tied)
     yield from M.student_init_tensors(cfg, seed).items()
 
 
@@ -187,7 +188,7 @@ def build(cfg, device, mp):
     if cfg.stage in (1, 2) or cfg.init_from == "teacher":
         if not cfg.teacher:
             raise ValueError(f"step {cfg.stage} needs --teacher (an HF directory)")
-        tcfg = M.read_config(cfg.teacher)
+        tcfg = convert.read_config(cfg.teacher)
         if tcfg.student:
             raise ValueError(f"--teacher {cfg.teacher} is a student model ({tcfg.model_type})")
         with torch.device("meta"):
@@ -195,7 +196,7 @@ def build(cfg, device, mp):
         teacher.requires_grad_(False)
         shard(teacher, mp)
         teacher.to_empty(device=device)
-        load_into(teacher, with_head(M.iter_checkpoint(cfg.teacher), tcfg.tie_word_embeddings), cfg.teacher)
+        load_into(teacher, with_head(convert.iter_checkpoint(cfg.teacher), tcfg.tie_word_embeddings), cfg.teacher)
         teacher.eval()
     src = init_source(cfg)
     if src == "teacher":
@@ -207,10 +208,10 @@ def build(cfg, device, mp):
         if not os.path.isdir(src):
             raise FileNotFoundError(f"step {cfg.stage} starts from {src}, which does not exist "
                                     f"(run step {cfg.stage - 1} first, or pass --init_from)")
-        scfg = M.read_config(src)
+        scfg = convert.read_config(src)
         if not scfg.student:
             raise ValueError(f"--init_from {src} is not a student model")
-        tensors = M.iter_checkpoint(src)
+        tensors = convert.iter_checkpoint(src)
     if teacher is not None and teacher.cfg.vocab_size != scfg.vocab_size:
         raise ValueError(f"vocab mismatch: teacher {teacher.cfg.vocab_size}, student {scfg.vocab_size}")
     with torch.device("meta"):
@@ -494,7 +495,7 @@ def main(argv):
     sd = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         final = os.path.join(stage_dir, "final")
-        M.save_model(sd, student.cfg, final + ".tmp", tokenizer_dir=cfg.teacher or init_source(cfg),
+        convert.save_model(sd, student.cfg, final + ".tmp", tokenizer_dir=cfg.teacher or init_source(cfg),
                      dtype=torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
         if os.path.isdir(final):
             shutil.rmtree(final)

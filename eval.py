@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import convert
 import data
 import model as M
 
@@ -458,7 +459,7 @@ def bench(cfg, device, dtype):
             scfg = M.student_config(tcfg, kind.strip())
             builds.append((f"{kind.strip()} student", lambda c=scfg: random_model(c, device, dtype)))
     else:
-        builds = [(n, lambda d=d: M.load_model(d, device, dtype).eval()) for n, d in parse_models(cfg.models)]
+        builds = [(n, lambda d=d: convert.load_model(d, device, dtype).eval()) for n, d in parse_models(cfg.models)]
     if not builds:
         raise EvalError("--bench needs --preset or --models")
     contexts, batches = ints(cfg.bench_contexts, "bench-contexts"), ints(cfg.bench_batches, "bench-batches")
@@ -571,7 +572,7 @@ def evaluate(cfg):
     results = {}
     for name, path in models:  # every input was checked above, before the first (slow) model load
         enc = data.load_tokenizer(cfg.tokenizer or path)
-        model = M.load_model(path, device, dtype).eval()
+        model = convert.load_model(path, device, dtype).eval()
         res = results[name] = {}
         for task, docs in tasks.items():
             t0 = time.time()

@@ -8,11 +8,9 @@ students that replace its attention with a recurrent time mixer:
 Parameter names follow HF Qwen2 for everything the teacher has and the published RAD-RWKV
 checkpoints for the new parts, so loading and exporting are key-for-key copies (SPEC §1, §2, §5).
 Read bottom-up: norm, rotary, teacher attention, MLP, the two time mixers, block, config, model,
-student construction, loading/saving, generation.
+student construction, generation (HF directories: convert.py).
 """
-import json
 import math
-import os
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -501,106 +499,6 @@ def param_count(model_or_cfg):
     return total, new
 
 
-# ----------------------------------------------------------------------------- loading and saving HF dirs
-
-def read_config(path):
-    f = os.path.join(path, "config.json")
-    if not os.path.isfile(f):
-        raise FileNotFoundError(f"{path}: no config.json (expected an HF model directory)")
-    with open(f) as fh:
-        return ModelConfig.from_hf(json.load(fh))
-
-
-def iter_checkpoint(path):
-    """Yield (key, tensor) from an HF directory's safetensors (single file or sharded index),
-    memory-mapped: one tensor is materialised at a time. Pickle files are refused."""
-    from safetensors import safe_open
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as fh:
-            weight_map = json.load(fh)["weight_map"]
-        files = sorted(set(weight_map.values()))
-    elif os.path.isfile(os.path.join(path, "model.safetensors")):
-        files = ["model.safetensors"]
-    elif any(f.endswith((".bin", ".pt", ".pth")) for f in os.listdir(path)):
-        raise ConfigError(f"{path}: only pickle weights found; convert them to safetensors first")
-    else:
-        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
-    for name in files:
-        f = os.path.join(path, name)
-        if not os.path.isfile(f):
-            raise FileNotFoundError(f"{path}: shard {name} listed in the index is missing")
-        with safe_open(f, framework="pt") as st:
-            for key in st.keys():
-                yield key, st.get_tensor(key)
-
-
-def load_model(path, device="cpu", dtype=None):
-    """An HF directory (teacher qwen2/llama, or an exported RAD-RWKV student) -> Model on `device`.
-    Built on the meta device; each tensor is checked against its expected shape and materialised
-    once, in `dtype` (default: as stored)."""
-    cfg = read_config(path)
-    with torch.device("meta"):
-        model = Model(cfg)
-    expected = dict(model.state_dict())
-    if cfg.tie_word_embeddings:
-        expected.pop("lm_head.weight")
-    loaded = {}
-    for key, t in iter_checkpoint(path):
-        if cfg.tie_word_embeddings and key == "lm_head.weight":
-            continue  # some tied checkpoints store the head anyway
-        if key not in expected:
-            raise ConfigError(f"{path}: unexpected tensor {key} for a {cfg.model_type} model")
-        if tuple(t.shape) != tuple(expected[key].shape):
-            raise ConfigError(f"{path}: {key} has shape {tuple(t.shape)}, expected {tuple(expected[key].shape)}")
-        loaded[key] = t.to(device=device, dtype=dtype or t.dtype)
-    missing = sorted(set(expected) - set(loaded))
-    if missing:
-        raise ConfigError(f"{path}: {len(missing)} tensors missing, e.g. {missing[0]}")
-    model.load_state_dict(loaded, strict=False, assign=True)
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model
-
-
-def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 * 2**30, dtype=torch.bfloat16):
-    """Write an HF directory: config.json (every field explicit), safetensors sharded above
-    max_shard_bytes with an index, and the tokenizer files copied from tokenizer_dir."""
-    import shutil
-    from safetensors.torch import save_file
-    os.makedirs(out_dir, exist_ok=True)
-    if cfg.tie_word_embeddings:
-        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
-    shards, cur, size = [], {}, 0
-    for k in sorted(state_dict):
-        t = state_dict[k].detach().to("cpu", dtype).contiguous()
-        if cur and size + t.numel() * t.element_size() > max_shard_bytes:
-            shards.append(cur)
-            cur, size = {}, 0
-        cur[k], size = t, size + t.numel() * t.element_size()
-    shards.append(cur)
-    names = ["model.safetensors"] if len(shards) == 1 else \
-        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for name, shard in zip(names, shards):
-        save_file(shard, os.path.join(out_dir, name + ".tmp"), metadata={"format": "pt"})
-        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
-                 "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
-        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
-            json.dump(index, fh, indent=2)
-    hf = cfg.to_hf()
-    hf["torch_dtype"] = str(dtype).replace("torch.", "")
-    with open(os.path.join(out_dir, "config.json"), "w") as fh:
-        json.dump(hf, fh, indent=2)
-    if tokenizer_dir:
-        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                  "special_tokens_map.json", "vocab.json", "merges.txt"):
-            if os.path.isfile(os.path.join(tokenizer_dir, f)):
-                shutil.copy(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
-    return out_dir
-
-
 # ----------------------------------------------------------------------------- generation
 
 CACHE_KEYS = ("k", "v", "state", "shift")  # what new_cache puts in a layer's dict (Model.forward adds more)
@@ -647,7 +545,7 @@ class GraphDecoder:
     torch.compile (fusing its element-wise kernels), compiled at the first step or capture."""
 
     def __init__(self, model, batch_size, max_len, compile=False):
-        self.model, self.cache, self.graph = model, new_cache(model, batch_size, max_len), None
+        self.cache, self.graph = new_cache(model, batch_size, max_len), None
         self.fn = torch.compile(model, dynamic=False) if compile else model
         self.static = dict(self.cache, static=True)  # the same tensors, flagged for Model.forward
         self.tok = torch.zeros(batch_size, 1, dtype=torch.long, device=self.cache["lens"].device)

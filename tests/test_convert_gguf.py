@@ -56,8 +56,7 @@ def converted(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def our_model(converted):
-    import model
-    return model.load_model(str(converted)).eval()  # the project's own teacher code
+    return convert.load_model(str(converted)).eval()  # the project's own teacher code
 
 
 # -----------------------------------------------------------------------------

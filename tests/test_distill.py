@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import convert
 import data
 import model as M
 
@@ -25,7 +26,7 @@ V = 512
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distill")
     teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"], model_type="qwen2", rope_theta=1e4)).init_weights(0)
-    M.save_model(teacher.state_dict(), teacher.cfg, str(tmp / "teacher"), dtype=torch.float32)
+    convert.save_model(teacher.state_dict(), teacher.cfg, str(tmp / "teacher"), dtype=torch.float32)
     (tmp / "teacher" / "tokenizer_config.json").write_text('{"marker": 1}')  # travels with every final student
     # learnable text: runs of consecutive ids from random starts, so a small model can fit it
     rng = np.random.default_rng(0)
@@ -71,8 +72,8 @@ def test_three_steps_lower_their_losses(setup):
         first, last = np.mean(ls[:3]), np.mean(ls[-3:])
         assert last < 0.9 * first, (stage, first, last)
     # the final student is an HF directory the model code loads, with the teacher's MLPs after step 1
-    s1 = M.load_model(str(setup / "a" / "stage1" / "final"))
-    t = M.load_model(str(setup / "teacher"))
+    s1 = convert.load_model(str(setup / "a" / "stage1" / "final"))
+    t = convert.load_model(str(setup / "teacher"))
     assert torch.equal(s1.model.layers[0].mlp.up_proj.weight, t.model.layers[0].mlp.up_proj.weight)
     assert not torch.equal(s1.model.layers[0].self_attn.q_proj.weight, t.model.layers[0].self_attn.q_proj.weight)
     for stage in (1, 2, 3):  # step 3 has no teacher: the tokenizer comes along from step 2's student

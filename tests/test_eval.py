@@ -13,6 +13,7 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
+import convert
 import data
 import eval as E
 import model as M
@@ -304,7 +305,7 @@ def test_end_to_end(shared, tmp_path):
     cfg = M.ModelConfig(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=2, num_key_value_heads=1, head_dim=16)
     d = tmp_path / "tiny"
-    M.save_model(M.Model(cfg).init_weights().state_dict(), cfg, str(d), tokenizer_dir=str(shared / "tokenizers" / "qwen2"),
+    convert.save_model(M.Model(cfg).init_weights().state_dict(), cfg, str(d), tokenizer_dir=str(shared / "tokenizers" / "qwen2"),
                  dtype=torch.float32)
     E.main(["--models", f"student={d}", f"teacher={d}", "--tasks", "lambada_openai,arc_challenge", "--limit", "6",
             "--eval-dir", str(shared / "eval"), "--val-data", str(shared / "data/gutenberg/val-00.jsonl.xz"),

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import convert
 import model as M
 import wkv_kernel
 
@@ -54,7 +55,7 @@ def hf_dir(request, tmp_path_factory):
 
 def test_teacher_matches_transformers(hf_dir):
     hf, d = hf_dir
-    ours = M.load_model(d)
+    ours = convert.load_model(d)
     idx = torch.randint(0, 320, (2, 300), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref, got = hf(idx).logits, ours(idx)
@@ -65,7 +66,7 @@ def test_load_casts_and_shards(tmp_path):
     hf = hf_model("qwen2", CASES["qwen2-gqa-untied"][1])
     hf.to(torch.bfloat16).save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
-    ours = M.load_model(str(tmp_path), dtype=torch.float32)
+    ours = convert.load_model(str(tmp_path), dtype=torch.float32)
     assert next(ours.parameters()).dtype == torch.float32
     assert all(not p.is_meta for p in ours.parameters())
 
@@ -78,23 +79,23 @@ def test_bad_checkpoints(tmp_path):
     shard = sorted(bad.glob("model-*.safetensors"))[-1]
     shard.rename(tmp_path / "moved")
     with pytest.raises(FileNotFoundError, match="missing"):
-        M.load_model(str(bad))
+        convert.load_model(str(bad))
     # a shape mismatch
     cfg = json.loads((bad / "config.json").read_text())
     hf.save_pretrained(tmp_path / "shape")
     cfg["intermediate_size"] = 64
     (tmp_path / "shape" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(M.ConfigError, match="shape"):
-        M.load_model(str(tmp_path / "shape"))
+        convert.load_model(str(tmp_path / "shape"))
     # unsupported model types and features
     for patch, msg in [({"model_type": "mistral"}, "model_type"), ({"use_sliding_window": True}, "sliding"),
                        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope type")]:
         c = dict(cfg, intermediate_size=96, **patch)
         (tmp_path / "shape" / "config.json").write_text(json.dumps(c))
         with pytest.raises(M.ConfigError, match=msg):
-            M.load_model(str(tmp_path / "shape"))
+            convert.load_model(str(tmp_path / "shape"))
     with pytest.raises(FileNotFoundError, match="config.json"):
-        M.load_model(str(tmp_path / "nowhere"))
+        convert.load_model(str(tmp_path / "nowhere"))
 
 
 # ----------------------------------------------------------------------------- students
@@ -304,7 +305,7 @@ def test_kernel_forward_under_interpreter():
 @pytest.mark.parametrize("name", ["rwkv6", "rwkv7-hybrid"])
 def test_export_import_round_trip(name, tmp_path):
     model = perturb(students()[name]).eval()
-    M.save_model(model.state_dict(), model.cfg, str(tmp_path), dtype=torch.float32, max_shard_bytes=100_000)
+    convert.save_model(model.state_dict(), model.cfg, str(tmp_path), dtype=torch.float32, max_shard_bytes=100_000)
     assert (tmp_path / "model.safetensors.index.json").exists()
     hf = json.loads((tmp_path / "config.json").read_text())
     for key in ("lora_rank_decay", "lora_rank_iclr", "lora_rank_value_residual_mix", "lora_rank_gate",
@@ -312,7 +313,7 @@ def test_export_import_round_trip(name, tmp_path):
                 "gate_rank_type", "balance_state", "groupnorm_att", "use_tokenshift", "num_attention_layers"):
         assert key in hf, key
     assert hf["model_type"] == name[:5] + "qwen2" and hf["groupnorm_att"] is False and hf["balance_state"] is True
-    back = M.load_model(str(tmp_path))
+    back = convert.load_model(str(tmp_path))
     assert back.cfg == model.cfg
     idx = torch.randint(0, 512, (1, 20))
     with torch.no_grad():
@@ -349,8 +350,8 @@ def test_new_mixer_from_readme(tmp_path):
             steps = torch.cat([student(idx[:, :9], cache)] + [student(idx[:, t:t + 1], cache) for t in range(9, 21)], 1)
         assert rel_rms(steps, full) <= 1e-5
         assert M.generate(student, [idx[0].tolist()], 1) == [[full[0, -1].argmax().item()]]
-        M.save_model(student.state_dict(), student.cfg, str(tmp_path), dtype=torch.float32)
+        convert.save_model(student.state_dict(), student.cfg, str(tmp_path), dtype=torch.float32)
         with torch.no_grad():
-            assert torch.equal(M.load_model(str(tmp_path))(idx), full)
+            assert torch.equal(convert.load_model(str(tmp_path))(idx), full)
     finally:
         M.MIXERS.pop("gla", None)

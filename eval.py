@@ -607,8 +607,10 @@ def merged_results(paths):
             if name in results:
                 raise EvalError(f"model name {name!r} is in two merged reports")
             results[name] = res
-        where = f"{rep.get('device', '?')} {rep.get('dtype', '?')}"
-        devices += [where] if where not in devices else []
+        # a merged report lists its runs' devices already (its dtype is "(merged)")
+        wheres = rep["device"].split(" / ") if rep.get("dtype") == "(merged)" else [
+            f"{rep.get('device', '?')} {rep.get('dtype', '?')}"]
+        devices += [w for w in wheres if w not in devices]
     return results, " / ".join(devices)
 
 

@@ -192,6 +192,11 @@ def test_merge_reports(tmp_path):
     assert rep["reference"] == "teacher" and list(rep["results"]) == ["student", "teacher"]
     assert rep["relative"]["student"]["arc_challenge"] == pytest.approx(2 / 3)  # (0.45 - 0.25) / (0.55 - 0.25)
     assert "cuda torch.bfloat16 (merged)" in (tmp_path / "m" / "report.md").read_text()  # the runs' device, not ours
+    (tmp_path / "cpu").mkdir()  # a merged report merged again with a third run: each device once
+    (tmp_path / "cpu" / "report.json").write_text(json.dumps({"results": {"other": res["student"]}, "device": "cpu",
+                                                              "dtype": "torch.float32"}))
+    E.main(["--merge", str(tmp_path / "m"), str(tmp_path / "cpu"), "--out", str(tmp_path / "m3")])
+    assert json.loads((tmp_path / "m3" / "report.json").read_text())["device"] == "cuda torch.bfloat16 / cpu torch.float32"
     with pytest.raises(SystemExit, match="'student' is in two merged reports"):
         E.main(["--merge", str(tmp_path / "student"), str(tmp_path / "student"), "--out", str(tmp_path / "m2")])
 

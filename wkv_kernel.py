@@ -543,9 +543,9 @@ if __name__ == "__main__":
     fla_shapes = (args.shapes if args.fla_shapes is None else args.fla_shapes).split(",")
     if chunk_gla is not None:
         for row in rows:
-            if not row[1].startswith("wkv") or row[0].replace(" T", "x")[1:] not in fla_shapes:
+            B, T = (int(x[1:]) for x in row[0].split())  # "B8 T4096"
+            if not row[1].startswith("wkv") or f"{B}x{T}" not in fla_shapes:
                 continue
-            B, T = (int(x[1:]) for x in row[0].split())
             xs = inputs(row[1], B, T, True)
             op = chunk_gla if row[1] == "wkv6" else chunk_rwkv7
             fn = lambda *z: op(*z, scale=1.0, output_final_state=True)[0]

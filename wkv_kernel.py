@@ -15,19 +15,29 @@ The kernels run one recurrence for both: with X = S for wkv6 and X = S^T for wkv
 and wkv6 is the case a = b = 0. Over a chunk of BT steps starting from X0, with gc the inclusive
 cumulative sum of logw inside the chunk, gp = gc - logw (exclusive) and gL its last row, the
 pseudo-values u_t = a_t X_{t-1} solve a unit lower-triangular system (a WY representation):
-    U  = (I - tril<(a e^gp . b e^-gc))^-1 (a e^gp X0 + tril<(a e^gp . k e^-gc) V)
-    O  = r e^gc X0 + tril<=(r e^gc . b e^-gc) U + tril<=(r e^gc . k e^-gc) V
+    U  = T (a e^gp X0 + Lak V),   T = (I - Lab)^-1,   Lab = tril<(a e^gp . b e^-gc), Lak = tril<(a e^gp . k e^-gc)
+    O  = r e^gc X0 + Arb U + Ark V,   Arb = tril<=(r e^gc . b e^-gc), Ark = tril<=(r e^gc . k e^-gc)
     X1 = e^gL * X0 + (b e^(gL-gc))^T U + (k e^(gL-gc))^T V
-Inside the triangular products e^gc and e^-gc are taken relative to the chunk's middle row gm, so
-no factor exceeds e^(5*BT/2): with BT = 16 every factor stays inside float32 (and bfloat16) range
-for logw >= -5 (RAD-RWKV6 clamps there; RAD-RWKV7's logw lies in [-0.61, 0)). Domain: logw in
-[-5, 0]; smaller values may overflow and are not checked on the GPU path.
+With W = T a e^gp and M = T Lak this is an affine map of X0 whose coefficients need no state:
+    O  = R X0 + A V,      R = r e^gc + Arb W,   A = Ark + Arb M
+    X1 = e^gL * X0 + Bt^T (W X0) + K^T V,      Bt = b e^(gL-gc),   K = k e^(gL-gc) + M^T Bt
+So the work splits in three: a parallel pass over chunks computes R, A, K, W, Bt; a serial pass carries
+the state through the chunks (three products per chunk) and keeps each chunk's X0; a parallel pass
+computes O. The backward mirrors it: a serial pass carries dL/dX backwards
+(dX0 = e^gL dX1 + W^T (Bt dX1) + R^T dO) and a parallel pass differentiates each chunk given X0 and dX1.
+BT = 64. Inside the triangular products each row and the columns it meets are scaled relative to the
+middle row gm of the row's 16-row block: the row factors e^(g - gm) stay under e^(5 * 9), the column
+factors e^(gm - gc) under e^(5 * 8) in the row's own block and under 1 left of it, so nothing leaves
+float32 (or bfloat16) range for logw >= -5 (RAD-RWKV6 clamps there; RAD-RWKV7's logw lies in [-0.61, 0)).
+Domain: logw in [-5, 0]; smaller values may overflow and are not checked on the GPU path.
 
 Dispatch: wkv6 / wkv7 run the Triton kernels on CUDA tensors, and on the CPU when Triton was imported
 with TRITON_INTERPRET=1 (its interpreter: float32, slow); otherwise on the CPU the chunked PyTorch
 version, so the model runs anywhere. USE_REFERENCE = True selects the loops. When gradients are
-needed the forward keeps each chunk's starting state, B * H * ceil(T / 16) * N * N float32 (for
-N = 128: 4 KiB per token and head), which the backward reads while it walks the chunks backwards.
+needed the forward keeps each chunk's starting state, B * H * ceil(T / 64) * N * N values in the
+input's precision (bfloat16 or float32; for N = 128 and bfloat16: 512 bytes per token and head).
+Every kernel fits the 227 KiB of shared memory per block of an H100 (sm_90) for N up to 256, except the wkv7
+backward with inputs other than bfloat16 (float32 products): there N <= 128, which _check enforces on the GPU.
 """
 import math
 
@@ -37,8 +47,11 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 USE_REFERENCE = False  # True: wkv6 / wkv7 run the per-timestep float32 loops (slow, the ground truth)
-CHUNK = 16  # BT: timesteps per chunk; 16 keeps e^(5 * BT / 2) inside float32 range for logw >= -5
-NUM_WARPS = 4  # warps per program of the Triton kernels
+CHUNK = 64  # BT: timesteps per chunk, one saved state each
+SUB = 16  # BC: rows per block of one decay reference; e^(5 * (BC / 2 + 1)) stays in float32 range for logw >= -5
+WARPS = dict(prep=4, state=8, out=4, dmat=4, dinput=4)  # num_warps of each kernel: 4 keeps every 64-row product in one warpgroup
+BLOCK_V = 64  # value columns per program of the serial passes and the output
+BLOCK_K = dict(prep=32, dmat=64, dinput=16)  # key columns per step of the parallel kernels (fewer registers spilled)
 
 
 # -----------------------------------------------------------------------------
@@ -87,39 +100,46 @@ def _tri_inverse(L):
     return Tinv
 
 
+def _intra(x, gx, y, gc, diag, BC=SUB):
+    # [..., BT, BT]: sum_n x_tn y_sn e^(gx_tn - gc_sn) for s <= t (diag) or s < t, one BC-row block at a time,
+    # its rows and the columns up to its end scaled relative to the block's middle row gm
+    BT = x.shape[-2]
+    blocks = []
+    for i in range(0, BT, BC):
+        gm = gc[..., i + BC // 2 : i + BC // 2 + 1, :]  # [..., 1, N]
+        rows = x[..., i : i + BC, :] * (gx[..., i : i + BC, :] - gm).exp()  # [..., BC, N], factors <= e^(5 (BC/2 + 1))
+        cols = y[..., : i + BC, :] * (gm - gc[..., : i + BC, :]).exp()  # [..., i + BC, N], <= 1 left of the block
+        blocks.append(torch.nn.functional.pad(rows @ cols.transpose(-1, -2), (0, BT - i - BC)))
+    return torch.cat(blocks, -2).tril(0 if diag else -1)
+
+
 def _chunked(r, w, k, v, a, b, X, BT=CHUNK):
     # r, w, k, v, a, b: [B, H, T, N] float32; X: [B, H, N(key), N(value)]; a, b may be None (wkv6)
     B, H, T, N = r.shape
     pad = (-T) % BT
-    if pad:  # padded steps have logw = 0 and zero inputs: they leave the state as it is
-        r, w, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (r, w, k, v))
+    xs = [r, w, k, v] + ([] if a is None else [a, b])
+    # padded steps have logw = 0 and zero inputs: they leave the state as it is
+    xs = [torch.nn.functional.pad(x, (0, 0, 0, pad)).view(B, H, -1, BT, N) for x in xs]  # [B, H, NT, BT, N]
+    r, w, k, v = xs[:4]
+    gc = w.cumsum(-2)
+    gL = gc[..., -1:, :]  # [B, H, NT, 1, N]
+    R, A, K = r * gc.exp(), _intra(r, gc, k, gc, True), k * (gL - gc).exp()  # the wkv6 coefficients
+    if a is not None:
+        a, b = xs[4:]
+        gp = gc - w
+        Bt, Arb = b * (gL - gc).exp(), _intra(r, gc, b, gc, True)
+        Tm = _tri_inverse(_intra(a, gp, b, gc, False))  # [B, H, NT, BT, BT]
+        W, M = Tm @ (a * gp.exp()), Tm @ _intra(a, gp, k, gc, False)
+        R, A, K = R + Arb @ W, A + Arb @ M, K + M.transpose(-1, -2) @ Bt
+    X0s = []
+    for c in range(r.shape[2]):  # the serial part: X1 = e^gL X0 (+ Bt^T W X0) + K^T V
+        X0s.append(X)
+        Xn = gL[:, :, c].transpose(-1, -2).exp() * X + K[:, :, c].transpose(-1, -2) @ v[:, :, c]
         if a is not None:
-            a, b = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (a, b))
-    incl = torch.ones(BT, BT, dtype=torch.bool, device=r.device).tril()
-    strict = incl.tril(-1)
-    os_ = []
-    for t0 in range(0, T + pad, BT):
-        sl = slice(t0, t0 + BT)
-        rc, wc, kc, vc = r[:, :, sl], w[:, :, sl], k[:, :, sl], v[:, :, sl]  # [B, H, BT, N]
-        gc = wc.cumsum(2)
-        gL, gm = gc[:, :, -1:], gc[:, :, BT // 2 : BT // 2 + 1]  # [B, H, 1, N]
-        rm, km = rc * (gc - gm).exp(), kc * (gm - gc).exp()  # relative to the middle row: bounded factors
-        Lrk = (rm @ km.transpose(-1, -2)).masked_fill(~incl, 0)  # [B, H, BT, BT]
-        o = (rc * gc.exp()) @ X + Lrk @ vc
-        Xn = gL.transpose(-1, -2).exp() * X + (kc * (gL - gc).exp()).transpose(-1, -2) @ vc
-        if a is not None:
-            ac, bc = a[:, :, sl], b[:, :, sl]
-            gp = gc - wc
-            am, bm = ac * (gp - gm).exp(), bc * (gm - gc).exp()
-            Lrb = (rm @ bm.transpose(-1, -2)).masked_fill(~incl, 0)
-            Lak = (am @ km.transpose(-1, -2)).masked_fill(~strict, 0)
-            Lab = (am @ bm.transpose(-1, -2)).masked_fill(~strict, 0)
-            u = _tri_inverse(Lab) @ ((ac * gp.exp()) @ X + Lak @ vc)  # [B, H, BT, N(value)]: u_t = a_t X_{t-1}
-            o = o + Lrb @ u
-            Xn = Xn + (bc * (gL - gc).exp()).transpose(-1, -2) @ u
-        os_.append(o)
+            Xn = Xn + Bt[:, :, c].transpose(-1, -2) @ (W[:, :, c] @ X)
         X = Xn
-    return torch.cat(os_, 2)[:, :, :T], X
+    o = R @ torch.stack(X0s, 2) + A @ v  # [B, H, NT, BT, N]
+    return o.view(B, H, -1, N)[:, :, :T], X
 
 
 def wkv6_chunked(r, k, v, logw, state=None):
@@ -141,231 +161,421 @@ def wkv7_chunked(r, logw, k, v, a, b, state=None):
 
 
 # -----------------------------------------------------------------------------
-# Triton kernels: one program per (value block, batch * head) walks the chunks in order, the state
-# [N, BV] in registers; the forward saves each chunk's starting state for the backward, which walks back.
+# Triton kernels. Parallel over (chunk, batch * head): _prep_kernel (R, A, K, W, Bt, gL), _out_kernel (O),
+# _grad_kernel (every input gradient). Serial over chunks, parallel over (value block, batch * head):
+# _state_kernel, forwards for X and backwards for dL/dX.
 
 
 @triton.jit
 def _mm(x, y, BF16: tl.constexpr):
-    # matrix product in float32 accumulation; bfloat16 operands when the inputs are bfloat16
+    # matrix product in float32 accumulation; bfloat16 operands when the inputs are bfloat16, else TF32
     if BF16:
         return tl.dot(x.to(tl.bfloat16), y.to(tl.bfloat16))
     else:
-        return tl.dot(x, y)
+        return tl.dot(x.to(tl.float32), y.to(tl.float32))
 
 
 @triton.jit
-def _tri_inverse_kernel(b_L, b_eye, LOG2BT: tl.constexpr):
-    # (I - L)^-1 = (I + L)(I + L^2)(I + L^4)... for strictly lower-triangular L  # [BT, BT]
-    b_T = b_eye + b_L
-    b_P = b_L
-    for _ in tl.static_range(LOG2BT - 1):
-        b_P = tl.dot(b_P, b_P, input_precision="ieee")
-        b_T = tl.dot(b_T, b_eye + b_P, input_precision="ieee")
-    return b_T
-
+def _mmx(x, y, BF16: tl.constexpr):
+    # the products of the triangular solve: float32 operands (TF32 for bfloat16 inputs, exact otherwise)
+    if BF16:
+        return tl.dot(x, y, input_precision="tf32")
+    else:
+        return tl.dot(x, y, input_precision="ieee")
 
 
 @triton.jit
-def _load_chunk(r, w, k, a, b, p_x, m_x, BT: tl.constexpr, HAS_AB: tl.constexpr):
-    # one chunk of r, k, logw (and a, b) [BT, N] in float32, with the decay factors the chunk needs
+def _load_block(r, w, k, a, b, p_x, m_x, BT: tl.constexpr, BC: tl.constexpr, HAS_AB: tl.constexpr):
+    # one key block of the chunk's r, k, logw (and a, b) [BT, BK] in float32 with its cumulative log decays
     o_t = tl.arange(0, BT)
     b_r = tl.load(r + p_x, mask=m_x, other=0).to(tl.float32)
     b_k = tl.load(k + p_x, mask=m_x, other=0).to(tl.float32)
     b_w = tl.load(w + p_x, mask=m_x, other=0).to(tl.float32)  # padded steps: logw = 0, no decay
-    b_gc = tl.cumsum(b_w, 0)  # [BT, N] inclusive cumulative log decay
-    b_gl = tl.sum(b_w, 0)  # [N] the last row of b_gc
-    b_gm = tl.sum(tl.where(o_t[:, None] <= BT // 2, b_w, 0), 0)  # [N] the middle row of b_gc
-    e_c = tl.exp(b_gc)  # reads X0
-    e_cm = tl.exp(b_gc - b_gm[None, :])  # intra-chunk products, bounded by e^(5 BT / 2)
-    e_mc = tl.exp(b_gm[None, :] - b_gc)
-    e_lc = tl.exp(b_gl[None, :] - b_gc)  # writes X1
+    b_gc = tl.cumsum(b_w, 0)  # [BT, BK] inclusive
+    b_gp = b_gc - b_w  # [BT, BK] exclusive
+    b_gl = tl.sum(b_w, 0)  # [BK] the last row of b_gc
+    b_gm = tl.zeros_like(b_gc)  # [BT, BK] gc at the middle row of each row's BC-row block
+    for i in tl.static_range(BT // BC):
+        b_gi = tl.sum(tl.where((o_t == i * BC + BC // 2)[:, None], b_gc, 0), 0)
+        b_gm = tl.where((o_t // BC == i)[:, None], b_gi[None, :], b_gm)
     if HAS_AB:
         b_a = tl.load(a + p_x, mask=m_x, other=0).to(tl.float32)
         b_b = tl.load(b + p_x, mask=m_x, other=0).to(tl.float32)
-        e_p = tl.exp(b_gc - b_w)  # a_t meets X_{t-1}: exclusive cumsum gp
-        e_pm = tl.exp(b_gc - b_w - b_gm[None, :])
     else:
-        b_a, b_b, e_p, e_pm = b_r, b_r, e_c, e_c  # unused
-    return b_r, b_k, b_a, b_b, b_gl, e_c, e_cm, e_mc, e_lc, e_p, e_pm
+        b_a, b_b = b_r, b_k  # unused
+    return b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, b_gl
 
 
 @triton.jit
-def _wkv_fwd_kernel(r, w, k, v, a, b, s0, o, sT, states, T, NT, s_k, s_v,
-                    H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, LOG2BT: tl.constexpr,
-                    HAS_AB: tl.constexpr, HAS_S0: tl.constexpr, SAVE: tl.constexpr, BF16: tl.constexpr):
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+def _col_factor(b_gc, i, BT: tl.constexpr, BC: tl.constexpr):
+    # e^(gm_i - gc) for the columns up to the end of row block i, 0 right of it  # [BT, BK]
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, N)
-    o_v = i_v * BV + tl.arange(0, BV)
+    b_gi = tl.sum(tl.where((o_t == i * BC + BC // 2)[:, None], b_gc, 0), 0)
+    m_c = (o_t < (i + 1) * BC)[:, None]
+    return tl.where(m_c, tl.exp(tl.where(m_c, b_gi[None, :] - b_gc, 0)), 0)
+
+
+@triton.jit
+def _tri_mats(r, w, k, a, b, p_t, m_x, N: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+              HAS_AB: tl.constexpr, BF16: tl.constexpr):
+    # Ark, Arb (s <= t), Lak, Lab (s < t) of the chunk, summed over key blocks  # [BT, BT]
+    o_t = tl.arange(0, BT)
+    b_Ark = tl.zeros([BT, BT], dtype=tl.float32)
+    b_Arb, b_Lak, b_Lab = b_Ark, b_Ark, b_Ark
+    for i_k in range(N // BK):
+        p_x = p_t + i_k * BK + tl.arange(0, BK)[None, :]
+        b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, _ = _load_block(r, w, k, a, b, p_x, m_x, BT, BC, HAS_AB)
+        b_rm = b_r * tl.exp(b_gc - b_gm)  # rows relative to their block's middle row  # [BT, BK]
+        b_am = b_a * tl.exp(b_gp - b_gm)
+        for i in tl.static_range(BT // BC):  # row block i against the columns up to its end
+            m_i = (o_t // BC == i)[:, None]
+            b_e = _col_factor(b_gc, i, BT, BC)
+            b_ri = tl.where(m_i, b_rm, 0)
+            b_Ark += _mm(b_ri, tl.trans(b_k * b_e), BF16)
+            if HAS_AB:
+                b_ai = tl.where(m_i, b_am, 0)
+                b_Arb += _mm(b_ri, tl.trans(b_b * b_e), BF16)
+                b_Lak += _mm(b_ai, tl.trans(b_k * b_e), BF16)
+                b_Lab += _mm(b_ai, tl.trans(b_b * b_e), BF16)
     m_incl = o_t[:, None] >= o_t[None, :]
     m_strict = o_t[:, None] > o_t[None, :]
-    b_eye = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)
+    return (tl.where(m_incl, b_Ark, 0), tl.where(m_incl, b_Arb, 0), tl.where(m_strict, b_Lak, 0),
+            tl.where(m_strict, b_Lab, 0))
+
+
+@triton.jit
+def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, HAS_AB: tl.constexpr, BF16: tl.constexpr):
+    # T = (I - Lab)^-1 = (I + L)(I + L^2)(I + L^4)..., M = T Lak, A = Ark + Arb M  # [BT, BT]
+    b_T, b_M, b_A = b_Ark, b_Ark, b_Ark
+    if HAS_AB:
+        o_t = tl.arange(0, BT)
+        b_eye = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)
+        b_L = b_Lab
+        b_T = b_eye + b_L
+        for _ in tl.static_range(int(math.log2(BT)) - 1):
+            b_L = _mmx(b_L, b_L, BF16)
+            b_T = _mmx(b_T, b_eye + b_L, BF16)
+        b_M = _mmx(b_T, b_Lak, BF16)
+        b_A = b_Ark + _mmx(b_Arb, b_M, BF16)
+    return b_T, b_M, b_A
+
+
+@triton.jit
+def _chunk_ptrs(T, i_t, i_bh, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr):
+    # [B, T, H, N]: the offset of the chunk's first row (int64), those of its rows from there [BT, 1] (int32,
+    # fewer registers), and the row mask
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = tl.arange(0, BT)
+    return ((i_b * T + i_t * BT).to(tl.int64) * H + i_h) * N, (o_t * (H * N))[:, None], (i_t * BT + o_t < T)[:, None]
+
+
+@triton.jit
+def _prep_kernel(r, w, k, a, b, R, A, K, W, Bt, gl, AH, Tm, Mm, Arbm, Lakm, T, NT,
+                 H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                 HAS_AB: tl.constexpr, BF16: tl.constexpr, KEEP: tl.constexpr):
+    # KEEP (wkv7's backward): also AH = a e^gp and the chunk's T, M, Arb, Lak for the gradient kernels
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
+    r, w, k, a, b, R, K, W, Bt = r + p_0, w + p_0, k + p_0, a + p_0, b + p_0, R + p_0, K + p_0, W + p_0, Bt + p_0
+    b_Ark, b_Arb, b_Lak, b_Lab = _tri_mats(r, w, k, a, b, p_t, m_x, N, BK, BT, BC, HAS_AB, BF16)
+    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, HAS_AB, BF16)
+    tl.store(A + p_0 // N * BT + p_t // N * BT + tl.arange(0, BT)[None, :], b_A.to(A.dtype.element_ty), mask=m_x)
+    if KEEP:
+        o_t = tl.arange(0, BT)
+        p_m = (i_bh.to(tl.int64) * NT + i_t) * BT * BT + o_t[:, None] * BT + o_t[None, :]
+        tl.store(Tm + p_m, b_T.to(Tm.dtype.element_ty))
+        tl.store(Mm + p_m, b_M.to(Mm.dtype.element_ty))
+        tl.store(Arbm + p_m, b_Arb.to(Arbm.dtype.element_ty))
+        tl.store(Lakm + p_m, b_Lak.to(Lakm.dtype.element_ty))
+    for i_k in range(N // BK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        p_x = p_t + o_k[None, :]
+        b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, b_gl = _load_block(r, w, k, a, b, p_x, m_x, BT, BC, HAS_AB)
+        b_e_l = tl.exp(b_gl[None, :] - b_gc)
+        b_R, b_K = b_r * tl.exp(b_gc), b_k * b_e_l  # [BT, BK]
+        if HAS_AB:
+            b_W, b_Bt = _mmx(b_T, b_a * tl.exp(b_gp), BF16), b_b * b_e_l
+            b_R += _mmx(b_Arb, b_W, BF16)
+            b_K += _mmx(tl.trans(b_M), b_Bt, BF16)
+            tl.store(W + p_x, b_W.to(W.dtype.element_ty), mask=m_x)
+            if KEEP:
+                tl.store(AH + p_0 + p_x, (b_a * tl.exp(b_gp)).to(AH.dtype.element_ty), mask=m_x)
+            tl.store(Bt + p_x, b_Bt.to(Bt.dtype.element_ty), mask=m_x)
+        tl.store(R + p_x, b_R.to(R.dtype.element_ty), mask=m_x)
+        tl.store(K + p_x, b_K.to(K.dtype.element_ty), mask=m_x)
+        tl.store(gl + (i_bh.to(tl.int64) * NT + i_t) * N + o_k, b_gl)
+
+
+@triton.jit
+def _state_kernel(C, x, P, Q, gl, s_in, s_out, saved, T, NT, s_k, s_v,
+                  H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr,
+                  HAS_AB: tl.constexpr, HAS_IN: tl.constexpr, BF16: tl.constexpr):
+    # S <- e^gL S + C^T x (+ P^T (Q S)) chunk by chunk, S [N, BV] in registers, keeping S before each chunk.
+    # Forward: S = X, (C, x, P, Q) = (K, V, Bt, W), first chunk first; backward: S = dL/dX, (R, dO, W, Bt), last first.
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    o_k, o_v = tl.arange(0, N), i_v * BV + tl.arange(0, BV)
     p_s = i_bh.to(tl.int64) * N * N + o_k[:, None] * s_k + o_v[None, :] * s_v  # [N, BV], the caller's layout
-    if HAS_S0:
-        b_s = tl.load(s0 + p_s).to(tl.float32)
+    if HAS_IN:
+        b_s = tl.load(s_in + p_s).to(tl.float32)
     else:
         b_s = tl.zeros([N, BV], dtype=tl.float32)
-    for i_t in range(NT):
-        o_tt = i_t * BT + o_t
-        p_row = (i_b * T + o_tt).to(tl.int64) * H * N + i_h * N  # [BT]
-        p_x, p_xv, m_x = p_row[:, None] + o_k[None, :], p_row[:, None] + o_v[None, :], (o_tt < T)[:, None]
-        if SAVE:  # the chunk's starting state X0, for the backward
-            tl.store(states + (i_bh.to(tl.int64) * NT + i_t) * N * N + o_k[:, None] * N + o_v[None, :], b_s)
-        b_r, b_k, b_a, b_b, b_gl, e_c, e_cm, e_mc, e_lc, e_p, e_pm = _load_chunk(r, w, k, a, b, p_x, m_x, BT, HAS_AB)
-        b_rm, b_km = b_r * e_cm, b_k * e_mc  # [BT, N]
-        b_v = tl.load(v + p_xv, mask=m_x, other=0).to(tl.float32)  # [BT, BV]
-        b_Lrk = tl.where(m_incl, _mm(b_rm, tl.trans(b_km), BF16), 0)  # [BT, BT]
-        b_o = _mm(b_r * e_c, b_s, BF16) + _mm(b_Lrk, b_v, BF16)  # [BT, BV]
-        b_sn = tl.exp(b_gl)[:, None] * b_s + _mm(tl.trans(b_k * e_lc), b_v, BF16)  # [N, BV]
+    for i_c in range(NT):
+        i_t = NT - 1 - i_c if REVERSE else i_c
+        p_c = (i_bh.to(tl.int64) * NT + i_t) * N
+        tl.store(saved + p_c * N + o_k[:, None] * N + o_v[None, :], b_s.to(saved.dtype.element_ty))
+        p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
+        p_x, p_xv = p_t + o_k[None, :], p_t + o_v[None, :]  # [BT, N], [BT, BV]
+        b_C = tl.load(C + p_0 + p_x, mask=m_x, other=0)  # [BT, N]
+        b_x = tl.load(x + p_0 + p_xv, mask=m_x, other=0)  # [BT, BV]
+        b_sn = tl.exp(tl.load(gl + p_c + o_k))[:, None] * b_s + _mm(tl.trans(b_C), b_x, BF16)
         if HAS_AB:
-            b_am, b_bm = b_a * e_pm, b_b * e_mc
-            b_Lrb = tl.where(m_incl, _mm(b_rm, tl.trans(b_bm), BF16), 0)
-            b_Lak = tl.where(m_strict, _mm(b_am, tl.trans(b_km), BF16), 0)
-            b_Lab = tl.where(m_strict, _mm(b_am, tl.trans(b_bm), BF16), 0)
-            b_T = _tri_inverse_kernel(b_Lab, b_eye, LOG2BT)
-            b_z = _mm(b_a * e_p, b_s, BF16) + _mm(b_Lak, b_v, BF16)
-            b_u = tl.dot(b_T, b_z, input_precision="ieee")  # [BT, BV] u_t = a_t X_{t-1}
-            b_o += _mm(b_Lrb, b_u, BF16)
-            b_sn += _mm(tl.trans(b_b * e_lc), b_u, BF16)
+            b_P = tl.load(P + p_0 + p_x, mask=m_x, other=0)
+            b_Q = tl.load(Q + p_0 + p_x, mask=m_x, other=0)
+            b_sn += _mm(tl.trans(b_P), _mm(b_Q, b_s, BF16), BF16)
         b_s = b_sn
-        tl.store(o + p_xv, b_o.to(o.dtype.element_ty), mask=m_x)
-    tl.store(sT + p_s, b_s)
+    tl.store(s_out + p_s, b_s)
 
 
 @triton.jit
-def _wkv_bwd_kernel(r, w, k, v, a, b, states, do, dsT, dr, dw, dk, dv, da, db, ds0, T, NT, s_k, s_v, s_part,
-                    H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, LOG2BT: tl.constexpr,
-                    HAS_AB: tl.constexpr, HAS_DST: tl.constexpr, BF16: tl.constexpr):
-    # walks the chunks backwards carrying dL/dX [N, BV]; the key-indexed gradients of each value block
-    # are partial sums (slice i_v of dr, dw, dk, da, db), the value-indexed dv is complete
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+def _out_kernel(R, A, v, states, o, T, NT,
+                H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, BF16: tl.constexpr):
+    # O = R X0 + A V for one chunk and value block
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_k, o_v = tl.arange(0, N), i_v * BV + tl.arange(0, BV)
+    p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
+    p_x, p_xv = p_t + o_k[None, :], p_t + o_v[None, :]  # [BT, N], [BT, BV]
+    p_a = p_t // N * BT + tl.arange(0, BT)[None, :]  # [BT, BT] in [B, T, H, BT]
+    b_s = tl.load(states + (i_bh.to(tl.int64) * NT + i_t) * N * N + o_k[:, None] * N + o_v[None, :])  # [N, BV]
+    b_o = _mm(tl.load(R + p_0 + p_x, mask=m_x, other=0), b_s, BF16)
+    b_o += _mm(tl.load(A + p_0 // N * BT + p_a, mask=m_x, other=0), tl.load(v + p_0 + p_xv, mask=m_x, other=0), BF16)
+    tl.store(o + p_0 + p_xv, b_o.to(o.dtype.element_ty), mask=m_x)
+
+
+@triton.jit
+def _tri_grads(b_dA, b_dArb, b_dLak, b_dLab, b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, BT: tl.constexpr, BC: tl.constexpr,
+               HAS_AB: tl.constexpr, BF16: tl.constexpr):
+    # one key block of dL/dr, dk, da, db through Ark, Arb, Lak, Lab (dr, da still relative to their block's middle
+    # row), row block by row block. Rows t of block i of dL/dArk (dArb, dLak, dLab): the mask "t in block i" goes on
+    # the [BT, BK] side (the product's rows or the other operand), so every block shares the [BT, BT] matrices
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, N)
-    o_v = i_v * BV + tl.arange(0, BV)
+    b_rm = b_r * tl.exp(b_gc - b_gm)  # [BT, BK]
+    b_am = b_a * tl.exp(b_gp - b_gm)
+    b_dr = tl.zeros_like(b_r)
+    b_dk, b_da, b_db = b_dr, b_dr, b_dr
+    for i in tl.static_range(BT // BC):
+        m_i = (o_t // BC == i)[:, None]
+        b_e = _col_factor(b_gc, i, BT, BC)
+        b_kc = b_k * b_e
+        b_ri = tl.where(m_i, b_rm, 0)
+        b_dri = _mm(b_dA, b_kc, BF16)
+        b_dk += b_e * _mm(tl.trans(b_dA), b_ri, BF16)
+        if HAS_AB:
+            b_bc = b_b * b_e
+            b_ai = tl.where(m_i, b_am, 0)
+            b_dri += _mm(b_dArb, b_bc, BF16)
+            b_da += tl.where(m_i, _mm(b_dLak, b_kc, BF16) + _mm(b_dLab, b_bc, BF16), 0)
+            b_dk += b_e * _mm(tl.trans(b_dLak), b_ai, BF16)
+            b_db += b_e * (_mm(tl.trans(b_dArb), b_ri, BF16) + _mm(tl.trans(b_dLab), b_ai, BF16))
+        b_dr += tl.where(m_i, b_dri, 0)
+    return b_dr, b_dk, b_da, b_db
+
+
+@triton.jit
+def _dmat_kernel(A, K, W, AH, Bt, v, do, states, dstates, Tm, Mm, Arbm, Lakm, dv, Y, dY, dAm, dArbm, dLakm, dLabm,
+                 T, NT, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 HAS_AB: tl.constexpr, BF16: tl.constexpr):
+    # one chunk, one value block at a time: dV = A^T dO + K dX1, Y = W X0, dY = Bt dX1, Z = AH X0 (AH = a e^gp), and
+    # the gradients of the chunk's [BT, BT] matrices, which are sums over values:
+    #   dA = tril(dO V^T), dArb = tril(dO Y^T + dA M^T), dM = Arb^T dA + dY V^T, dT = (dY + Arb^T dO) Z^T + dM Lak^T,
+    #   dLak = T^T dM, dLab = T^T dT T^T (W = T AH, M = T Lak, T = (I - Lab)^-1)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    o_t = tl.arange(0, BT)
+    p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
+    p_m = (i_bh.to(tl.int64) * NT + i_t) * BT * BT + o_t[:, None] * BT + o_t[None, :]  # [BT, BT] scratch
+    p_s = (i_bh.to(tl.int64) * NT + i_t) * N * N  # X0, dX1 [N, N] of the chunk
+    b_A = tl.load(A + p_0 // N * BT + p_t // N * BT + o_t[None, :], mask=m_x, other=0)
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    b_P2, b_P3, b_P4 = b_dA, b_dA, b_dA
+    if HAS_AB:
+        b_T, b_Arb = tl.load(Tm + p_m), tl.load(Arbm + p_m)
+    for i_v in range(N // BV):
+        p_v = p_0 + p_t + i_v * BV + tl.arange(0, BV)[None, :]  # [BT, BV]
+        b_do, b_v = tl.load(do + p_v, mask=m_x, other=0), tl.load(v + p_v, mask=m_x, other=0)
+        b_dv = _mm(tl.trans(b_A), b_do, BF16)
+        b_Y = tl.zeros([BT, BV], dtype=tl.float32)
+        b_Z, b_dY = b_Y, b_Y
+        for i_k in range(N // BK):
+            o_k = i_k * BK + tl.arange(0, BK)
+            p_x = p_0 + p_t + o_k[None, :]  # [BT, BK]
+            p_kv = p_s + o_k[:, None] * N + i_v * BV + tl.arange(0, BV)[None, :]  # [BK, BV]
+            b_ds = tl.load(dstates + p_kv)
+            b_dv += _mm(tl.load(K + p_x, mask=m_x, other=0), b_ds, BF16)
+            if HAS_AB:
+                b_s = tl.load(states + p_kv)
+                b_Y += _mm(tl.load(W + p_x, mask=m_x, other=0), b_s, BF16)
+                b_Z += _mm(tl.load(AH + p_x, mask=m_x, other=0), b_s, BF16)
+                b_dY += _mm(tl.load(Bt + p_x, mask=m_x, other=0), b_ds, BF16)
+        tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_x)
+        b_dA += _mm(b_do, tl.trans(b_v), BF16)
+        if HAS_AB:
+            tl.store(Y + p_v, b_Y.to(Y.dtype.element_ty), mask=m_x)
+            tl.store(dY + p_v, b_dY.to(dY.dtype.element_ty), mask=m_x)
+            b_P2 += _mm(b_do, tl.trans(b_Y), BF16)
+            b_P3 += _mm(b_dY, tl.trans(b_v), BF16)
+            b_P4 += _mm(b_dY + _mm(tl.trans(b_Arb), b_do, BF16), tl.trans(b_Z), BF16)
     m_incl = o_t[:, None] >= o_t[None, :]
     m_strict = o_t[:, None] > o_t[None, :]
-    b_eye = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)
-    p_s = i_bh.to(tl.int64) * N * N + o_k[:, None] * s_k + o_v[None, :] * s_v
-    if HAS_DST:
-        b_ds = tl.load(dsT + p_s).to(tl.float32)  # [N, BV] dL/dX1 at the chunk's end
-    else:
-        b_ds = tl.zeros([N, BV], dtype=tl.float32)
-    for i_rev in range(NT):
-        i_t = NT - 1 - i_rev
-        o_tt = i_t * BT + o_t
-        p_row = (i_b * T + o_tt).to(tl.int64) * H * N + i_h * N
-        p_x, p_xv, m_x = p_row[:, None] + o_k[None, :], p_row[:, None] + o_v[None, :], (o_tt < T)[:, None]
-        b_s = tl.load(states + (i_bh.to(tl.int64) * NT + i_t) * N * N + o_k[:, None] * N + o_v[None, :])  # X0
-        b_r, b_k, b_a, b_b, b_gl, e_c, e_cm, e_mc, e_lc, e_p, e_pm = _load_chunk(r, w, k, a, b, p_x, m_x, BT, HAS_AB)
-        b_rh, b_rm, b_km, b_kt = b_r * e_c, b_r * e_cm, b_k * e_mc, b_k * e_lc  # [BT, N]
-        b_v = tl.load(v + p_xv, mask=m_x, other=0).to(tl.float32)  # [BT, BV]
-        b_do = tl.load(do + p_xv, mask=m_x, other=0).to(tl.float32)  # [BT, BV]
-        # through O = rh X0 + Lrk V and X1 = e^gL X0 + kt^T V
-        b_Lrk = tl.where(m_incl, _mm(b_rm, tl.trans(b_km), BF16), 0)  # [BT, BT]
-        b_dLrk = tl.where(m_incl, _mm(b_do, tl.trans(b_v), BF16), 0)  # [BT, BT]
-        b_dv = _mm(tl.trans(b_Lrk), b_do, BF16) + _mm(b_kt, b_ds, BF16)  # [BT, BV]
-        b_drm = _mm(b_dLrk, b_km, BF16)  # [BT, N]
-        b_drh = _mm(b_do, tl.trans(b_s), BF16)
-        b_dkm = _mm(tl.trans(b_dLrk), b_rm, BF16)
-        b_dkt = _mm(b_v, tl.trans(b_ds), BF16)
-        b_dsn = tl.exp(b_gl)[:, None] * b_ds + _mm(tl.trans(b_rh), b_do, BF16)  # [N, BV] dL/dX0
-        b_dgl = tl.sum(b_dkt * b_kt, 0) + tl.sum(b_ds * b_s, 1) * tl.exp(b_gl)  # [N] through gL
-        if HAS_AB:
-            b_ah, b_am, b_bm, b_bt = b_a * e_p, b_a * e_pm, b_b * e_mc, b_b * e_lc
-            b_Lrb = tl.where(m_incl, _mm(b_rm, tl.trans(b_bm), BF16), 0)
-            b_Lak = tl.where(m_strict, _mm(b_am, tl.trans(b_km), BF16), 0)
-            b_Lab = tl.where(m_strict, _mm(b_am, tl.trans(b_bm), BF16), 0)
-            b_T = _tri_inverse_kernel(b_Lab, b_eye, LOG2BT)
-            b_u = tl.dot(b_T, _mm(b_ah, b_s, BF16) + _mm(b_Lak, b_v, BF16), input_precision="ieee")
-            # through U = T Z (Z = ah X0 + Lak V), O += Lrb U, X1 += bt^T U; dL/dLab = dZ U^T
-            b_du = _mm(tl.trans(b_Lrb), b_do, BF16) + _mm(b_bt, b_ds, BF16)  # [BT, BV]
-            b_dz = tl.dot(tl.trans(b_T), b_du, input_precision="ieee")
-            b_dv += _mm(tl.trans(b_Lak), b_dz, BF16)
-            b_dsn += _mm(tl.trans(b_ah), b_dz, BF16)
-            b_dLrb = tl.where(m_incl, _mm(b_do, tl.trans(b_u), BF16), 0)
-            b_dLak = tl.where(m_strict, _mm(b_dz, tl.trans(b_v), BF16), 0)
-            b_dLab = tl.where(m_strict, _mm(b_dz, tl.trans(b_u), BF16), 0)
-            b_drm += _mm(b_dLrb, b_bm, BF16)
-            b_dkm += _mm(tl.trans(b_dLak), b_am, BF16)
-            b_dbt = _mm(b_u, tl.trans(b_ds), BF16)
-            b_da = (_mm(b_dLak, b_km, BF16) + _mm(b_dLab, b_bm, BF16)) * e_pm + _mm(b_dz, tl.trans(b_s), BF16) * e_p
-            b_db = (_mm(tl.trans(b_dLrb), b_rm, BF16) + _mm(tl.trans(b_dLab), b_am, BF16)) * e_mc + b_dbt * e_lc
-            b_dgl += tl.sum(b_dbt * b_bt, 0)
-        b_dr = b_drm * e_cm + b_drh * e_c
-        b_dk = b_dkm * e_mc + b_dkt * e_lc
-        # dL/dlogw_t = sum over s >= t of dL/dgc_s, + sum over s > t of dL/dgp_s, + dL/dgL
-        b_dgc = b_r * b_dr - b_k * b_dk
-        p_p = i_v.to(tl.int64) * s_part + p_x
-        if HAS_AB:
-            b_dgc -= b_b * b_db
-            tl.store(da + p_p, b_da.to(da.dtype.element_ty), mask=m_x)
-            tl.store(db + p_p, b_db.to(db.dtype.element_ty), mask=m_x)
-        b_dw = tl.sum(b_dgc, 0)[None, :] - tl.cumsum(b_dgc, 0) + b_dgc + b_dgl[None, :]
-        if HAS_AB:
-            b_dgp = b_a * b_da
-            b_dw += tl.sum(b_dgp, 0)[None, :] - tl.cumsum(b_dgp, 0)
-        tl.store(dr + p_p, b_dr.to(dr.dtype.element_ty), mask=m_x)
-        tl.store(dk + p_p, b_dk.to(dk.dtype.element_ty), mask=m_x)
-        tl.store(dw + p_p, b_dw.to(dw.dtype.element_ty), mask=m_x)
-        tl.store(dv + p_xv, b_dv.to(dv.dtype.element_ty), mask=m_x)
-        b_ds = b_dsn
-    tl.store(ds0 + p_s, b_ds)
+    b_dA = tl.where(m_incl, b_dA, 0)
+    tl.store(dAm + p_m, b_dA.to(dAm.dtype.element_ty))
+    if HAS_AB:
+        b_M, b_Lak = tl.load(Mm + p_m), tl.load(Lakm + p_m)
+        b_dArb = tl.where(m_incl, b_P2 + _mm(b_dA, tl.trans(b_M), BF16), 0)
+        b_dM = _mm(tl.trans(b_Arb), b_dA, BF16) + b_P3
+        b_dT = b_P4 + _mm(b_dM, tl.trans(b_Lak), BF16)
+        b_Tt = tl.trans(b_T)
+        b_dLak = tl.where(m_strict, _mm(b_Tt, b_dM, BF16), 0)
+        b_dLab = tl.where(m_strict, _mm(_mm(b_Tt, b_dT, BF16), b_Tt, BF16), 0)
+        tl.store(dArbm + p_m, b_dArb.to(dArbm.dtype.element_ty))
+        tl.store(dLakm + p_m, b_dLak.to(dLakm.dtype.element_ty))
+        tl.store(dLabm + p_m, b_dLab.to(dLabm.dtype.element_ty))
+
+
+@triton.jit
+def _dinput_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, dAm, dArbm, dLakm, dLabm,
+                   dr, dw, dk, da, db, T, NT, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                   BK: tl.constexpr, HAS_AB: tl.constexpr, BF16: tl.constexpr):
+    # one chunk and key block: dL/dr, logw, k, a, b through R = r e^gc + Arb W, K = k e^(gL - gc) + M^T Bt,
+    # W = T a e^gp, Bt = b e^(gL - gc), e^gL X0, and the triangular matrices (their gradients from _dmat_kernel)
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_t, o_n, o_k = tl.arange(0, BT), tl.arange(0, N), i_k * BK + tl.arange(0, BK)
+    p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
+    p_m = (i_bh.to(tl.int64) * NT + i_t) * BT * BT + o_t[:, None] * BT + o_t[None, :]
+    p_s = (i_bh.to(tl.int64) * NT + i_t) * N * N + o_k[:, None] * N + o_n[None, :]  # [BK, N] rows of X0, dX1
+    p_n, p_x = p_0 + p_t + o_n[None, :], p_t + o_k[None, :]  # [BT, N] full rows; [BT, BK] from the chunk's first row
+    r, w, k, a, b = r + p_0, w + p_0, k + p_0, a + p_0, b + p_0
+    b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, b_gl = _load_block(r, w, k, a, b, p_x, m_x, BT, BC, HAS_AB)
+    b_e_l = tl.exp(b_gl[None, :] - b_gc)
+    b_s, b_ds = tl.load(states + p_s), tl.load(dstates + p_s)
+    b_dR = _mm(tl.load(do + p_n, mask=m_x, other=0), tl.trans(b_s), BF16)  # [BT, BK] dL/dR, dL/dK
+    b_dK = _mm(tl.load(v + p_n, mask=m_x, other=0), tl.trans(b_ds), BF16)
+    # dL/dgL through e^gL X0 and k e^(gL - gc)  # [BK]
+    b_dgl = tl.sum(b_s.to(tl.float32) * b_ds.to(tl.float32), 1) * tl.exp(b_gl) + tl.sum(b_dK * b_k * b_e_l, 0)
+    b_dA = tl.load(dAm + p_m)
+    b_dArb, b_dLak, b_dLab = b_dA, b_dA, b_dA
+    if HAS_AB:
+        b_dArb, b_dLak, b_dLab = tl.load(dArbm + p_m), tl.load(dLakm + p_m), tl.load(dLabm + p_m)
+    b_dr, b_dk, b_da, b_db = _tri_grads(b_dA, b_dArb, b_dLak, b_dLab, b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm,
+                                        BT, BC, HAS_AB, BF16)
+    b_dr = b_dr * tl.exp(b_gc - b_gm) + b_dR * tl.exp(b_gc)  # R = r e^gc + ...
+    b_dk += b_dK * b_e_l  # K = k e^(gL - gc) + ...
+    # dL/dlogw_t = sum over s >= t of dL/dgc_s, + sum over s > t of dL/dgp_s, + dL/dgL
+    b_dgc = b_r * b_dr - b_k * b_dk
+    if HAS_AB:
+        b_Bt = b_b * b_e_l
+        b_Arb, b_M, b_T = tl.load(Arbm + p_m), tl.load(Mm + p_m), tl.load(Tm + p_m)
+        # W in R = .. + Arb W and in Bt^T W X0; Bt in Bt^T W X0 and in K = .. + M^T Bt
+        b_dW = _mm(tl.load(dY + p_n, mask=m_x, other=0), tl.trans(b_s), BF16) + _mm(tl.trans(b_Arb), b_dR, BF16)
+        b_dBt = _mm(tl.load(Y + p_n, mask=m_x, other=0), tl.trans(b_ds), BF16) + _mm(b_M, b_dK, BF16)
+        b_dgl += tl.sum(b_dBt * b_Bt, 0)
+        b_da = b_da * tl.exp(b_gp - b_gm) + _mm(tl.trans(b_T), b_dW, BF16) * tl.exp(b_gp)
+        b_db += b_dBt * b_e_l
+        b_dgc -= b_b * b_db
+        tl.store(da + p_0 + p_x, b_da.to(da.dtype.element_ty), mask=m_x)
+        tl.store(db + p_0 + p_x, b_db.to(db.dtype.element_ty), mask=m_x)
+    b_dw = tl.sum(b_dgc, 0)[None, :] - tl.cumsum(b_dgc, 0) + b_dgc + b_dgl[None, :]
+    if HAS_AB:
+        b_dgp = b_a * b_da
+        b_dw += tl.sum(b_dgp, 0)[None, :] - tl.cumsum(b_dgp, 0)
+    tl.store(dr + p_0 + p_x, b_dr.to(dr.dtype.element_ty), mask=m_x)
+    tl.store(dk + p_0 + p_x, b_dk.to(dk.dtype.element_ty), mask=m_x)
+    tl.store(dw + p_0 + p_x, b_dw.to(dw.dtype.element_ty), mask=m_x)
 
 
 # -----------------------------------------------------------------------------
 # launchers: shapes, dtypes, contiguity; then the autograd.Function
 
 
-def _block_v(N, programs):
-    # value columns per program: split the state further when batch * heads alone would leave SMs idle
-    return 64 if N <= 128 and programs >= 256 and N >= 64 else max(16, min(32, N // 2))
-
-
 def _num_chunks(T):
     # Triton's interpreter hands int arguments over as 1-element arrays that numpy 2 cannot loop over
     NT = triton.cdiv(T, CHUNK)
-    return tl.constexpr(NT) if isinstance(_wkv_fwd_kernel, InterpretedFunction) else NT
+    return tl.constexpr(NT) if isinstance(_prep_kernel, InterpretedFunction) else NT
 
 
-def _launch_fwd(r, w, k, v, a, b, s0, state_vk, save):
+def _stages(tile_bytes):
+    # software pipelining depth (num_stages) of a loop that loads tile_bytes per iteration: the loads of the next
+    # num_stages - 1 iterations wait in shared memory (232448 bytes per block on sm_90), so 3 up to 64 KiB, else 1
+    return 3 if tile_bytes <= 64 * 1024 else 1
+
+
+def _block_v(N, programs):
+    # value columns per program of the serial passes: split the state further when batch * heads alone
+    # would leave SMs idle
+    return min(BLOCK_V, N) if programs >= 256 else max(16, min(BLOCK_V // 2, N // 2))
+
+
+def _prep(r, w, k, a, b, keep=False):
+    # R, A, K (and W, Bt) of every chunk in the inputs' precision (bfloat16 or float32), gL in float32; with keep
+    # (wkv7's backward) also AH = a e^gp and each chunk's T, M, Arb, Lak [B * H, NT, BT, BT]
     B, T, H, N = r.shape
-    BV = _block_v(N, B * H)
     NT = _num_chunks(T)
-    o = torch.empty_like(r)
+    dtype = torch.bfloat16 if r.dtype == torch.bfloat16 else torch.float32
+    R, K = (r.new_empty(B, T, H, N, dtype=dtype) for _ in range(2))
+    W, Bt = (R, K) if a is None else (torch.empty_like(R), torch.empty_like(R))
+    A = r.new_empty(B, T, H, CHUNK, dtype=dtype)
+    gl = r.new_empty(B * H, int(NT), N, dtype=torch.float32)
+    keep = keep and a is not None
+    AH = torch.empty_like(R) if keep else R
+    mats = [r.new_empty(B * H, int(NT), CHUNK, CHUNK, dtype=dtype) if keep else A for _ in range(4)]
+    _prep_kernel[(int(NT), B * H)](
+        r, w, k, r if a is None else a, r if b is None else b, R, A, K, W, Bt, gl, AH, *mats, T, NT,
+        H=H, N=N, BT=CHUNK, BC=SUB, BK=min(BLOCK_K["prep"], N), HAS_AB=a is not None, BF16=r.dtype == torch.bfloat16,
+        KEEP=keep, num_warps=WARPS["prep"])
+    return R, A, K, W, Bt, gl, AH, mats
+
+
+def _launch_fwd(r, w, k, v, a, b, s0, state_vk):
+    B, T, H, N = r.shape
+    NT, BV, BF16 = _num_chunks(T), _block_v(N, B * H), r.dtype == torch.bfloat16
+    R, A, K, W, Bt, gl, _, _ = _prep(r, w, k, a, b)
     sT = r.new_empty(B, H, N, N, dtype=torch.float32)
-    states = r.new_empty(B, H, int(NT), N, N, dtype=torch.float32) if save else sT
+    states = r.new_empty(B * H, int(NT), N, N, dtype=R.dtype)  # each chunk's X0 [key, value]
     s_k, s_v = (1, N) if state_vk else (N, 1)  # wkv7 keeps its state as [value, key]
-    _wkv_fwd_kernel[(N // BV, B * H)](
-        r, w, k, v, r if a is None else a, r if b is None else b, sT if s0 is None else s0, o, sT, states,
-        T, NT, s_k, s_v, H=H, N=N, BT=CHUNK, BV=BV, LOG2BT=int(math.log2(CHUNK)),
-        HAS_AB=a is not None, HAS_S0=s0 is not None, SAVE=save, BF16=r.dtype == torch.bfloat16, num_warps=NUM_WARPS)
-    return o, sT, (states if save else None)
+    _state_kernel[(N // BV, B * H)](
+        K, v, Bt, W, gl, sT if s0 is None else s0, sT, states, T, NT, s_k, s_v, H=H, N=N, BT=CHUNK, BV=BV,
+        REVERSE=False, HAS_AB=a is not None, HAS_IN=s0 is not None, BF16=BF16, num_warps=WARPS["state"],
+        num_stages=_stages(CHUNK * (N * R.element_size() * (1 if a is None else 3) + BV * v.element_size())))
+    o = torch.empty_like(r)
+    BV = min(BLOCK_V, N)
+    _out_kernel[(N // BV, int(NT), B * H)](R, A, v, states, o, T, NT, H=H, N=N, BT=CHUNK, BV=BV, BF16=BF16,
+                                          num_warps=WARPS["out"])
+    return o, sT, states
 
 
 def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk):
     B, T, H, N = r.shape
-    BV = _block_v(N, B * H)
-    NV = N // BV
-
-    def grad_buffer(x):  # partial sums over value blocks in float32, or the gradient itself
-        return x.new_empty(B, T, H, N) if NV == 1 else x.new_empty(NV, B, T, H, N, dtype=torch.float32)
-
-    dr, dw, dk = grad_buffer(r), grad_buffer(w), grad_buffer(k)
-    da, db = (dr, dr) if a is None else (grad_buffer(a), grad_buffer(b))
-    dv = torch.empty_like(v)
+    NT, BV, BF16 = _num_chunks(T), _block_v(N, B * H), r.dtype == torch.bfloat16
+    R, A, K, W, Bt, gl, AH, mats = _prep(r, w, k, a, b, keep=True)
+    dstates = torch.empty_like(states)  # dL/dX at each chunk's end
     ds0 = r.new_empty(B, H, N, N, dtype=torch.float32)
     s_k, s_v = (1, N) if state_vk else (N, 1)
-    _wkv_bwd_kernel[(NV, B * H)](
-        r, w, k, v, r if a is None else a, r if b is None else b, states, do, ds0 if dsT is None else dsT,
-        dr, dw, dk, dv, da, db, ds0, T, _num_chunks(T), s_k, s_v, B * T * H * N, H=H, N=N, BT=CHUNK, BV=BV,
-        LOG2BT=int(math.log2(CHUNK)), HAS_AB=a is not None, HAS_DST=dsT is not None,
-        BF16=r.dtype == torch.bfloat16, num_warps=NUM_WARPS)
-    if NV > 1:
-        dr, dw, dk, da, db = (g.sum(0).to(x.dtype) if x is not None else None
-                              for g, x in zip((dr, dw, dk, da, db), (r, w, k, a, b)))
+    _state_kernel[(N // BV, B * H)](
+        R, do, W, Bt, gl, ds0 if dsT is None else dsT, ds0, dstates, T, NT, s_k, s_v, H=H, N=N, BT=CHUNK, BV=BV,
+        REVERSE=True, HAS_AB=a is not None, HAS_IN=dsT is not None, BF16=BF16, num_warps=WARPS["state"],
+        num_stages=_stages(CHUNK * (N * R.element_size() * (1 if a is None else 3) + BV * do.element_size())))
+    dr, dw, dk, dv = (torch.empty_like(x) for x in (r, w, k, v))
+    da, db = (dr, dk) if a is None else (torch.empty_like(a), torch.empty_like(b))
+    # the gradients of each chunk's [BT, BT] matrices (and Y = W X0, dY = Bt dX1), then the inputs' per key block
+    Y, dY = (R, R) if a is None else (torch.empty_like(R), torch.empty_like(R))
+    dmats = [r.new_empty(B * H, int(NT), CHUNK, CHUNK, dtype=A.dtype) for _ in range(1 if a is None else 4)]
+    dmats += dmats[:1] * (4 - len(dmats))
+    _dmat_kernel[(int(NT), B * H)](
+        A, K, W, AH, Bt, v, do, states, dstates, *mats, dv, Y, dY, *dmats, T, NT, H=H, N=N, BT=CHUNK,
+        BK=min(BLOCK_K["dmat"], N), BV=min(BLOCK_V, N), HAS_AB=a is not None, BF16=BF16, num_warps=WARPS["dmat"],
+        num_stages=3 if BF16 else 1)  # float32 tiles pipelined three deep need 442 KB of shared memory at N = 128
+    _dinput_kernel[(N // min(BLOCK_K["dinput"], N), int(NT), B * H)](
+        r, w, k, v, r if a is None else a, r if b is None else b, do, states, dstates, Y, dY, mats[0], mats[1],
+        mats[2], *dmats, dr, dw, dk, da, db, T, NT, H=H, N=N, BT=CHUNK, BC=SUB, BK=min(BLOCK_K["dinput"], N),
+        HAS_AB=a is not None, BF16=BF16, num_warps=WARPS["dinput"])
     return dr, dw, dk, dv, (da if a is not None else None), (db if b is not None else None), ds0
 
 
@@ -376,8 +586,8 @@ class _WKV(torch.autograd.Function):
         a, b = (None if x is None else x.contiguous() for x in (a, b))
         s0_dtype = None if s0 is None else s0.dtype
         s0 = None if s0 is None else s0.float().contiguous()
-        o, sT, states = _launch_fwd(r, w, k, v, a, b, s0, state_vk, save)
-        ctx.save_for_backward(r, w, k, v, a, b, states)
+        o, sT, states = _launch_fwd(r, w, k, v, a, b, s0, state_vk)
+        ctx.save_for_backward(r, w, k, v, a, b, states if save else None)
         ctx.state_vk, ctx.s0_dtype = state_vk, s0_dtype
         ctx.set_materialize_grads(False)
         return o, sT
@@ -396,7 +606,7 @@ class _WKV(torch.autograd.Function):
 # public functions
 
 
-def _check(name, tensors, state):
+def _check(name, tensors, state, grad=False):
     x0 = tensors["r"]
     if x0.dim() != 4:
         raise ValueError(f"{name}: r must be [B, T, H, N], got shape {tuple(x0.shape)}")
@@ -412,6 +622,9 @@ def _check(name, tensors, state):
         raise ValueError(f"{name}: needs T >= 1, got T = {T}")
     if N < 16 or N > 256 or N & (N - 1):
         raise ValueError(f"{name}: head size N = {N} unsupported; N must be a power of two in [16, 256]")
+    if grad and name == "wkv7" and x0.is_cuda and not USE_REFERENCE and N > 128 and x0.dtype != torch.bfloat16:
+        raise ValueError(f"{name}: gradients on the GPU need N <= 128 for {x0.dtype} inputs (the backward kernel's "
+                         f"shared memory), got N = {N}; bfloat16 inputs allow N <= 256")
     if state is not None:
         if tuple(state.shape) != (B, H, N, N):
             raise ValueError(f"{name}: state has shape {tuple(state.shape)}, expected {(B, H, N, N)}")
@@ -421,7 +634,7 @@ def _check(name, tensors, state):
 
 def _use_kernels(x):
     # Triton on a GPU, or on the CPU when this module was imported with TRITON_INTERPRET=1
-    return x.is_cuda or isinstance(_wkv_fwd_kernel, InterpretedFunction)
+    return x.is_cuda or isinstance(_prep_kernel, InterpretedFunction)
 
 
 def _needs_grad(*xs):
@@ -434,7 +647,7 @@ def wkv6(r, k, v, logw, state=None):
     final state [B, H, N, N] float32. Differentiable in every input, state included."""
     _check("wkv6", dict(r=r, k=k, v=v, logw=logw), state)
     if USE_REFERENCE or (r.shape[1] == 1 and not _needs_grad(r, k, v, logw, state)):  # decoding: one step
-        return wkv6_ref(r, k, v, logw, state, check=USE_REFERENCE)  # no check: no device sync
+        return wkv6_ref(r, k, v, logw, state, check=USE_REFERENCE)  # (no check: no device sync)
     if not _use_kernels(r):
         return wkv6_chunked(r, k, v, logw, state)
     return _WKV.apply(r, logw, k, v, None, None, state, False, _needs_grad(r, k, v, logw, state))
@@ -444,9 +657,9 @@ def wkv7(r, logw, k, v, a, b, state=None):
     """RAD-RWKV7 recurrence. r, logw, k, v, a, b: [B, T, H, N] (logw in [-5, 0]; the model's lies in
     [-0.61, 0)); state: [B, H, N, N] [value, key] or None. Returns o [B, T, H, N] in r's dtype and
     the final state [B, H, N, N] float32 [value, key]. Differentiable in every input."""
-    _check("wkv7", dict(r=r, logw=logw, k=k, v=v, a=a, b=b), state)
-    if USE_REFERENCE or (r.shape[1] == 1 and not _needs_grad(r, logw, k, v, a, b, state)):  # decoding: one step
-        return wkv7_ref(r, logw, k, v, a, b, state, check=USE_REFERENCE)  # no check: no device sync
+    _check("wkv7", dict(r=r, logw=logw, k=k, v=v, a=a, b=b), state, _needs_grad(r, logw, k, v, a, b, state))
+    if USE_REFERENCE or (r.shape[1] == 1 and not _needs_grad(r, logw, k, v, a, b, state)):  # decoding
+        return wkv7_ref(r, logw, k, v, a, b, state, check=USE_REFERENCE)
     if not _use_kernels(r):
         return wkv7_chunked(r, logw, k, v, a, b, state)
     return _WKV.apply(r, logw, k, v, a, b, state, True, _needs_grad(r, logw, k, v, a, b, state))
@@ -464,11 +677,9 @@ if __name__ == "__main__":
     parser.add_argument("--heads", type=int, default=28, help="query heads H (the kernels see k, v repeated to H)")
     parser.add_argument("--kv-heads", type=int, default=4, help="KV heads of the SDPA baseline (GQA)")
     parser.add_argument("--head-size", type=int, default=128, help="N")
-    parser.add_argument("--warps", type=int, default=NUM_WARPS, help="num_warps of the Triton kernels")
     parser.add_argument("--fla-shapes", default=None, help="BxT list to time fla at (default: all; its autotuning is slow)")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "the benchmark needs a CUDA GPU"
-    NUM_WARPS = args.warps
     from triton.testing import do_bench
 
     try:
@@ -512,16 +723,10 @@ if __name__ == "__main__":
     def nbytes(xs):
         return sum(x.numel() * x.element_size() for x in xs)
 
-    def time_op(fn, xs, out_like):
-        fwd = do_bench(lambda: fn(*xs))
+    def time_op(fn, xs, out_like):  # (forward, forward + backward) in ms
         go = torch.randn_like(out_like)
-
-        def fwd_bwd():
-            o = fn(*xs)
-            o = o[0] if isinstance(o, tuple) else o
-            torch.autograd.backward(o, go)
-
-        return fwd, do_bench(fwd_bwd)
+        first = lambda o: o[0] if isinstance(o, tuple) else o
+        return do_bench(lambda: fn(*xs)), do_bench(lambda: torch.autograd.backward(first(fn(*xs)), go))
 
     rows, shapes = [], [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     for B, T in shapes:  # ours and SDPA first (fla's autotuning is slow to warm up); each row printed when done
@@ -549,7 +754,7 @@ if __name__ == "__main__":
             xs = inputs(row[1], B, T, True)
             op = chunk_gla if row[1] == "wkv6" else chunk_rwkv7
             fn = lambda *z: op(*z, scale=1.0, output_final_state=True)[0]
-            fn(*xs).float().sum().backward()  # its autotuning at this shape, before the timing
+            fn(*xs).float().sum().backward()  # autotunes at this shape before it is timed
             row[3] = time_op(fn, xs, xs[0])
             print("   fla", *row[:2], row[3])
             del xs

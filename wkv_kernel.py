@@ -24,7 +24,8 @@ With W = T a e^gp and M = T Lak this is an affine map of X0 whose coefficients n
 So the work splits in three: a parallel pass over chunks computes R, A, K, W, Bt; a serial pass carries
 the state through the chunks (three products per chunk) and keeps each chunk's X0; a parallel pass
 computes O. The backward mirrors it: a serial pass carries dL/dX backwards
-(dX0 = e^gL dX1 + W^T (Bt dX1) + R^T dO) and a parallel pass differentiates each chunk given X0 and dX1.
+(dX0 = e^gL dX1 + W^T (Bt dX1) + R^T dO), then two parallel passes differentiate each chunk given X0 and
+dX1: the gradients of its [BT, BT] matrices (sums over values), then the inputs' (one key block at a time).
 BT = 64. Inside the triangular products each row and the columns it meets are scaled relative to the
 middle row gm of the row's 16-row block: the row factors e^(g - gm) stay under e^(5 * 9), the column
 factors e^(gm - gc) under e^(5 * 8) in the row's own block and under 1 left of it, so nothing leaves
@@ -36,6 +37,8 @@ with TRITON_INTERPRET=1 (its interpreter: float32, slow); otherwise on the CPU t
 version, so the model runs anywhere. USE_REFERENCE = True selects the loops. When gradients are
 needed the forward keeps each chunk's starting state, B * H * ceil(T / 64) * N * N values in the
 input's precision (bfloat16 or float32; for N = 128 and bfloat16: 512 bytes per token and head).
+The backward's scratch lives only during the backward: R, K, W, Bt, a e^gp, Y, dY (each the size of one
+input) and eight [BT, BT] matrices per chunk (each 64 / N of an input's size).
 Every kernel fits the 227 KiB of shared memory per block of an H100 (sm_90) for N up to 256, except the wkv7
 backward with inputs other than bfloat16 (float32 products): there N <= 128, which _check enforces on the GPU.
 """
@@ -162,8 +165,9 @@ def wkv7_chunked(r, logw, k, v, a, b, state=None):
 
 # -----------------------------------------------------------------------------
 # Triton kernels. Parallel over (chunk, batch * head): _prep_kernel (R, A, K, W, Bt, gL), _out_kernel (O),
-# _grad_kernel (every input gradient). Serial over chunks, parallel over (value block, batch * head):
-# _state_kernel, forwards for X and backwards for dL/dX.
+# _dmat_kernel (dV and the gradients of the chunk's [BT, BT] matrices), _dinput_kernel (the input gradients,
+# also parallel over key blocks). Serial over chunks, parallel over (value block, batch * head): _state_kernel,
+# forwards for X and backwards for dL/dX.
 
 
 @triton.jit

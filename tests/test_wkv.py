@@ -115,6 +115,20 @@ def test_reference_switch(kind, monkeypatch):
     assert torch.equal(o, o_ref) and torch.equal(s, s_ref)
 
 
+@pytest.mark.parametrize("before", [None, "0"])
+def test_mma_v2_switch_is_scoped(before, monkeypatch):
+    # the gradient kernels compile with DISABLE_MMA_V3=1; whatever the variable was before comes back after
+    if before is None:
+        monkeypatch.delenv("DISABLE_MMA_V3", raising=False)
+    else:
+        monkeypatch.setenv("DISABLE_MMA_V3", before)
+    with W._mma_v2("dinput"):
+        assert os.environ["DISABLE_MMA_V3"] == "1"
+    assert os.environ.get("DISABLE_MMA_V3") == before
+    with W._mma_v2("prep"):
+        assert os.environ.get("DISABLE_MMA_V3") == before
+
+
 def test_bad_inputs_raise():
     x = torch.randn(1, 8, 2, 16)
     with pytest.raises(ValueError, match="must be \\[B, T, H, N\\]"):

@@ -361,32 +361,45 @@ def _out_kernel(R, A, v, states, o, T, NT,
 
 
 @triton.jit
-def _tri_grads(b_dA, b_dArb, b_dLak, b_dLab, b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, BT: tl.constexpr, BC: tl.constexpr,
-               HAS_AB: tl.constexpr, BF16: tl.constexpr):
-    # one key block of dL/dr, dk, da, db through Ark, Arb, Lak, Lab (dr, da still relative to their block's middle
-    # row), row block by row block. Rows t of block i of dL/dArk (dArb, dLak, dLab): the mask "t in block i" goes on
-    # the [BT, BK] side (the product's rows or the other operand), so every block shares the [BT, BT] matrices
-    o_t = tl.arange(0, BT)
+def _tri_grads(dAm, dArbm, dLakm, dLabm, p_mb, b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, BT: tl.constexpr,
+               BC: tl.constexpr, HAS_AB: tl.constexpr, BF16: tl.constexpr):
+    # one key block of dL/dr, dk (and da, db) through Ark (and Arb, Lak, Lab); dr, da still relative to their row
+    # block's middle row. Row t of block i of dL/dArk meets the columns scaled by block i's factors
+    NB: tl.constexpr = BT // BC
+    BK: tl.constexpr = b_r.shape[1]
+    o_i, o_c, o_t = tl.arange(0, NB), tl.arange(0, BC), tl.arange(0, BT)
     b_rm = b_r * tl.exp(b_gc - b_gm)  # [BT, BK]
-    b_am = b_a * tl.exp(b_gp - b_gm)
-    b_dr = tl.zeros_like(b_r)
-    b_dk, b_da, b_db = b_dr, b_dr, b_dr
-    for i in tl.static_range(BT // BC):
-        m_i = (o_t // BC == i)[:, None]
-        b_e = _col_factor(b_gc, i, BT, BC)
-        b_kc = b_k * b_e
-        b_ri = tl.where(m_i, b_rm, 0)
-        b_dri = _mm(b_dA, b_kc, BF16)
-        b_dk += b_e * _mm(tl.trans(b_dA), b_ri, BF16)
-        if HAS_AB:
-            b_bc = b_b * b_e
-            b_ai = tl.where(m_i, b_am, 0)
-            b_dri += _mm(b_dArb, b_bc, BF16)
-            b_da += tl.where(m_i, _mm(b_dLak, b_kc, BF16) + _mm(b_dLab, b_bc, BF16), 0)
-            b_dk += b_e * _mm(tl.trans(b_dLak), b_ai, BF16)
-            b_db += b_e * (_mm(tl.trans(b_dArb), b_ri, BF16) + _mm(tl.trans(b_dLab), b_ai, BF16))
-        b_dr += tl.where(m_i, b_dri, 0)
-    return b_dr, b_dk, b_da, b_db
+    if HAS_AB:
+        # eight products: batched over the row blocks, [NB, BC, BT] x [NB, BT, BK] and [NB, BT, BC] x [NB, BC, BK]
+        p_rows = p_mb + (o_i[:, None, None] * BC + o_c[None, :, None]) * BT + o_t[None, None, :]  # [NB, BC, BT]
+        p_cols = p_mb + (o_i[:, None, None] * BC + o_c[None, None, :]) * BT + o_t[None, :, None]  # [NB, BT, BC]
+        m_mid = o_t[None, :] == (o_i * BC + BC // 2)[:, None]  # [NB, BT]
+        b_gi = tl.sum(tl.where(m_mid[:, :, None], b_gc[None, :, :], 0), 1)  # [NB, BK] gc at the blocks' middle rows
+        m_c = o_t[None, :, None] < ((o_i + 1) * BC)[:, None, None]  # [NB, BT, 1] columns up to the block's end
+        b_e = tl.where(m_c, tl.exp(tl.where(m_c, b_gi[:, None, :] - b_gc[None, :, :], 0)), 0)  # [NB, BT, BK]
+        b_rm3 = tl.reshape(b_rm, (NB, BC, BK))
+        b_kc = b_k[None, :, :] * b_e
+        b_dr = _mm(tl.load(dAm + p_rows), b_kc, BF16)  # [NB, BC, BK]
+        b_dk = b_e * _mm(tl.load(dAm + p_cols), b_rm3, BF16)  # [NB, BT, BK]
+        b_am3 = tl.reshape(b_a * tl.exp(b_gp - b_gm), (NB, BC, BK))
+        b_bc = b_b[None, :, :] * b_e
+        b_dr += _mm(tl.load(dArbm + p_rows), b_bc, BF16)
+        b_da = _mm(tl.load(dLakm + p_rows), b_kc, BF16) + _mm(tl.load(dLabm + p_rows), b_bc, BF16)
+        b_dk += b_e * _mm(tl.load(dLakm + p_cols), b_am3, BF16)
+        b_db = b_e * (_mm(tl.load(dArbm + p_cols), b_rm3, BF16) + _mm(tl.load(dLabm + p_cols), b_am3, BF16))
+        return tl.reshape(b_dr, (BT, BK)), tl.sum(b_dk, 0), tl.reshape(b_da, (BT, BK)), tl.sum(b_db, 0)
+    else:
+        # two products a block, [BT, BT] x [BT, BK], the mask "t in block i" on the [BT, BK] side (faster here
+        # than batching: the whole [BT, BT] matrix stays in registers)
+        b_dA = tl.load(dAm + p_mb + o_t[:, None] * BT + o_t[None, :])
+        b_dr = tl.zeros_like(b_r)
+        b_dk = b_dr
+        for i in tl.static_range(NB):
+            m_i = (o_t // BC == i)[:, None]
+            b_e = _col_factor(b_gc, i, BT, BC)
+            b_dr += tl.where(m_i, _mm(b_dA, b_k * b_e, BF16), 0)
+            b_dk += b_e * _mm(tl.trans(b_dA), tl.where(m_i, b_rm, 0), BF16)
+        return b_dr, b_dk, b_dr, b_dk
 
 
 @triton.jit
@@ -469,12 +482,8 @@ def _dinput_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, d
     b_dK = _mm(tl.load(v + p_n, mask=m_x, other=0), tl.trans(b_ds), BF16)
     # dL/dgL through e^gL X0 and k e^(gL - gc)  # [BK]
     b_dgl = tl.sum(b_s.to(tl.float32) * b_ds.to(tl.float32), 1) * tl.exp(b_gl) + tl.sum(b_dK * b_k * b_e_l, 0)
-    b_dA = tl.load(dAm + p_m)
-    b_dArb, b_dLak, b_dLab = b_dA, b_dA, b_dA
-    if HAS_AB:
-        b_dArb, b_dLak, b_dLab = tl.load(dArbm + p_m), tl.load(dLakm + p_m), tl.load(dLabm + p_m)
-    b_dr, b_dk, b_da, b_db = _tri_grads(b_dA, b_dArb, b_dLak, b_dLab, b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm,
-                                        BT, BC, HAS_AB, BF16)
+    b_dr, b_dk, b_da, b_db = _tri_grads(dAm, dArbm, dLakm, dLabm, (i_bh.to(tl.int64) * NT + i_t) * BT * BT, b_r, b_k,
+                                        b_a, b_b, b_gc, b_gp, b_gm, BT, BC, HAS_AB, BF16)
     b_dr = b_dr * tl.exp(b_gc - b_gm) + b_dR * tl.exp(b_gc)  # R = r e^gc + ...
     b_dk += b_dK * b_e_l  # K = k e^(gL - gc) + ...
     # dL/dlogw_t = sum over s >= t of dL/dgc_s, + sum over s > t of dL/dgp_s, + dL/dgL

@@ -391,7 +391,7 @@ def _tri_grads(dAm, dArbm, dLakm, dLabm, p_mb, b_r, b_k, b_a, b_b, b_gc, b_gp, b
     else:
         # two products a block, [BT, BT] x [BT, BK], the mask "t in block i" on the [BT, BK] side (faster here
         # than batching: the whole [BT, BT] matrix stays in registers)
-        b_dA = tl.load(dAm + p_mb + o_t[:, None] * BT + o_t[None, :])
+        b_dA = tl.load(dAm + p_mb + o_t[:, None] * BT + o_t[None, :])  # [BT, BT]
         b_dr = tl.zeros_like(b_r)
         b_dk = b_dr
         for i in tl.static_range(NB):
@@ -471,7 +471,8 @@ def _dinput_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, d
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_t, o_n, o_k = tl.arange(0, BT), tl.arange(0, N), i_k * BK + tl.arange(0, BK)
     p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
-    p_m = (i_bh.to(tl.int64) * NT + i_t) * BT * BT + o_t[:, None] * BT + o_t[None, :]
+    p_mb = (i_bh.to(tl.int64) * NT + i_t) * BT * BT  # the chunk's [BT, BT] matrices
+    p_m = p_mb + o_t[:, None] * BT + o_t[None, :]
     p_s = (i_bh.to(tl.int64) * NT + i_t) * N * N + o_k[:, None] * N + o_n[None, :]  # [BK, N] rows of X0, dX1
     p_n, p_x = p_0 + p_t + o_n[None, :], p_t + o_k[None, :]  # [BT, N] full rows; [BT, BK] from the chunk's first row
     r, w, k, a, b = r + p_0, w + p_0, k + p_0, a + p_0, b + p_0
@@ -482,8 +483,8 @@ def _dinput_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, d
     b_dK = _mm(tl.load(v + p_n, mask=m_x, other=0), tl.trans(b_ds), BF16)
     # dL/dgL through e^gL X0 and k e^(gL - gc)  # [BK]
     b_dgl = tl.sum(b_s.to(tl.float32) * b_ds.to(tl.float32), 1) * tl.exp(b_gl) + tl.sum(b_dK * b_k * b_e_l, 0)
-    b_dr, b_dk, b_da, b_db = _tri_grads(dAm, dArbm, dLakm, dLabm, (i_bh.to(tl.int64) * NT + i_t) * BT * BT, b_r, b_k,
-                                        b_a, b_b, b_gc, b_gp, b_gm, BT, BC, HAS_AB, BF16)
+    b_dr, b_dk, b_da, b_db = _tri_grads(dAm, dArbm, dLakm, dLabm, p_mb, b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm,
+                                        BT, BC, HAS_AB, BF16)
     b_dr = b_dr * tl.exp(b_gc - b_gm) + b_dR * tl.exp(b_gc)  # R = r e^gc + ...
     b_dk += b_dK * b_e_l  # K = k e^(gL - gc) + ...
     # dL/dlogw_t = sum over s >= t of dL/dgc_s, + sum over s > t of dL/dgp_s, + dL/dgL
@@ -567,17 +568,26 @@ def _prep(r, w, k, a, b, keep=False):
     return R, A, K, W, Bt, gl, AH, mats
 
 
+def _state_pass(C, x, P, Q, gl, s_in, s_out, saved, state_vk, reverse, has_ab):
+    # _state_kernel over every chunk (s_in None: from zeros); C in the products' precision; wkv7 keeps its state as
+    # [value, key] (state_vk)
+    B, T, H, N = x.shape
+    BV = _block_v(N, B * H)
+    s_k, s_v = (1, N) if state_vk else (N, 1)
+    _state_kernel[(N // BV, B * H)](
+        C, x, P, Q, gl, s_out if s_in is None else s_in, s_out, saved, T, _num_chunks(T), s_k, s_v, H=H, N=N,
+        BT=CHUNK, BV=BV, REVERSE=reverse, HAS_AB=has_ab, HAS_IN=s_in is not None, BF16=C.dtype == torch.bfloat16,
+        num_warps=WARPS["state"],
+        num_stages=_stages(CHUNK * (N * C.element_size() * (3 if has_ab else 1) + BV * x.element_size())))
+
+
 def _launch_fwd(r, w, k, v, a, b, s0, state_vk):
     B, T, H, N = r.shape
-    NT, BV, BF16 = _num_chunks(T), _block_v(N, B * H), r.dtype == torch.bfloat16
+    NT, BF16 = _num_chunks(T), r.dtype == torch.bfloat16
     R, A, K, W, Bt, gl, _, _ = _prep(r, w, k, a, b)
     sT = r.new_empty(B, H, N, N, dtype=torch.float32)
     states = r.new_empty(B * H, int(NT), N, N, dtype=R.dtype)  # each chunk's X0 [key, value]
-    s_k, s_v = (1, N) if state_vk else (N, 1)  # wkv7 keeps its state as [value, key]
-    _state_kernel[(N // BV, B * H)](
-        K, v, Bt, W, gl, sT if s0 is None else s0, sT, states, T, NT, s_k, s_v, H=H, N=N, BT=CHUNK, BV=BV,
-        REVERSE=False, HAS_AB=a is not None, HAS_IN=s0 is not None, BF16=BF16, num_warps=WARPS["state"],
-        num_stages=_stages(CHUNK * (N * R.element_size() * (1 if a is None else 3) + BV * v.element_size())))
+    _state_pass(K, v, Bt, W, gl, s0, sT, states, state_vk, reverse=False, has_ab=a is not None)
     o = torch.empty_like(r)
     BV = min(BLOCK_V, N)
     _out_kernel[(N // BV, int(NT), B * H)](R, A, v, states, o, T, NT, H=H, N=N, BT=CHUNK, BV=BV, BF16=BF16,
@@ -587,15 +597,11 @@ def _launch_fwd(r, w, k, v, a, b, s0, state_vk):
 
 def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk):
     B, T, H, N = r.shape
-    NT, BV, BF16 = _num_chunks(T), _block_v(N, B * H), r.dtype == torch.bfloat16
+    NT, BF16 = _num_chunks(T), r.dtype == torch.bfloat16
     R, A, K, W, Bt, gl, AH, mats = _prep(r, w, k, a, b, keep=True)
     dstates = torch.empty_like(states)  # dL/dX at each chunk's end
     ds0 = r.new_empty(B, H, N, N, dtype=torch.float32)
-    s_k, s_v = (1, N) if state_vk else (N, 1)
-    _state_kernel[(N // BV, B * H)](
-        R, do, W, Bt, gl, ds0 if dsT is None else dsT, ds0, dstates, T, NT, s_k, s_v, H=H, N=N, BT=CHUNK, BV=BV,
-        REVERSE=True, HAS_AB=a is not None, HAS_IN=dsT is not None, BF16=BF16, num_warps=WARPS["state"],
-        num_stages=_stages(CHUNK * (N * R.element_size() * (1 if a is None else 3) + BV * do.element_size())))
+    _state_pass(R, do, W, Bt, gl, dsT, ds0, dstates, state_vk, reverse=True, has_ab=a is not None)
     dr, dw, dk, dv = (torch.empty_like(x) for x in (r, w, k, v))
     da, db = (dr, dk) if a is None else (torch.empty_like(a), torch.empty_like(b))
     # the gradients of each chunk's [BT, BT] matrices (and Y = W X0, dY = Bt dX1), then the inputs' per key block
@@ -609,8 +615,8 @@ def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk):
             num_stages=3 if BF16 else 1)  # float32 tiles pipelined three deep need 442 KB of shared memory at N = 128
     with _mma_v2("dinput"):
         _dinput_kernel[(N // min(BLOCK_K["dinput"], N), int(NT), B * H)](
-            r, w, k, v, r if a is None else a, r if b is None else b, do, states, dstates, Y, dY, mats[0], mats[1],
-            mats[2], *dmats, dr, dw, dk, da, db, T, NT, H=H, N=N, BT=CHUNK, BC=SUB, BK=min(BLOCK_K["dinput"], N),
+            r, w, k, v, r if a is None else a, r if b is None else b, do, states, dstates, Y, dY, *mats[:3],
+            *dmats, dr, dw, dk, da, db, T, NT, H=H, N=N, BT=CHUNK, BC=SUB, BK=min(BLOCK_K["dinput"], N),
             HAS_AB=a is not None, BF16=BF16, num_warps=WARPS["dinput"])
     return dr, dw, dk, dv, (da if a is not None else None), (db if b is not None else None), ds0
 
@@ -682,23 +688,25 @@ def wkv6(r, k, v, logw, state=None):
     state: [B, H, N, N] [key, value] or None (zeros). Returns o [B, T, H, N] in r's dtype and the
     final state [B, H, N, N] float32. Differentiable in every input, state included."""
     _check("wkv6", dict(r=r, k=k, v=v, logw=logw), state)
-    if USE_REFERENCE or (r.shape[1] == 1 and not _needs_grad(r, k, v, logw, state)):  # decoding: one step
+    grad = _needs_grad(r, k, v, logw, state)
+    if USE_REFERENCE or (r.shape[1] == 1 and not grad):  # decoding: one step
         return wkv6_ref(r, k, v, logw, state, check=USE_REFERENCE)  # (no check: no device sync)
     if not _use_kernels(r):
         return wkv6_chunked(r, k, v, logw, state)
-    return _WKV.apply(r, logw, k, v, None, None, state, False, _needs_grad(r, k, v, logw, state))
+    return _WKV.apply(r, logw, k, v, None, None, state, False, grad)
 
 
 def wkv7(r, logw, k, v, a, b, state=None):
     """RAD-RWKV7 recurrence. r, logw, k, v, a, b: [B, T, H, N] (logw in [-5, 0]; the model's lies in
     [-0.61, 0)); state: [B, H, N, N] [value, key] or None. Returns o [B, T, H, N] in r's dtype and
     the final state [B, H, N, N] float32 [value, key]. Differentiable in every input."""
-    _check("wkv7", dict(r=r, logw=logw, k=k, v=v, a=a, b=b), state, _needs_grad(r, logw, k, v, a, b, state))
-    if USE_REFERENCE or (r.shape[1] == 1 and not _needs_grad(r, logw, k, v, a, b, state)):  # decoding
+    grad = _needs_grad(r, logw, k, v, a, b, state)
+    _check("wkv7", dict(r=r, logw=logw, k=k, v=v, a=a, b=b), state, grad)
+    if USE_REFERENCE or (r.shape[1] == 1 and not grad):  # decoding
         return wkv7_ref(r, logw, k, v, a, b, state, check=USE_REFERENCE)
     if not _use_kernels(r):
         return wkv7_chunked(r, logw, k, v, a, b, state)
-    return _WKV.apply(r, logw, k, v, a, b, state, True, _needs_grad(r, logw, k, v, a, b, state))
+    return _WKV.apply(r, logw, k, v, a, b, state, True, grad)
 
 
 # -----------------------------------------------------------------------------

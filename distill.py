@@ -496,7 +496,7 @@ def main(argv):
     if rank == 0:
         final = os.path.join(stage_dir, "final")
         convert.save_model(sd, student.cfg, final + ".tmp", tokenizer_dir=cfg.teacher or init_source(cfg),
-                     dtype=torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
+                           dtype=torch.float32 if cfg.dtype == "float32" else torch.bfloat16)
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(final + ".tmp", final)

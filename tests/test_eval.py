@@ -311,7 +311,7 @@ def test_end_to_end(shared, tmp_path):
                         num_attention_heads=2, num_key_value_heads=1, head_dim=16)
     d = tmp_path / "tiny"
     convert.save_model(M.Model(cfg).init_weights().state_dict(), cfg, str(d), tokenizer_dir=str(shared / "tokenizers" / "qwen2"),
-                 dtype=torch.float32)
+                       dtype=torch.float32)
     E.main(["--models", f"student={d}", f"teacher={d}", "--tasks", "lambada_openai,arc_challenge", "--limit", "6",
             "--eval-dir", str(shared / "eval"), "--val-data", str(shared / "data/gutenberg/val-00.jsonl.xz"),
             "--val-tokens", "600", "--val-window", "128", "--device", "cpu", "--out", str(tmp_path / "out")])

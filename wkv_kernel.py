@@ -63,16 +63,17 @@ BLOCK_K = dict(prep=32, dmat=64, dinput=16)  # key columns per step of the paral
 
 
 # -----------------------------------------------------------------------------
-# reference: one timestep at a time, float32
+# reference: one timestep at a time, float32 (float64 for float64 inputs)
 
 
 def wkv6_ref(r, k, v, logw, state=None, check=True):
     B, T, H, N = r.shape
     dtype = r.dtype
-    r, k, v, w = (x.float() for x in (r, k, v, logw))
+    f = torch.promote_types(dtype, torch.float32)  # float32, or float64 for float64 inputs
+    r, k, v, w = (x.to(f) for x in (r, k, v, logw))
     assert not check or w.max() <= 0, "logw must be <= 0"
-    S = torch.zeros(B, H, N, N, device=r.device) if state is None else state.float()  # [key, value]
-    o = torch.empty(B, T, H, N, device=r.device)
+    S = r.new_zeros(B, H, N, N) if state is None else state.to(f)  # [key, value]
+    o = r.new_empty(B, T, H, N)
     for t in range(T):
         S = w[:, t, :, :, None].exp() * S + k[:, t, :, :, None] * v[:, t, :, None, :]
         o[:, t] = torch.einsum("bhk,bhkv->bhv", r[:, t], S)
@@ -82,10 +83,11 @@ def wkv6_ref(r, k, v, logw, state=None, check=True):
 def wkv7_ref(r, logw, k, v, a, b, state=None, check=True):
     B, T, H, N = r.shape
     dtype = r.dtype
-    r, w, k, v, a, b = (x.float() for x in (r, logw, k, v, a, b))
+    f = torch.promote_types(dtype, torch.float32)
+    r, w, k, v, a, b = (x.to(f) for x in (r, logw, k, v, a, b))
     assert not check or w.max() <= 0, "logw must be <= 0"
-    S = torch.zeros(B, H, N, N, device=r.device) if state is None else state.float()  # [value, key]
-    o = torch.empty(B, T, H, N, device=r.device)
+    S = r.new_zeros(B, H, N, N) if state is None else state.to(f)  # [value, key]
+    o = r.new_empty(B, T, H, N)
     for t in range(T):
         sa = torch.einsum("bhvk,bhk->bhv", S, a[:, t])  # S_{t-1} a_t^T: [B, H, N(value)]
         S = S * w[:, t, :, None, :].exp() + sa[..., None] * b[:, t, :, None, :] + v[:, t, :, :, None] * k[:, t, :, None, :]
@@ -97,14 +99,25 @@ def wkv7_ref(r, logw, k, v, a, b, state=None, check=True):
 # the chunked algorithm in plain PyTorch: mirrors the kernels, runs anywhere, autograd differentiates it
 
 
-def _tri_inverse(L):
-    # (I - L)^-1 for strictly lower-triangular L [..., BT, BT]: L^BT = 0, so the Neumann series ends and
-    # factors as (I + L)(I + L^2)(I + L^4)...
-    eye = torch.eye(L.shape[-1], device=L.device, dtype=L.dtype)
-    Tinv, P = eye + L, L
-    for _ in range(int(math.log2(L.shape[-1])) - 1):
-        P = P @ P
-        Tinv = Tinv @ (eye + P)
+def _tri_inverse(L, BC=SUB):
+    # (I - L)^-1 for strictly lower-triangular L [..., BT, BT], by forward substitution (T = I + L T, row by
+    # row), which stays accurate whenever the inverse itself is moderate. (Its Neumann-series product
+    # (I + L)(I + L^2)(I + L^4)... is not: when consecutive keys are alike the entries of L are near 1 and
+    # its powers grow like binomial coefficients, up to 1e18 at BT = 64, before they cancel.) First the
+    # BC-row diagonal blocks D, all at once a row at a time; then row block i from the finished blocks above:
+    # T_i = D_i (I_i + L_i,<i T_<i)
+    BT = L.shape[-1]
+    NB, o_t, eye = BT // BC, torch.arange(BT, device=L.device), torch.eye(BC, device=L.device, dtype=L.dtype)
+    L3 = torch.stack([L[..., i * BC : (i + 1) * BC, i * BC : (i + 1) * BC] for i in range(NB)], -3)  # [..., NB, BC, BC]
+    rows = [eye[:1].expand_as(L3[..., :1, :])]
+    for j in range(1, BC):  # row j of every block from the rows above it: D_j = e_j + L_j,<j D_<j
+        rows.append(eye[j : j + 1] + L3[..., j : j + 1, :j] @ torch.cat(rows, -2))
+    D3 = torch.cat(rows, -2)  # [..., NB, BC, BC]
+    D = (D3[..., :, :, None, :] * torch.eye(NB, device=L.device, dtype=L.dtype)[:, None, :, None]).flatten(-4, -3).flatten(-2)
+    below = (o_t[:, None] // BC) > (o_t[None, :] // BC)  # [BT, BT] left of the diagonal blocks
+    Tinv = D
+    for i in range(1, NB):  # row block i from the finished ones above it: T_i = D_i (I_i + L_i,<i T_<i)
+        Tinv = Tinv + D @ ((L * (below & (o_t // BC == i)[:, None])) @ Tinv)
     return Tinv
 
 
@@ -253,17 +266,27 @@ def _tri_mats(r, w, k, a, b, p_t, m_x, N: tl.constexpr, BK: tl.constexpr, BT: tl
 
 
 @triton.jit
-def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, HAS_AB: tl.constexpr, BF16: tl.constexpr):
-    # T = (I - Lab)^-1 = (I + L)(I + L^2)(I + L^4)..., M = T Lak, A = Ark + Arb M  # [BT, BT]
+def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, BC: tl.constexpr, HAS_AB: tl.constexpr,
+           BF16: tl.constexpr):
+    # T = (I - Lab)^-1 by forward substitution as in _tri_inverse, M = T Lak, A = Ark + Arb M  # [BT, BT]
     b_T, b_M, b_A = b_Ark, b_Ark, b_Ark
     if HAS_AB:
-        o_t = tl.arange(0, BT)
-        b_eye = tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)
-        b_L = b_Lab
-        b_T = b_eye + b_L
-        for _ in tl.static_range(int(math.log2(BT)) - 1):
-            b_L = _mmx(b_L, b_L, BF16)
-            b_T = _mmx(b_T, b_eye + b_L, BF16)
+        NB: tl.constexpr = BT // BC
+        o_t, o_c, o_i = tl.arange(0, BT), tl.arange(0, BC), tl.arange(0, NB)
+        # the diagonal blocks [NB, BC, BC]: block i of rows and columns of [NB, BC, NB, BC]
+        m_d = (o_i[:, None] == o_i[None, :])[:, None, :, None]  # [NB, 1, NB, 1]
+        b_L3 = tl.sum(tl.where(m_d, tl.reshape(b_Lab, (NB, BC, NB, BC)), 0), 2)
+        b_D3 = tl.where((o_c[:, None] == o_c[None, :])[None, :, :], 1.0, 0.0) + tl.zeros([NB, BC, BC], tl.float32)
+        for j in tl.static_range(1, BC):  # row j of every block, in float32 on the CUDA cores
+            m_j = (o_c == j)[None, :, None]  # [1, BC, 1]
+            b_l = tl.sum(tl.where(m_j, b_L3, 0), 1)  # [NB, BC] row j of L's blocks
+            b_D3 = tl.where(m_j, b_D3 + tl.sum(b_l[:, :, None] * b_D3, 1)[:, None, :], b_D3)
+        b_D = tl.reshape(tl.where(m_d, b_D3[:, :, None, :], 0), (BT, BT))  # block diagonal  # [BT, BT]
+        b_Lo = tl.where((o_t[:, None] // BC) != (o_t[None, :] // BC), b_Lab, 0)  # below the diagonal blocks
+        b_T = b_D
+        for i in tl.static_range(1, NB):  # row block i from the finished ones above it
+            b_Li = tl.where((o_t // BC == i)[:, None], b_Lo, 0)
+            b_T += _mmx(b_D, _mmx(b_Li, b_T, BF16), BF16)
         b_M = _mmx(b_T, b_Lak, BF16)
         b_A = b_Ark + _mmx(b_Arb, b_M, BF16)
     return b_T, b_M, b_A
@@ -287,7 +310,7 @@ def _prep_kernel(r, w, k, a, b, R, A, K, W, Bt, gl, AH, Tm, Mm, Arbm, Lakm, T, N
     p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
     r, w, k, a, b, R, K, W, Bt = r + p_0, w + p_0, k + p_0, a + p_0, b + p_0, R + p_0, K + p_0, W + p_0, Bt + p_0
     b_Ark, b_Arb, b_Lak, b_Lab = _tri_mats(r, w, k, a, b, p_t, m_x, N, BK, BT, BC, HAS_AB, BF16)
-    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, HAS_AB, BF16)
+    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, BC, HAS_AB, BF16)
     tl.store(A + p_0 // N * BT + p_t // N * BT + tl.arange(0, BT)[None, :], b_A.to(A.dtype.element_ty), mask=m_x)
     if KEEP:
         o_t = tl.arange(0, BT)

@@ -49,6 +49,7 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
@@ -730,6 +731,33 @@ def wkv7(r, logw, k, v, a, b, state=None):
     if not _use_kernels(r):
         return wkv7_chunked(r, logw, k, v, a, b, state)
     return _WKV.apply(r, logw, k, v, a, b, state, True, grad)
+
+
+def example_inputs(kind, B, T, H, N, keys="alike", dtype=torch.float32, device="cpu", seed=0, logw_fill=None,
+                   state=False):
+    """Random arguments of wkv6 / wkv7 drawn the way the students make them (logw float32, the rest in dtype),
+    and a random [B, H, N, N] state (or None). keys (wkv7): "alike" as on real text: the unit keys kk of a head
+    share a direction (cosine of consecutive ones 0.5-0.95), in-context rates near 1, key norms near 10, which
+    makes the chunk's triangular solve hard; "random": independent unit keys, nearly orthogonal, which does not."""
+    g = torch.Generator(device).manual_seed(seed)
+    r, k, v, d, e, c = (torch.randn(B, T, H, N, device=device, generator=g) for _ in range(6))
+    if kind == "wkv6":  # both the slow decays and RAD-RWKV6's clamp at -5
+        logw = torch.clamp(-(torch.rand(B, T, H, N, device=device, generator=g) * 8.5 - 6).exp(), min=-5.0)
+    else:  # RAD-RWKV7: -e^-0.5 sigmoid(d), in (-0.61, 0)
+        logw = -math.exp(-0.5) * torch.sigmoid(2 * d)
+    logw = logw if logw_fill is None else torch.full_like(logw, logw_fill)
+    if kind == "wkv6":
+        args = [r * N**-0.5, k * (1 - logw.exp()), v, logw]  # state balancing
+    else:
+        if keys == "alike":
+            spread = 0.2 + 0.8 * torch.rand(B, T, H, 1, device=device, generator=g)
+            kk = F.normalize(torch.randn(B, 1, H, N, device=device, generator=g) + spread * e, dim=-1)
+            rate, k = torch.sigmoid(c + 1.5), 10 * kk
+        else:
+            kk, rate = F.normalize(e, dim=-1), torch.sigmoid(c)
+        args = [r * N**-0.5, logw, k * (1 - logw.exp() + rate), v, -kk, kk * rate]
+    args = [x if x is logw else x.to(dtype) for x in args]
+    return args, (torch.randn(B, H, N, N, device=device, generator=g) * 0.5 if state else None)
 
 
 # -----------------------------------------------------------------------------

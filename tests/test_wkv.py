@@ -1,5 +1,7 @@
 """wkv_kernel on the CPU: the chunked PyTorch algorithm and the Triton kernels (run by Triton's interpreter)
-against the per-timestep float32 reference loops: outputs, final states and every input gradient.
+against the per-timestep loops in float64: outputs, final states and every input gradient, on random inputs
+drawn two ways for wkv7 (independent keys, and keys alike from step to step as on real text) and on the
+inputs a real model makes (SmolLM2's step-1 activations through a fresh RAD-RWKV7 student).
 
 Triton decides once per process, when it is first imported, whether kernels are interpreted. When this
 module is imported without TRITON_INTERPRET=1 (as in a plain `pytest tests/`), the kernel tests run in a
@@ -18,31 +20,19 @@ sys.path.insert(0, str(ROOT))
 import wkv_kernel as W  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-TOL = 1e-4  # relative RMS error, float32 everywhere
+TOL = 1e-4  # relative RMS error against the float64 loop, float32 everywhere
 SHAPES = [(1, 1, 2, 16), (2, 15, 3, 16), (1, 16, 2, 32), (2, 63, 2, 16), (1, 100, 2, 16), (1, 150, 2, 32)]  # (B, T, H, N); chunks of 64
 SHAPE_IDS = [f"B{b}-T{t}-H{h}-N{n}" for b, t, h, n in SHAPES]
+KINDS = [("wkv6", "random"), ("wkv7", "random"), ("wkv7", "alike")]  # (recurrence, keys of example_inputs)
+KIND_IDS = [f"{kind}-{keys}-keys" for kind, keys in KINDS]
 
 
 def rel_rms(x, ref):
     return ((x.double() - ref.double()).pow(2).mean().sqrt() / ref.double().pow(2).mean().sqrt()).item()
 
 
-def make_inputs(kind, B, T, H, N, with_state, seed=0):
-    # drawn the way the students draw them; returns the positional arguments of wkv6 / wkv7
-    g = torch.Generator().manual_seed(seed)
-    r, k, v, d = (torch.randn(B, T, H, N, generator=g) for _ in range(4))
-    r = r * N**-0.5
-    if kind == "wkv6":
-        d = torch.empty(B, T, H, N).uniform_(-6.0, 2.5, generator=g)  # both the slow decays and the clamp
-        logw = torch.maximum(-d.exp(), torch.tensor(-5.0))
-        args = [r, k * (1 - logw.exp()), v, logw]  # state balancing as in RAD-RWKV6
-    else:
-        logw = -torch.exp(torch.tensor(-0.5)) * torch.sigmoid(2 * d)  # in (-0.61, 0)
-        kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, generator=g), dim=-1)
-        iclr = torch.sigmoid(torch.randn(B, T, H, N, generator=g))
-        args = [r, logw, k * (1 - logw.exp() + iclr), v, -kk, kk * iclr]
-    state = torch.randn(B, H, N, N, generator=g) * 0.5 if with_state else None
-    return args, state
+def make_inputs(kind, B, T, H, N, with_state, seed=0, keys="random"):
+    return W.example_inputs(kind, B, T, H, N, keys=keys, seed=seed, state=with_state)
 
 
 def run_with_grads(fn, args, state, seed=1, use_o=True, use_state=True):
@@ -52,18 +42,22 @@ def run_with_grads(fn, args, state, seed=1, use_o=True, use_state=True):
     o, sT = fn(*args, state)
     g = torch.Generator().manual_seed(seed)
     go, gs = torch.randn(o.shape, generator=g), torch.randn(sT.shape, generator=g)
-    loss = (o.float() * go).sum() * use_o + (sT * gs).sum() * use_state
+    loss = (o * go.to(o.dtype)).sum() * use_o + (sT * gs.to(sT.dtype)).sum() * use_state
     loss.backward()
     grads = [x.grad for x in args] + ([] if state is None else [state.grad])
     return [o.detach(), sT.detach()] + grads
 
 
-def compare(kind, impl, shape, with_state, tol=TOL, **kw):
-    args, state = make_inputs(kind, *shape, with_state)
-    ref = run_with_grads(getattr(W, f"{kind}_ref"), args, state, **kw)
+NAMES = {"wkv6": ["o", "final_state", "dr", "dk", "dv", "dlogw"],
+         "wkv7": ["o", "final_state", "dr", "dlogw", "dk", "dv", "da", "db"]}
+
+
+def check_against_loop(kind, impl, args, state, tol=TOL, **kw):
+    # impl in float32 against the loop in float64, on the same (float32) inputs
+    dbl = lambda x: None if x is None else x.double()
+    ref = run_with_grads(getattr(W, f"{kind}_ref"), [dbl(x) for x in args], dbl(state), **kw)
     out = run_with_grads(impl, args, state, **kw)
-    names = ["o", "final_state"] + (["dr", "dk", "dv", "dlogw"] if kind == "wkv6" else ["dr", "dlogw", "dk", "dv", "da", "db"])
-    names += ["dstate"] if with_state else []
+    names = NAMES[kind] + (["dstate"] if state is not None else [])
     for name, x, y in zip(names, out, ref):
         if y is None:  # no gradient reaches it (unused output)
             continue
@@ -76,24 +70,34 @@ def compare(kind, impl, shape, with_state, tol=TOL, **kw):
         assert err <= tol, f"{kind} {name}: relative RMS error {err:.2e} > {tol:.0e}"
 
 
+def compare(kind, impl, shape, with_state, keys="random", tol=TOL, **kw):
+    args, state = make_inputs(kind, *shape, with_state, keys=keys)
+    check_against_loop(kind, impl, args, state, tol, **kw)
+
+
 # -----------------------------------------------------------------------------
 # the chunked PyTorch version (the CPU fallback)
 
 
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "init-state"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
-def test_chunked_matches_reference(kind, shape, with_state):
-    compare(kind, getattr(W, f"{kind}_chunked"), shape, with_state)
+@pytest.mark.parametrize("kind,keys", KINDS, ids=KIND_IDS)
+def test_chunked_matches_reference(kind, keys, shape, with_state):
+    compare(kind, getattr(W, f"{kind}_chunked"), shape, with_state, keys)
 
 
-def test_tri_inverse_is_the_inverse():
-    # (I - L)^-1 of a strictly lower-triangular L whose powers all matter up to L^(CHUNK - 1) (one factor of the
-    # product short leaves an error of 1e-6): positive entries near 0.3, so that the terms neither cancel nor vanish
+@pytest.mark.parametrize("entries", ["normal", "near-one"])
+def test_tri_inverse_is_the_inverse(entries):
+    # (I - L)^-1 of a strictly lower-triangular L [CHUNK, CHUNK]: normal entries, whose powers grow before they
+    # cancel, and entries near -1 (alike keys, in-context rates near 1), where L's powers reach 1e18; the
+    # inverse itself is moderate in both
     g = torch.Generator().manual_seed(0)
-    L = (0.15 + 0.3 * torch.rand(3, W.CHUNK, W.CHUNK, generator=g, dtype=torch.float64)).tril(-1)
-    want = torch.linalg.inv(torch.eye(W.CHUNK, dtype=torch.float64) - L)
+    L = torch.randn(3, W.CHUNK, W.CHUNK, generator=g, dtype=torch.float64)
+    L = (L if entries == "normal" else -1 + 0.05 * L).tril(-1)
+    eye = torch.eye(W.CHUNK, dtype=torch.float64)
+    want = torch.linalg.solve_triangular(eye - L, eye, upper=False)
     assert rel_rms(W._tri_inverse(L), want) < 1e-10
+    assert rel_rms(W._tri_inverse(L.float()), want) < 1e-5
 
 
 @pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
@@ -151,6 +155,81 @@ def test_bad_inputs_raise():
 
 
 # -----------------------------------------------------------------------------
+# real activations: a step-1 batch of SmolLM2-135M (the quick start's teacher) through a fresh RAD-RWKV7
+# student's time mixers, every layer's wkv7 inputs captured as the model hands them over
+
+
+@pytest.fixture(scope="module")
+def real_inputs(tmp_path_factory):
+    import json
+    import lzma
+
+    import convert
+    import data
+    import model as M
+    shared = ROOT.parent / "shared"
+    try:
+        gguf = convert.smollm2_gguf_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    if not shared.is_dir():
+        pytest.skip(f"{shared} not present (the data/eval/tokenizer files beside the repository)")
+    out = tmp_path_factory.mktemp("smollm2")
+    convert.gguf_to_hf(gguf, out)
+    teacher = convert.load_model(str(out), dtype=torch.float32).eval()
+    student = M.make_student(teacher, "rwkv7").eval()
+    with lzma.open(shared / "data" / "gutenberg" / "val-00.jsonl.xz", "rt") as f:
+        text = json.loads(f.readline())["text"]
+    B, T = 2, 150  # chunks of 64: two whole ones and a part
+    ids = torch.tensor(data.load_tokenizer(out).encode_ordinary(text[20000:60000])[: B * T]).view(B, T)
+    inputs, layer_in = [], {}
+    for i, block in enumerate(teacher.model.layers):  # step 1: each mixer sees the teacher's normed layer input
+        block.self_attn.register_forward_hook(lambda m, a, o, i=i: layer_in.__setitem__(i, a[0]))
+    wkv7 = W.wkv7  # (the chunked version computes the outputs: the interpreter would take minutes)
+    W.wkv7 = lambda *a: inputs.append([x.detach().clone() for x in a[:6]]) or W.wkv7_chunked(*a)
+    try:
+        with torch.no_grad():
+            teacher(ids, logits=False)
+            cos, sin = student.rope(torch.arange(T)[None])
+            v_first = None
+            for i, block in enumerate(student.model.layers):
+                _, v_first = block.self_attn(layer_in[i], cos, sin, v_first)
+    finally:
+        W.wkv7 = wkv7
+    assert len(inputs) == teacher.cfg.num_hidden_layers
+    return inputs
+
+
+def alike(kk):  # mean cosine of consecutive unit keys
+    return (kk[:, 1:] * kk[:, :-1]).sum(-1).mean().item()
+
+
+def test_real_activations_have_alike_keys(real_inputs):
+    # what the random "alike" inputs imitate: consecutive keys 0.5-0.9 alike (independent ones: ~0)
+    cos = [alike(-x[4]) for x in real_inputs]
+    assert min(cos) > 0.4 and sum(cos) / len(cos) > 0.7, cos
+
+
+def test_chunked_on_real_activations(real_inputs):
+    for i, args in enumerate(real_inputs):
+        try:
+            check_against_loop("wkv7", W.wkv7_chunked, args, None)
+        except AssertionError as e:
+            raise AssertionError(f"layer {i}: {e}") from None
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="runs in a TRITON_INTERPRET=1 child process")
+def test_kernel_on_real_activations(real_inputs):
+    # the interpreter is slow: the two layers whose keys are most alike, three heads of one sequence each
+    worst = sorted(range(len(real_inputs)), key=lambda i: -alike(-real_inputs[i][4]))[:2]
+    for i in worst:
+        try:
+            check_against_loop("wkv7", W.wkv7, [x[:1, :, :3] for x in real_inputs[i]], None)
+        except AssertionError as e:
+            raise AssertionError(f"layer {i}: {e}") from None
+
+
+# -----------------------------------------------------------------------------
 # the Triton kernels, in the interpreter
 
 needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="runs in a TRITON_INTERPRET=1 child process")
@@ -159,23 +238,23 @@ needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="runs in a TRITON
 @needs_interpreter
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "init-state"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
-def test_kernel_matches_reference(kind, shape, with_state):
-    compare(kind, getattr(W, kind), shape, with_state)
+@pytest.mark.parametrize("kind,keys", KINDS, ids=KIND_IDS)
+def test_kernel_matches_reference(kind, keys, shape, with_state):
+    compare(kind, getattr(W, kind), shape, with_state, keys)
 
 
 @needs_interpreter
 @pytest.mark.parametrize("use", ["o-only", "state-only"])
 @pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
 def test_kernel_gradient_through_one_output(kind, use):
-    compare(kind, getattr(W, kind), (1, 20, 2, 32), True, use_o=use == "o-only", use_state=use == "state-only")
+    compare(kind, getattr(W, kind), (1, 20, 2, 32), True, keys="alike", use_o=use == "o-only", use_state=use == "state-only")
 
 
 @needs_interpreter
 @pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
 def test_kernel_prefill_in_pieces(kind):
     # carrying the state across calls equals one long call
-    args, state = make_inputs(kind, 2, 150, 2, 16, True)
+    args, state = make_inputs(kind, 2, 150, 2, 16, True, keys="alike")
     fn = getattr(W, kind)
     o_full, s_full = fn(*args, state)
     outs, s = [], state

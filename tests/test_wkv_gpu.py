@@ -1,8 +1,8 @@
 """wkv_kernel's Triton kernels on a GPU, at the shapes the students train at: bfloat16 inputs against the
 chunked PyTorch version in float32 (the per-timestep loop is too slow at T = 16384; tests/test_wkv.py
-ties the chunked version to the loop at 1e-4), plus float32 against the loop, and decays at the edges.
+ties the chunked version to the loop at 1e-4), float32 and bfloat16 against the loop in float64, and decays at
+the edges; wkv7 on independent keys and on keys alike from step to step as on real text.
 Tolerances (relative RMS error): 2e-2 for bfloat16 inputs, 5e-3 for float32 inputs (TF32 products)."""
-import math
 import sys
 from pathlib import Path
 
@@ -14,31 +14,17 @@ import wkv_kernel as W  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL = {torch.bfloat16: 2e-2, torch.float32: 5e-3}
+KINDS = [("wkv6", "random"), ("wkv7", "random"), ("wkv7", "alike")]  # (recurrence, keys of example_inputs)
+KIND_IDS = [f"{kind}-{keys}-keys" for kind, keys in KINDS]
 
 
 def rel_rms(x, ref):
     return ((x.double() - ref.double()).pow(2).mean().sqrt() / ref.double().pow(2).mean().sqrt()).item()
 
 
-def make_inputs(kind, B, T, H, N, dtype, logw_fill=None, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    r, k, v, d = (torch.randn(B, T, H, N, device="cuda", generator=g) for _ in range(4))
-    r = r * N**-0.5
-    if kind == "wkv6":
-        logw = torch.maximum(-torch.empty_like(d).uniform_(-6, 2.5, generator=g).exp(), torch.tensor(-5.0, device="cuda"))
-    else:
-        logw = -math.exp(-0.5) * torch.sigmoid(2 * d)
-    if logw_fill is not None:
-        logw = torch.full_like(d, logw_fill)
-    if kind == "wkv6":
-        args = [r, k * (1 - logw.exp()), v, logw]
-    else:
-        kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, device="cuda", generator=g), dim=-1)
-        iclr = torch.sigmoid(torch.randn(B, T, H, N, device="cuda", generator=g))
-        args = [r, logw, k * (1 - logw.exp() + iclr), v, -kk, kk * iclr]
-    args = [x if x is logw else x.to(dtype) for x in args]  # logw stays float32, as the students make it
-    state = torch.randn(B, H, N, N, device="cuda", generator=g) * 0.5
-    return args, state
+def make_inputs(kind, B, T, H, N, dtype, logw_fill=None, seed=0, keys="random"):
+    return W.example_inputs(kind, B, T, H, N, keys=keys, dtype=dtype, device="cuda", seed=seed, logw_fill=logw_fill,
+                            state=True)
 
 
 def outputs_and_grads(fn, args, state):
@@ -47,12 +33,12 @@ def outputs_and_grads(fn, args, state):
     o, sT = fn(*args, state)
     g = torch.Generator(device="cuda").manual_seed(1)
     go, gs = torch.randn(o.shape, device="cuda", generator=g), torch.randn(sT.shape, device="cuda", generator=g)
-    ((o.float() * go).sum() + (sT * gs).sum()).backward()
+    ((o * go.to(o.dtype)).sum() + (sT * gs.to(sT.dtype)).sum()).backward()
     return [o.detach(), sT.detach()] + [x.grad for x in args] + [state.grad]
 
 
-def compare(kind, args, state, ref_fn, tol, dlogw_scale=False):
-    ref = outputs_and_grads(ref_fn, [x.float() for x in args], state)
+def compare(kind, args, state, ref_fn, tol, dlogw_scale=False, ref_dtype=torch.float32):
+    ref = outputs_and_grads(ref_fn, [x.to(ref_dtype) for x in args], state.to(ref_dtype))
     out = outputs_and_grads(getattr(W, kind), args, state)
     names = ["o", "final_state"] + (["dr", "dk", "dv", "dlogw"] if kind == "wkv6" else ["dr", "dlogw", "dk", "dv", "da", "db"])
     dtypes = [args[0].dtype, torch.float32] + [x.dtype for x in args] + [torch.float32]
@@ -73,20 +59,21 @@ def compare(kind, args, state, ref_fn, tol, dlogw_scale=False):
 
 @pytest.mark.parametrize("shape", [(4, 1024, 4, 64), (2, 4096, 2, 128), (1, 16384, 2, 128)],
                          ids=["B4-T1024-H4-N64", "B2-T4096-H2-N128", "B1-T16384-H2-N128"])
-@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
-def test_bf16_matches_chunked_float32(kind, shape):
-    args, state = make_inputs(kind, *shape, torch.bfloat16)
+@pytest.mark.parametrize("kind,keys", KINDS, ids=KIND_IDS)
+def test_bf16_matches_chunked_float32(kind, keys, shape):
+    args, state = make_inputs(kind, *shape, torch.bfloat16, keys=keys)
     compare(kind, args, state, getattr(W, f"{kind}_chunked"), TOL[torch.bfloat16])
 
 
-@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
-def test_float32_matches_reference_loop(kind):
-    args, state = make_inputs(kind, 2, 300, 2, 64, torch.float32)
-    compare(kind, args, state, getattr(W, f"{kind}_ref"), TOL[torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("kind,keys", KINDS, ids=KIND_IDS)
+def test_matches_float64_loop(kind, keys, dtype):
+    args, state = make_inputs(kind, 2, 300, 2, 64, dtype, keys=keys)
+    compare(kind, args, state, getattr(W, f"{kind}_ref"), TOL[dtype], ref_dtype=torch.float64)
 
 
 @pytest.mark.parametrize("fill", [-5.0, -1e-6], ids=["logw=-5", "logw=0-"])
-@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
-def test_decays_at_the_edges(kind, fill):
-    args, state = make_inputs(kind, 1, 2048, 2, 128, torch.bfloat16, logw_fill=fill)
+@pytest.mark.parametrize("kind,keys", [("wkv6", "random"), ("wkv7", "alike")], ids=["wkv6", "wkv7-alike-keys"])
+def test_decays_at_the_edges(kind, keys, fill):
+    args, state = make_inputs(kind, 1, 2048, 2, 128, torch.bfloat16, logw_fill=fill, keys=keys)
     compare(kind, args, state, getattr(W, f"{kind}_chunked"), TOL[torch.bfloat16], dlogw_scale=True)

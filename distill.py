@@ -11,7 +11,7 @@ the same command resumes from the newest complete checkpoint.
 Sections: config -> distributed init -> data -> models -> sharding -> optimizer -> resume -> loop.
 """
 import dataclasses
-import glob
+import itertools
 import json
 import math
 import os
@@ -23,14 +23,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
 
 import convert
 import data
@@ -93,24 +91,13 @@ STAGES = {  # SPEC Table 3 defaults (7B); every field can still be overridden on
 
 def parse_args(argv):
     """--field value for every Config field; --stage picks the step's defaults first."""
-    import argparse
-    stage = 1
-    for i, a in enumerate(argv):
-        if a.startswith("--stage"):
-            stage = int(a.split("=", 1)[1] if "=" in a else argv[i + 1])
+    pre = data.ArgParser(prog="distill.py", add_help=False)
+    pre.add_argument("--stage", type=int, default=1)
+    stage = pre.parse_known_args(argv)[0].stage
     if stage not in STAGES:
-        raise ValueError(f"--stage must be 1, 2 or 3, got {stage}")
-    cfg = Config(**STAGES[stage])
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    for f in dataclasses.fields(Config):
-        kind = f.type if isinstance(f.type, type) else type(getattr(cfg, f.name))
-        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        if kind is bool:
-            p.add_argument(*flags, type=lambda s: s.lower() in ("1", "true", "yes"), default=getattr(cfg, f.name))
-        else:
-            p.add_argument(*flags, type=kind, default=getattr(cfg, f.name))
-    return Config(**vars(p.parse_args(argv)))  # argparse exits with an error on an unknown flag
+        pre.error(f"--stage must be 1, 2 or 3, got {stage}")
+    p = data.add_flags(data.ArgParser(prog="distill.py", description=__doc__), Config, defaults=STAGES[stage])
+    return data.config_from(Config, p.parse_args(argv))
 
 
 def get_lr(step, total_steps, lr_init, lr_final, warmup):
@@ -122,46 +109,26 @@ def get_lr(step, total_steps, lr_init, lr_final, warmup):
 
 def print0(*a):
     if int(os.environ.get("RANK", 0)) == 0:
-        print(*a, flush=True)
+        tqdm.write(" ".join(map(str, a)))  # above the progress bar
+        sys.stdout.flush()
+
+
+def setup_distributed():
+    """torchrun sets RANK / WORLD_SIZE; plain python runs as a world of one. -> rank, world size, device"""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(29500 + os.getpid() % 1000))
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            device_id=device if device.type == "cuda" else None)
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), device
 
 
 # ----------------------------------------------------------------------------- models and sharding
-
-def load_into(module, named_tensors, what):
-    """Copy (key, full tensor) pairs into a module whose parameters may be sharded DTensors:
-    each process keeps only its own shard, one full tensor in host memory at a time."""
-    params = dict(module.named_parameters())
-    done = set()
-    with torch.no_grad():
-        for key, t in named_tensors:
-            if key not in params:
-                continue  # e.g. lm_head.weight of a tied teacher (it is embed_tokens.weight)
-            p = params[key]
-            if tuple(t.shape) != tuple(p.shape):
-                raise M.ConfigError(f"{what}: {key} has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
-            t = t.to(device=p.device, dtype=p.dtype)
-            if isinstance(p, DTensor):
-                t = distribute_tensor(t, p.device_mesh, p.placements, src_data_rank=None)
-            p.copy_(t)
-            done.add(key)
-    missing = sorted(set(params) - done)
-    if missing:
-        raise M.ConfigError(f"{what}: {len(missing)} tensors missing, e.g. {missing[0]}")
-
-
-def with_head(tensors, tied):
-    # a tied checkpoint has no lm_head.weight: the embedding serves as the head (an untied copy in a student)
-    for key, t in tensors:
-        yield key, t
-        if tied and key == "model.embed_tokens.weight":
-            yield "lm_head.weight", t
-
-
-def student_tensors(cfg, teacher_dir, seed):
-    # a fresh student: the teacher's tensors and the new parameters at their init
-    yield from with_head(convert.iter_checkpoint(teacher_dir), cfg.untied_from_tied)
-    yield from M.student_init_tensors(cfg, seed).items()
-
 
 def shard(model, mp, split_mixers=False):
     # FSDP2: each block (and in step 1 each time mixer on its own) then the root
@@ -179,31 +146,49 @@ def init_source(cfg):
     return "teacher" if cfg.stage == 1 else os.path.join(cfg.out_dir, f"stage{cfg.stage - 1}", "final")
 
 
-def build(cfg, device, mp):
-    """Teacher (frozen, compute dtype) and student (float32 master weights), built on the meta
-    device, sharded, then filled from the checkpoints."""
-    dtype = getattr(torch, cfg.dtype)
+def prepare_student(cfg, student):
+    # what trains (step 1: the time mixers only; the teacher runs the rest), recomputation, compilation
+    for block in student.model.layers:
+        block.checkpointing = cfg.activation_checkpointing and cfg.stage > 1
+        if cfg.compile:
+            block.compile()
+    if cfg.stage == 1:
+        student.requires_grad_(False)
+        for block in student.model.layers:
+            block.self_attn.requires_grad_(True)
+
+
+def sharded(model_cfg, dtype, device, mp, tensors, what, split_mixers=False, prepare=None):
+    # built on the meta device, sharded, then filled from (key, tensor) pairs (None: random, for benchmarks)
+    with torch.device("meta"):
+        model = M.Model(model_cfg).to(dtype)
+    if prepare:
+        prepare(model)
+    shard(model, mp, split_mixers)
+    model.to_empty(device=device)
+    return model.init_weights() if tensors is None else convert.load_into(model, tensors, what)
+
+
+def build(cfg, device, mp, teacher_cfg=None):
+    """Teacher (frozen, compute dtype) and student (float32 master weights), sharded. teacher_cfg: a random
+    teacher of that shape instead of --teacher (bench.py)."""
+    dtype, teacher = getattr(torch, cfg.dtype), None
     att = [int(i) for i in cfg.attention_layers.split(",") if i.strip()]
-    teacher = None
     if cfg.stage in (1, 2) or cfg.init_from == "teacher":
-        if not cfg.teacher:
+        if teacher_cfg is None and not cfg.teacher:
             raise ValueError(f"step {cfg.stage} needs --teacher (an HF directory)")
-        tcfg = convert.read_config(cfg.teacher)
+        tcfg = teacher_cfg or convert.read_config(cfg.teacher)
         if tcfg.student:
             raise ValueError(f"--teacher {cfg.teacher} is a student model ({tcfg.model_type})")
-        with torch.device("meta"):
-            teacher = M.Model(tcfg).to(dtype)
-        teacher.requires_grad_(False)
-        shard(teacher, mp)
-        teacher.to_empty(device=device)
-        load_into(teacher, with_head(convert.iter_checkpoint(cfg.teacher), tcfg.tie_word_embeddings), cfg.teacher)
-        teacher.eval()
+        tensors = None if teacher_cfg else convert.iter_checkpoint(cfg.teacher)
+        teacher = sharded(tcfg, dtype, device, mp, tensors, cfg.teacher).requires_grad_(False).eval()
     src = init_source(cfg)
     if src == "teacher":
         if teacher is None:
             raise ValueError("--init_from teacher needs --teacher")
         scfg = M.student_config(teacher.cfg, cfg.student, att)
-        tensors = student_tensors(scfg, cfg.teacher, cfg.seed)
+        tensors = None if teacher_cfg else itertools.chain(convert.iter_checkpoint(cfg.teacher),
+                                                          M.student_init_tensors(scfg, cfg.seed).items())
     else:
         if not os.path.isdir(src):
             raise FileNotFoundError(f"step {cfg.stage} starts from {src}, which does not exist "
@@ -214,20 +199,20 @@ def build(cfg, device, mp):
         tensors = convert.iter_checkpoint(src)
     if teacher is not None and teacher.cfg.vocab_size != scfg.vocab_size:
         raise ValueError(f"vocab mismatch: teacher {teacher.cfg.vocab_size}, student {scfg.vocab_size}")
-    with torch.device("meta"):
-        student = M.Model(scfg)
-    for block in student.model.layers:
-        block.checkpointing = cfg.activation_checkpointing and cfg.stage > 1
-        if cfg.compile:
-            block.compile()
-    if cfg.stage == 1:  # only the time mixers train; the teacher runs the rest
-        student.requires_grad_(False)
-        for block in student.model.layers:
-            block.self_attn.requires_grad_(True)
-    shard(student, mp, split_mixers=cfg.stage == 1)
-    student.to_empty(device=device)
-    load_into(student, tensors, src)
+    student = sharded(scfg, torch.float32, device, mp, tensors, src, cfg.stage == 1, lambda m: prepare_student(cfg, m))
     return teacher, student
+
+
+def make_optimizer(cfg, student, device):
+    # two LR groups, self_attn and the rest (step 1 trains self_attn only); -> optimizer, [(lr, lr_final)] per group
+    named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    attn = [p for n, p in named if ".self_attn." in n]
+    rest = [p for n, p in named if ".self_attn." not in n]
+    lrs = [(cfg.attn_lr or cfg.lr, cfg.attn_lr_final or cfg.lr_final), (cfg.lr, cfg.lr_final)]
+    groups = [({"params": ps, "lr": lr[0]}, lr) for ps, lr in zip([attn, rest], lrs) if ps]
+    opt = torch.optim.AdamW([g for g, _ in groups], betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                            weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+    return opt, [lr for _, lr in groups]
 
 
 # ----------------------------------------------------------------------------- losses
@@ -262,7 +247,7 @@ def step_loss(cfg, teacher, student, batch, hooks):
         # attention output (captured by hooks); each student mixer runs on that same input
         hooks.clear()
         with torch.no_grad():
-            teacher(x, logits=False)
+            teacher(x, hidden=True)
         cos, sin = student.rope(torch.arange(x.shape[1], device=x.device)[None])
         v_first, loss = None, 0.0
         for i, block in enumerate(student.model.layers):
@@ -274,9 +259,9 @@ def step_loss(cfg, teacher, student, batch, hooks):
     if cfg.stage == 2:
         with torch.no_grad():
             t_logits = teacher(x)  # (B, T, V) in the compute dtype; float32 only chunk by chunk
-        out = student(x, logits=lambda h, w: chunked(kl_and_ce, cfg.loss_chunk, h, w, t_logits, y))
+        out = student(x, head=lambda h, w: chunked(kl_and_ce, cfg.loss_chunk, h, w, t_logits, y))
     else:
-        out = student(x, logits=lambda h, w: chunked(ce_only, cfg.loss_chunk, h, w, y))
+        out = student(x, head=lambda h, w: chunked(ce_only, cfg.loss_chunk, h, w, y))
     return out[0], out.detach()
 
 
@@ -286,44 +271,6 @@ def attention_hooks(teacher):
     for i, block in enumerate(teacher.model.layers):
         block.self_attn.register_forward_hook(lambda m, a, o, i=i: store.__setitem__(i, (a[0], o[0])))
     return store
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def ckpt_dirs(root):
-    # complete checkpoints only: a directory is renamed from .tmp after every process has written
-    return sorted(glob.glob(os.path.join(root, "step_*[0-9]")), key=lambda d: int(d.rsplit("_", 1)[1]))
-
-
-def save(root, step, student, opt, rank, keep):
-    path = os.path.join(root, f"step_{step:07d}")
-    tmp = path + ".tmp"
-    if rank == 0 and os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-    dist.barrier()
-    state = {"model": get_model_state_dict(student), "optim": get_optimizer_state_dict(student, opt)}
-    dcp.save(state, checkpoint_id=tmp)
-    if rank == 0:  # what convert.py export needs to rebuild the model from the shards
-        with open(os.path.join(tmp, "model_config.json"), "w") as fh:
-            json.dump(student.cfg.to_hf(), fh, indent=2)
-    torch.save({"cpu": torch.get_rng_state(), "step": step}, os.path.join(tmp, f"rng_{rank}.pt"))
-    dist.barrier()
-    if rank == 0:
-        os.replace(tmp, path)
-        for old in ckpt_dirs(root)[:-keep]:
-            shutil.rmtree(old)
-    dist.barrier()
-
-
-def load(path, student, opt, rank):
-    state = {"model": get_model_state_dict(student), "optim": get_optimizer_state_dict(student, opt)}
-    dcp.load(state, checkpoint_id=path)
-    set_model_state_dict(student, state["model"])
-    set_optimizer_state_dict(student, opt, state["optim"])
-    rng = os.path.join(path, f"rng_{rank}.pt")
-    if os.path.exists(rng):
-        torch.set_rng_state(torch.load(rng, weights_only=True)["cpu"])
-    return int(path.rsplit("_", 1)[1])
 
 
 def flops_per_token(cfg, teacher, student):
@@ -341,157 +288,70 @@ def flops_per_token(cfg, teacher, student):
     return f
 
 
-# ----------------------------------------------------------------------------- main
 
-def main(argv):
-    cfg = parse_args(argv)
-    # distributed init: torchrun sets RANK/WORLD_SIZE; plain python runs as a world of one
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(29500 + os.getpid() % 1000))
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            device_id=device if device.type == "cuda" else None)
-    torch.manual_seed(cfg.seed)
-    stage_dir = os.path.join(cfg.out_dir, f"stage{cfg.stage}")
-    ckpt_root = os.path.join(stage_dir, "ckpt")
-    if rank == 0:
-        os.makedirs(ckpt_root, exist_ok=True)
-    if cfg.batch_size % (cfg.micro_batch * world):
-        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x {world} processes")
+# ----------------------------------------------------------------------------- steps
+
+def train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, world, device):
+    """The gradients of one optimizer step over cfg.batch_size sequences (get_batch(i): this process's i-th
+    micro-batch) -> [objective, student cross-entropy], gradient norm. The caller steps the optimizer."""
     accum = cfg.batch_size // (cfg.micro_batch * world)
-    total = cfg.tokens // (cfg.batch_size * cfg.seq_len)
-    steps = min(total, cfg.max_steps) if cfg.max_steps else total
-    if steps < 1:
-        raise ValueError(f"token budget {cfg.tokens} is less than one batch ({cfg.batch_size} x {cfg.seq_len})")
+    for g, (lr0, lr1) in zip(opt.param_groups, lrs):
+        g["lr"] = get_lr(step, total, lr0, lr1, cfg.warmup_steps)
+    tot = torch.zeros(2, device=device)
+    for a in range(accum):
+        batch = get_batch(step * accum + a)
+        student.set_requires_gradient_sync(a == accum - 1)
+        loss, parts = step_loss(cfg, teacher, student, batch.to(device), hooks)
+        (loss / accum).backward()
+        tot += parts / accum
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for p in params:
+        if p.grad is None:  # parameters the forward never reaches (RAD-RWKV7's r_k, k_k, k_a; layer 0's value
+            p.grad = torch.zeros_like(p)  # mix) get a zero gradient, so checkpoints always hold every Adam state
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+    dist.all_reduce(tot)
+    return tot / world, norm
 
-    # data
-    if not cfg.data:
-        raise ValueError("--data PREFIX (a binidx dataset, see data.py) is required")
-    train_ds = data.BinIdx(cfg.data)
-    val_ds = data.BinIdx(cfg.val_data) if cfg.val_data else None
-    prime = data.magic_prime(train_ds.n_tokens, cfg.seq_len)
 
-    # models
-    mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
-    teacher, student = build(cfg, device, mp)
-    vocab = student.cfg.vocab_size
-    for ds in (train_ds, val_ds) if val_ds is not None else (train_ds,):
-        data.check_tokens(ds, vocab)  # a dataset tokenized for another vocabulary fails here, not mid-run
-    hooks = attention_hooks(teacher) if cfg.stage == 1 else None
-
-    # optimizer: two LR groups, self_attn and the rest (step 1 trains self_attn only)
-    named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
-    attn = [p for n, p in named if ".self_attn." in n]
-    rest = [p for n, p in named if ".self_attn." not in n]
-    lrs = [(cfg.attn_lr or cfg.lr, cfg.attn_lr_final or cfg.lr_final), (cfg.lr, cfg.lr_final)]
-    groups = [{"params": ps, "lr": lr[0]} for ps, lr in zip([attn, rest], lrs) if ps]
-    lrs = [lr for ps, lr in zip([attn, rest], lrs) if ps]
-    opt = torch.optim.AdamW(groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                            fused=device.type == "cuda")
-
-    # resume from the newest complete checkpoint of this step
-    start = 0
-    if ckpt_dirs(ckpt_root):
-        start = load(ckpt_dirs(ckpt_root)[-1], student, opt, rank)
-        print0(f"resumed from {ckpt_dirs(ckpt_root)[-1]} at step {start}")
-    log_path = os.path.join(stage_dir, "log.txt")
-    if rank == 0:
-        with open(log_path, "a") as fh:
-            fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} torch {torch.__version__} world {world} "
-                     f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}\n")
-            fh.write("# config " + json.dumps(dataclasses.asdict(cfg)) + "\n")
-    n_total, n_new = M.param_count(student)
-    print0(f"step {cfg.stage}: {student.cfg.model_type} student, {n_total / 1e6:.1f}M params ({n_new / 1e6:.2f}M new), "
-           f"{world} processes, {steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens, accumulation {accum}, "
-           f"data {train_ds.n_tokens:,} tokens (magic prime {prime})")
-    fpt = flops_per_token(cfg, teacher, student)
-    peak = cfg.peak_tflops * 1e12 or (989e12 if device.type == "cuda" and
-                                      any(g in torch.cuda.get_device_name() for g in ("H100", "H200")) else 0)
-
-    def evaluate():
-        student.eval()
-        tot, n = torch.zeros(2, device=device), 0
-        with torch.no_grad():
-            # a fixed set of windows from the start of the validation data, dealt out to the processes
-            for b in data.val_batches(val_ds, cfg.seq_len, cfg.micro_batch, cfg.val_batches, rank, world):
-                tot += step_loss(cfg, teacher, student, b.to(device), hooks)[1]
-                n += 1
-        dist.all_reduce(tot)
-        student.train()
-        return (tot / (n * world)).tolist()
-
-    # loop
-    from tqdm import tqdm
-    bar = tqdm(total=steps, initial=start, disable=rank != 0, dynamic_ncols=True, leave=False)
-    metrics = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if rank == 0 else None
+def evaluate(cfg, teacher, student, hooks, ds, rank, world, device):
+    # a fixed set of windows from the start of the validation data, dealt out to the processes (collective)
+    student.eval()
+    tot, n = torch.zeros(2, device=device), 0
+    with torch.no_grad():
+        for b in data.val_batches(ds, cfg.seq_len, cfg.micro_batch, cfg.val_batches, rank, world):
+            tot += step_loss(cfg, teacher, student, b.to(device), hooks)[1]
+            n += 1
+    dist.all_reduce(tot)
     student.train()
-    step = start
-    while step < steps:
-        if val_ds is not None and step % cfg.val_every == 0:
-            v = evaluate()
-            line = f"step {step}/{steps} | val loss {v[0]:.4f}" + (f" | val ce {v[1]:.4f}" if cfg.stage == 2 else "")
-            if rank == 0:
-                bar.write(line)
-                metrics.write(json.dumps({"step": step, "val_loss": v[0], "val_ce": v[1]}) + "\n")
-        t0 = time.perf_counter()
-        for g, (lr0, lr1) in zip(opt.param_groups, lrs):
-            g["lr"] = get_lr(step, total, lr0, lr1, cfg.warmup_steps)
-        tot = torch.zeros(2, device=device)
-        for a in range(accum):
-            batch = data.get_batch(train_ds, cfg.seq_len, cfg.micro_batch, step * accum + a, rank, world, prime)
-            student.set_requires_gradient_sync(a == accum - 1)
-            loss, parts = step_loss(cfg, teacher, student, batch.to(device), hooks)
-            (loss / accum).backward()
-            tot += parts / accum
-        for p in (p for g in groups for p in g["params"] if p.grad is None):
-            # parameters the forward never reaches (RAD-RWKV7's r_k, k_k, k_a; layer 0's value mix) get a
-            # zero gradient, so Adam holds state for every parameter and checkpoints always match
-            p.grad = torch.zeros_like(p)
-        norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
-        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
-        dist.all_reduce(tot)
-        tot /= world
-        if not torch.isfinite(tot).all() or not torch.isfinite(norm):
-            last = ckpt_dirs(ckpt_root)
-            raise FloatingPointError(f"loss {tot[0].item()} / grad norm {norm.item()} at step {step}: stopping; "
-                                     f"the last good checkpoint is {last[-1] if last else 'none'}")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        tps = cfg.batch_size * cfg.seq_len / dt
-        bar.update(1)
-        if rank == 0 and (step % cfg.log_every == 0 or step == steps):
-            mfu = f"{100 * fpt * tps / world / peak:.1f}%" if peak else "-"
-            mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "-"
-            line = (f"step {step}/{steps} | loss {tot[0].item():.4f}" + (f" | ce {tot[1].item():.4f}" if cfg.stage == 2 else "")
-                    + f" | lr {opt.param_groups[0]['lr']:.2e} | norm {norm.item():.3f} | {dt * 1000:.0f} ms"
-                    f" | {tps / 1000:.1f}k tok/s | {tps / world / 1000:.1f}k tok/s/dev | mfu {mfu} | mem {mem}")
-            bar.write(line)
-            with open(log_path, "a") as fh:
-                fh.write(line + "\n")
-            metrics.write(json.dumps({"step": step, "loss": tot[0].item(), "ce": tot[1].item(), "lr": opt.param_groups[0]["lr"],
-                                      "norm": norm.item(), "ms": dt * 1000, "tok_s": tps}) + "\n")
-            metrics.flush()
-        if step % cfg.ckpt_every == 0 or step == steps:
-            save(ckpt_root, step, student, opt, rank, cfg.keep_ckpts)
-    bar.close()
-    if val_ds is not None:
-        v = evaluate()
-        print0(f"step {step}/{steps} | val loss {v[0]:.4f}" + (f" | val ce {v[1]:.4f}" if cfg.stage == 2 else ""))
-        if metrics:
-            metrics.write(json.dumps({"step": step, "val_loss": v[0], "val_ce": v[1]}) + "\n")
+    return (tot / (n * world)).tolist()
 
-    # teardown: a consolidated HF directory of the student, and the loss curve
+
+def log_val(cfg, step, steps, v, metrics):
+    line = f"step {step}/{steps} | val loss {v[0]:.4f}" + (f" | val ce {v[1]:.4f}" if cfg.stage == 2 else "")
+    print0(line)
+    if metrics:
+        metrics.write(json.dumps({"step": step, "val_loss": v[0], "val_ce": v[1]}) + "\n")
+        metrics.flush()
+
+
+def log_step(cfg, step, steps, tot, norm, lr, dt, world, fpt, peak, device, log_path, metrics):
+    tps = cfg.batch_size * cfg.seq_len / dt
+    mfu = f"{100 * fpt * tps / world / peak:.1f}%" if peak else "-"
+    mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "-"
+    line = (f"step {step}/{steps} | loss {tot[0]:.4f}" + (f" | ce {tot[1]:.4f}" if cfg.stage == 2 else "") +
+            f" | lr {lr:.2e} | norm {norm:.3f} | {dt * 1000:.0f} ms | {tps / 1000:.1f}k tok/s"
+            f" | {tps / world / 1000:.1f}k tok/s/dev | mfu {mfu} | mem {mem}")
+    print0(line)
+    with open(log_path, "a") as fh:
+        fh.write(line + "\n")
+    metrics.write(json.dumps({"step": step, "loss": tot[0], "ce": tot[1], "lr": lr, "norm": norm,
+                              "ms": dt * 1000, "tok_s": tps}) + "\n")
+    metrics.flush()
+
+
+def finish(cfg, student, stage_dir, rank, metrics):
+    # a consolidated HF directory of the student (written beside, then renamed over final/), and the loss curve
     sd = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         final = os.path.join(stage_dir, "final")
@@ -504,6 +364,88 @@ def main(argv):
         plot(stage_dir)
         print0(f"saved {final}")
     dist.barrier()
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv):
+    cfg = parse_args(argv)
+    rank, world, device = setup_distributed()
+    torch.manual_seed(cfg.seed)
+    stage_dir = os.path.join(cfg.out_dir, f"stage{cfg.stage}")
+    ckpt_root = os.path.join(stage_dir, "ckpt")
+    if rank == 0:
+        os.makedirs(ckpt_root, exist_ok=True)
+    if cfg.batch_size % (cfg.micro_batch * world):
+        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x {world} processes")
+    total = cfg.tokens // (cfg.batch_size * cfg.seq_len)
+    steps = min(total, cfg.max_steps) if cfg.max_steps else total
+    if steps < 1:
+        raise ValueError(f"token budget {cfg.tokens} is less than one batch ({cfg.batch_size} x {cfg.seq_len})")
+
+    # data
+    if not cfg.data:
+        raise ValueError("--data PREFIX (a binidx dataset, see data.py) is required")
+    train_ds = data.BinIdx(cfg.data)
+    val_ds = data.BinIdx(cfg.val_data) if cfg.val_data else None
+    prime = data.magic_prime(train_ds.n_tokens, cfg.seq_len)
+
+    # models, optimizer
+    mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
+    teacher, student = build(cfg, device, mp)
+    for ds in filter(None, (train_ds, val_ds)):
+        data.check_tokens(ds, student.cfg.vocab_size)  # data tokenized for another vocabulary fails here, not mid-run
+    hooks = attention_hooks(teacher) if cfg.stage == 1 else None
+    opt, lrs = make_optimizer(cfg, student, device)
+
+    # resume from the newest complete checkpoint of this step
+    start = 0
+    if convert.checkpoint_dirs(ckpt_root):
+        start = convert.load_checkpoint(convert.checkpoint_dirs(ckpt_root)[-1], student, opt, rank)
+        print0(f"resumed from {convert.checkpoint_dirs(ckpt_root)[-1]} at step {start}")
+    log_path = os.path.join(stage_dir, "log.txt")
+    if rank == 0:
+        with open(log_path, "a") as fh:
+            fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} torch {torch.__version__} world {world} "
+                     f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}\n")
+            fh.write("# config " + json.dumps(dataclasses.asdict(cfg)) + "\n")
+    n_total, n_new = M.param_count(student)
+    print0(f"step {cfg.stage}: {student.cfg.model_type} student, {n_total / 1e6:.1f}M params ({n_new / 1e6:.2f}M new), "
+           f"{world} processes, {steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens, accumulation "
+           f"{cfg.batch_size // (cfg.micro_batch * world)}, data {train_ds.n_tokens:,} tokens (magic prime {prime})")
+    fpt = flops_per_token(cfg, teacher, student)
+    peak = cfg.peak_tflops * 1e12 or (989e12 if device.type == "cuda" and
+                                      any(g in torch.cuda.get_device_name() for g in ("H100", "H200")) else 0)
+
+    # loop: validation, one optimizer step, log, checkpoint
+    bar = tqdm(total=steps, initial=start, disable=rank != 0, dynamic_ncols=True, leave=False)
+    metrics = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if rank == 0 else None
+    student.train()
+    for step in range(start, steps):
+        if val_ds is not None and step % cfg.val_every == 0:
+            log_val(cfg, step, steps, evaluate(cfg, teacher, student, hooks, val_ds, rank, world, device), metrics)
+        t0 = time.perf_counter()
+        get_batch = lambda i: data.get_batch(train_ds, cfg.seq_len, cfg.micro_batch, i, rank, world, prime)
+        tot, norm = train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, world, device)
+        if not torch.isfinite(tot).all() or not torch.isfinite(norm):
+            last = convert.checkpoint_dirs(ckpt_root)
+            raise FloatingPointError(f"loss {tot[0].item()} / grad norm {norm.item()} at step {step}: stopping; "
+                                     f"the last good checkpoint is {last[-1] if last else 'none'}")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        bar.update(1)
+        if rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
+            log_step(cfg, step + 1, steps, tot.tolist(), norm.item(), opt.param_groups[0]["lr"], dt, world, fpt,
+                     peak, device, log_path, metrics)
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps:
+            convert.save_checkpoint(ckpt_root, step + 1, student, opt, rank, cfg.keep_ckpts)
+    bar.close()
+    if val_ds is not None:
+        log_val(cfg, steps, steps, evaluate(cfg, teacher, student, hooks, val_ds, rank, world, device), metrics)
+    finish(cfg, student, stage_dir, rank, metrics)
     dist.destroy_process_group()
 
 
@@ -533,8 +475,4 @@ def plot(stage_dir):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    data.run(main)

@@ -1,6 +1,6 @@
 """
-Evaluation of teachers and RADLADS students (SPEC §6) on local files, plus two probes of what the
-recurrent state buys: long-context retrieval and inference speed.
+Evaluation of teachers and RADLADS students (SPEC §6) on local files, plus a probe of what the recurrent
+state buys: long-context retrieval. (Inference speed: bench.py decode.)
 
   multiple choice  {"context", "choices", "label"} (arc_easy, arc_challenge, piqa, hellaswag):
                    acc = argmax of log P(choice | context); acc_norm = argmax of that sum divided by
@@ -8,33 +8,26 @@ recurrent state buys: long-context retrieval and inference speed.
                    evaluation: the choices are one shared continuation.
   lambada_openai   {"text"}: acc = every token of " " + last word is the greedy argmax; ppl =
                    exp(-mean over examples of the word's summed log-likelihood), lm-eval's convention.
-  --val-data       cross-entropy on the first --val-tokens tokens of a jsonl(.xz/.gz) (an EOS after
-                   each document) or binidx set, cut into non-overlapping --val-window windows; each
+  --val_data       cross-entropy on the first --val_tokens tokens of a jsonl(.xz/.gz) (an EOS after
+                   each document) or binidx set, cut into non-overlapping --val_window windows; each
                    window scores its window-1 next-token predictions.
   --passkey        a 5-digit key at a seeded depth of filler text, 1k..32k tokens, greedy generation.
-  --bench          prefill / decode tokens/s and peak memory, recurrent student vs KV-cache teacher.
 
 Continuations are split as lm-eval does: trailing whitespace of the context moves to the
 continuation, the continuation's tokens are those of tokenize(context + choice) after
 tokenize(context), no special tokens are added, and an empty context becomes the EOS token.
 
-    python eval.py --models teacher=out/teacher student=out/student --eval-dir ../shared/eval \\
-        --val-data ../shared/data/gutenberg/val-00.jsonl.xz
+    python eval.py --models teacher=out/teacher student=out/student --eval_dir ../shared/eval \\
+        --val_data ../shared/data/gutenberg/val-00.jsonl.xz
     python eval.py --models student=out/student --tasks "" --passkey
-    python eval.py --bench --preset qwen2.5-7b
 """
-import argparse
-import gzip
-import inspect
 import json
-import lzma
 import math
 import os
 import random
 import re
-import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -59,42 +52,23 @@ class EvalConfig:
     passkey_trials: int = 10  # prompts per length; keys and depths are drawn from --seed
     generate: str = ""  # a prompt every model continues greedily, printed side by side ("" = none)
     max_new_tokens: int = 48  # tokens generated for --generate
-    bench: bool = False  # run the inference benchmark (and nothing else)
-    preset: str = ""  # bench: random-init teacher of this model.PRESETS shape instead of --models
-    bench_students: str = "rwkv7"  # bench with --preset: student kinds measured beside the teacher
-    bench_contexts: str = "1024,4096,16384,32768"  # bench: prompt lengths (tokens)
-    bench_batches: str = "1,32"  # bench: batch sizes
-    decode_steps: int = 64  # bench: decode steps timed after the prefill
-    cuda_graphs: bool = True  # bench: decode by replaying a captured CUDA graph (off: eager, host-bound at small batch)
-    compile: bool = False  # bench: torch.compile the decode step before its graph is captured (compile time not timed)
     prefill_chunk: int = 2048  # tokens per forward when prefilling a cache: bounds attention's mask memory
     batch_size: int = 32  # sequences per forward when scoring
     max_len: int = 2048  # longer scored inputs keep their last max_len tokens (lm-eval's max_length)
     tokenizer: str = ""  # tokenizer dir or tokenizer.json ("" = each model's own dir)
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu (DATA.md's references are float32)
-    seed: int = 1234  # passkey keys/depths and benchmark token ids
-    out: str = "out/eval"  # report.md/.json (bench.md/.json/.png) are written here
+    seed: int = 1234  # passkey keys and depths
+    out: str = "out/eval"  # report.md and report.json are written here
     merge: list = field(default_factory=list)  # report.json files (or their dirs) of earlier runs, e.g. one
     #                                            per GPU, joined into one report instead of evaluating
 
 
-class EvalError(ValueError):
+class EvalError(data.DataError):
     """Bad input (a path, a task, a malformed line); the command line prints it as one line."""
 
 
 # ----------------------------------------------------------------------------- task files
-
-def read_jsonl(path):
-    opener = lzma.open if path.endswith(".xz") else gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EvalError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-
 
 def check_doc(d, lambada):
     """The reason a task line is malformed, or None."""
@@ -123,7 +97,7 @@ def load_task(eval_dir, task, limit=0):
         known = sorted(f[:-6] for f in os.listdir(eval_dir) if f.endswith(".jsonl")) if os.path.isdir(eval_dir) else []
         raise EvalError(f"unknown task {task!r}: no {path}" + (f" (there: {', '.join(known)})" if known else ""))
     docs = []
-    for i, d in read_jsonl(path):
+    for i, d in data.read_jsonl(path):
         why = check_doc(d, task.startswith("lambada"))
         if why:
             raise EvalError(f"{path}:{i}: {why}")
@@ -183,7 +157,7 @@ def loglikelihoods(model, requests, batch_size=32, max_len=2048, desc="score"):
         x = torch.zeros(len(batch), max(1, max(len(a) for a in inputs)), dtype=torch.long)
         for b, a in enumerate(inputs):
             x[b, :len(a)] = torch.tensor(a)
-        h = model(x.to(device), logits=False)  # (B, T, C)
+        h = model(x.to(device), hidden=True)  # (B, T, C)
         # the hidden state at position p predicts token p+1: a row's continuation is predicted by its last len(cont) positions
         rows = [b for b, c in enumerate(conts) for _ in c]
         cols = [len(a) - len(c) + j for a, c in zip(inputs, conts) for j in range(len(c))]
@@ -240,7 +214,7 @@ def text_tokens(path, enc, n_tokens):
         if not os.path.isfile(path):
             raise EvalError(f"{path}: no such file")
         toks = []
-        for i, d in read_jsonl(path):
+        for i, d in data.read_jsonl(path):
             if not (isinstance(d, dict) and isinstance(d.get("text"), str)):
                 raise EvalError(f'{path}:{i}: expected {{"text": str}}')
             toks += enc.encode_ordinary(d["text"]) + [eot(enc)]
@@ -263,7 +237,7 @@ def perplexity(model, tokens, window=512, batch_size=32):
     nll, n = 0.0, 0
     for s in tqdm(range(0, n_win, batch_size), desc="val", leave=False, disable=None):
         x = x_all[s:s + batch_size].to(device)
-        h = model(x[:, :-1], logits=False)  # (B, W-1, C)
+        h = model(x[:, :-1], hidden=True)  # (B, W-1, C)
         lp, _ = head_logprobs(model, h.flatten(0, 1), x[:, 1:].flatten())
         nll, n = nll - lp.double().sum().item(), n + lp.numel()
     return {"loss": nll / n, "ppl": math.exp(nll / n), "tokens": n_win * window, "predicted": n}
@@ -396,140 +370,6 @@ def report(results, ref):
     return md, rel
 
 
-# ----------------------------------------------------------------------------- inference benchmark
-
-def random_model(cfg, device, dtype, seed=0):
-    """A random model built directly on `device` in `dtype` (normal(0, 0.02), unit norms, the
-    students' SPEC init): fast enough for a 7B benchmark, no float32 copy on the host."""
-    with torch.device("meta"):
-        m = M.Model(cfg).to(dtype)
-    m = m.to_empty(device=device)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            p.fill_(1.0) if name.endswith("norm.weight") else p.normal_(0, 0.02)
-        for name, t in (M.student_init_tensors(cfg).items() if cfg.student else ()):
-            m.get_parameter(name).copy_(t)
-    if cfg.tie_word_embeddings:
-        m.lm_head.weight = m.model.embed_tokens.weight
-    return m.eval()
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-@torch.no_grad()
-def time_generation(model, B, T, steps, prefill_chunk, cuda_graphs=True, compile=False):
-    """Prefill B random prompts of T tokens into a cache (chunked, eager), then `steps` greedy decode
-    steps -> (prefill tokens/s, decode tokens/s). With cuda_graphs, decode is model.GraphDecoder's
-    static step, on a GPU one graph replay per step (captured after the prefill, off the clock), so
-    it measures GPU time; the teacher's step attends over all T + steps slots of its KV cache.
-    Without, eager PyTorch: at batch 1 decode is then bound by host time (kernel launches), not by
-    the GPU, and understates what either model can do."""
-    device = next(model.parameters()).device
-    ids = torch.randint(0, model.cfg.vocab_size, (B, T)).to(device)
-    dec = M.GraphDecoder(model, B, T + steps, compile) if cuda_graphs else None
-    cache = dec.cache if dec else M.new_cache(model, B, T + steps)
-    sync(device)
-    t0 = time.perf_counter()
-    for s in range(0, T, prefill_chunk):
-        h = model(ids[:, s:s + prefill_chunk], cache, logits=False)
-    tok = model.lm_head(h[:, -1]).argmax(-1)
-    sync(device)
-    t1 = time.perf_counter()
-    if dec:
-        dec.capture()  # not timed
-    sync(device)
-    t2 = time.perf_counter()
-    for _ in range(steps):
-        tok = (dec.step(tok) if dec else model(tok[:, None], cache)[:, -1]).argmax(-1)
-    sync(device)
-    return B * T / (t1 - t0), B * steps / (time.perf_counter() - t2)
-
-
-def bench(cfg, device, dtype):
-    if cfg.preset:
-        if cfg.preset not in M.PRESETS:
-            raise EvalError(f"unknown preset {cfg.preset!r} (one of {', '.join(M.PRESETS)})")
-        tcfg = M.ModelConfig(**M.PRESETS[cfg.preset])
-        builds = [("teacher", lambda: random_model(tcfg, device, dtype))]
-        for kind in filter(None, cfg.bench_students.split(",")):
-            scfg = M.student_config(tcfg, kind.strip())
-            builds.append((f"{kind.strip()} student", lambda c=scfg: random_model(c, device, dtype)))
-    else:
-        builds = [(n, lambda d=d: convert.load_model(d, device, dtype).eval()) for n, d in parse_models(cfg.models)]
-    if not builds:
-        raise EvalError("--bench needs --preset or --models")
-    contexts, batches = ints(cfg.bench_contexts, "bench-contexts"), ints(cfg.bench_batches, "bench-batches")
-    if cfg.compile and not cfg.cuda_graphs:
-        raise EvalError("--compile compiles the graph decoder's step: drop --no-cuda-graphs")
-    if cfg.compile:  # one compile per cache shape and model (they share Model.forward's code)
-        limit = 2 * len(builds) * len(contexts) * len(batches)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-    torch.manual_seed(cfg.seed)
-    rows, cuda = [], device.type == "cuda"
-    for name, build in builds:
-        model = build()
-        print(f"{name}: {M.param_count(model)[0] / 1e9:.3f}B parameters, {device} {dtype}")
-        for B in batches:
-            for T in contexts:
-                row = {"model": name, "batch": B, "context": T}
-                try:
-                    time_generation(model, B, min(T, cfg.prefill_chunk), 2, cfg.prefill_chunk,
-                                    cfg.cuda_graphs, cfg.compile)  # warm-up: same shapes
-                    if cuda:
-                        torch.cuda.reset_peak_memory_stats()
-                    row["prefill_tok_s"], row["decode_tok_s"] = time_generation(model, B, T, cfg.decode_steps,
-                                                                                cfg.prefill_chunk, cfg.cuda_graphs,
-                                                                                cfg.compile)
-                    row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-                except torch.OutOfMemoryError:  # its tensors are freed once the except block is left
-                    row["skipped"] = "out of memory"
-                if cuda:
-                    torch.cuda.empty_cache()
-                rows.append(row)
-                print("  " + "  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-        del model
-        if cuda:
-            torch.cuda.empty_cache()
-    fmt = lambda v, f: "-" if v is None else format(v, f)
-    md = markdown_table(["model", "batch", "context", "prefill tok/s", "decode tok/s", "peak GiB", "note"],
-                        [[r["model"], r["batch"], r["context"], fmt(r.get("prefill_tok_s"), ",.0f"),
-                          fmt(r.get("decode_tok_s"), ",.1f"), fmt(r.get("peak_gib"), ".2f"), r.get("skipped", "")]
-                         for r in rows])
-    md += (f"\n\n{device} {dtype}, {cfg.decode_steps} decode steps after an eager prefill; " + (
-        "decode replays one CUDA graph per step (capture not timed; the teacher attends over its whole static"
-        " KV cache of context + steps slots)" if cuda and cfg.cuda_graphs else
-        "eager decode (no CUDA graphs): at small batch it is bound by host time, not by the GPU") +
-        ("; the step compiled with torch.compile (compile not timed)." if cfg.compile else "."))
-    os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "bench.json"), "w") as fh:
-        json.dump({"config": asdict(cfg), "rows": rows}, fh, indent=2)
-    with open(os.path.join(cfg.out, "bench.md"), "w") as fh:
-        fh.write(md + "\n")
-    print(md)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot")
-        return rows
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, B in dict.fromkeys((r["model"], r["batch"]) for r in rows):
-        pts = [(r["context"], r["decode_tok_s"]) for r in rows if (r["model"], r["batch"]) == (name, B) and "decode_tok_s" in r]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=f"{name}, batch {B}")
-    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="decode tokens/s",
-           title=f"decode throughput, {cfg.preset or 'given models'} ({device})")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.savefig(os.path.join(cfg.out, "bench.png"), dpi=120, bbox_inches="tight")
-    return rows
-
-
 # ----------------------------------------------------------------------------- command line
 
 def ints(s, what):
@@ -557,8 +397,6 @@ def evaluate(cfg):
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise EvalError(f"--dtype {cfg.dtype}: expected auto, float32, bfloat16 or float16")
     dtype = getattr(torch, cfg.dtype) if cfg.dtype != "auto" else torch.bfloat16 if device.type == "cuda" else torch.float32
-    if cfg.bench:
-        return bench(cfg, device, dtype)
     if cfg.merge:  # the report names the devices of the merged runs, not this process's
         results, devices = merged_results(cfg.merge)
         return write_report(cfg, results, devices, "(merged)")
@@ -566,7 +404,7 @@ def evaluate(cfg):
     if not models:
         raise EvalError("no --models given")
     tasks = {t: load_task(cfg.eval_dir, t, cfg.limit) for t in (x.strip() for x in cfg.tasks.split(",")) if t}
-    lengths = ints(cfg.passkey_lengths, "passkey-lengths")
+    lengths = ints(cfg.passkey_lengths, "passkey_lengths")
     if cfg.val_data and not (os.path.isfile(cfg.val_data) or os.path.isfile(cfg.val_data + ".bin")):
         raise EvalError(f"{cfg.val_data}: no such file or binidx prefix")
     results = {}
@@ -632,26 +470,10 @@ def write_report(cfg, results, device, dtype):
     return results
 
 
-def parse_args(argv=None):
-    """The command line mirrors EvalConfig; each flag's help is its field's comment."""
-    helps = dict(re.findall(r"^\s+(\w+): .*?  # (.*)$", inspect.getsource(EvalConfig), re.M))
-    p = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0], allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(EvalConfig):
-        default = f.default_factory() if f.default is MISSING else f.default
-        kw = dict(action=argparse.BooleanOptionalAction) if isinstance(default, bool) else \
-            dict(nargs="*", metavar="NAME=DIR" if f.name == "models" else "PATH") if isinstance(default, list) else dict(type=type(default))
-        p.add_argument("--" + f.name.replace("_", "-"), default=default, help=helps.get(f.name), **kw)
-    return EvalConfig(**vars(p.parse_args(argv)))
-
-
-def main(argv=None):
-    cfg = parse_args(argv)
-    try:
-        evaluate(cfg)
-    except (EvalError, M.ConfigError, data.DataError, OSError, UnicodeDecodeError, lzma.LZMAError) as e:
-        sys.exit(f"eval.py: error: {e}")
+def main(argv):
+    p = data.add_flags(data.ArgParser(prog="eval.py", description=__doc__), EvalConfig)
+    evaluate(data.config_from(EvalConfig, p.parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    data.run(main)

@@ -11,7 +11,7 @@ Read bottom-up: norm, rotary, teacher attention, MLP, the two time mixers, block
 student construction, generation (HF directories: convert.py).
 """
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -310,75 +310,16 @@ class ModelConfig:
     bos_token_id: int = None
     eos_token_id: int = None
 
+    @classmethod
+    def from_name(cls, name):
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r} (one of {', '.join(PRESETS)})")
+        return cls(**PRESETS[name])
+
     def mixer(self, layer_idx):
         if not self.student or layer_idx in self.attention_layers:
             return "attention"
         return self.student
-
-    @classmethod
-    def from_hf(cls, d):
-        """HF config.json dict -> ModelConfig; refuses what the code cannot represent."""
-        mt = d.get("model_type")
-        known = ["qwen2", "llama"] + [f"{k}qwen2" for k in student_kinds()]
-        if mt not in known:
-            raise ConfigError(f"config.json: model_type {mt!r} is not supported ({', '.join(known)})")
-        if d.get("use_sliding_window"):
-            raise ConfigError("config.json: use_sliding_window=true is not supported (full causal attention only)")
-        if any(t != "full_attention" for t in d.get("layer_types") or []):
-            raise ConfigError("config.json: layer_types other than full_attention are not supported")
-        if d.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"config.json: hidden_act {d['hidden_act']!r} is not supported (silu only)")
-        if d.get("mlp_bias"):
-            raise ConfigError("config.json: mlp_bias=true is not supported")
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (default RoPE only)")
-        theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
-        if mt == "llama" and d.get("attention_bias"):
-            raise ConfigError("config.json: attention_bias=true for llama (o_proj bias) is not supported")
-        H = d["num_attention_heads"]
-        n_layers = d["num_hidden_layers"]
-        kw = dict(
-            vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
-            num_hidden_layers=n_layers, num_attention_heads=H,
-            num_key_value_heads=d.get("num_key_value_heads") or H,
-            head_dim=d.get("head_dim") or d["hidden_size"] // H, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta), attention_bias=d.get("attention_bias", mt != "llama"),
-            tie_word_embeddings=d.get("tie_word_embeddings", False),
-            max_position_embeddings=d.get("max_position_embeddings", 32768), model_type=mt,
-            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
-        if mt.endswith("qwen2") and mt != "qwen2":  # a RAD-RWKV student in the published format
-            att = d.get("attention_layers")
-            if att is None:  # the published format keeps the last num_attention_layers layers
-                n_att = d.get("num_attention_layers", 0)
-                if not isinstance(n_att, int):
-                    raise ConfigError(f"config.json: num_attention_layers is {n_att!r} and no attention_layers list")
-                att = list(range(n_layers - n_att, n_layers))
-            kw.update(student=mt[:-len("qwen2")], attention_layers=list(att),
-                      untied_from_tied=d.get("untied_from_tied", False))
-        return cls(**kw)
-
-    def to_hf(self):
-        d = {"architectures": ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"],
-             "hidden_act": "silu", "torch_dtype": "bfloat16", "use_sliding_window": False}
-        d.update({f.name: getattr(self, f.name) for f in fields(self)
-                  if f.name not in ("student", "attention_layers", "untied_from_tied")})
-        if self.student:  # SPEC §5: every student field written explicitly
-            C = self.hidden_size
-            n_att = len(self.attention_layers)
-            suffix = self.attention_layers == list(range(self.num_hidden_layers - n_att, self.num_hidden_layers))
-            d.update(architectures=[f"{self.student.upper()}Qwen2ForCausalLM"], model_type=f"{self.student}qwen2",
-                     lora_rank_decay=lora_rank(C, 0.5, 1.8), lora_rank_iclr=lora_rank(C, 0.5, 1.8),
-                     lora_rank_value_residual_mix=lora_rank(C, 0.5, 1.3), lora_rank_gate=lora_rank(C, 0.8, 0.6),
-                     lora_rank_tokenshift=lora_rank(C, 0.5, 1.8), use_rope=self.student == "rwkv7",
-                     attention_output_bias=False, gate_rank_type=1 if self.student == "rwkv6" else 2,
-                     balance_state=True, groupnorm_att=False, use_tokenshift=self.student == "rwkv6",
-                     # the published format knows only the last n layers as attention: any other choice is
-                     # null there, and our attention_layers list (which loaders of that format cannot read)
-                     num_attention_layers=n_att if suffix else None, attention_layers=list(self.attention_layers),
-                     untied_from_tied=self.untied_from_tied)
-        return d
 
 
 PRESETS = {  # for random-init benchmarks and tests; real runs read config.json
@@ -404,16 +345,21 @@ class Model(nn.Module):
             layers=nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers)),
             norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_weights()
 
     def rope(self, pos):
         return rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)
 
-    def forward(self, idx, cache=None, logits=True):
-        """idx (B, T) token ids -> logits (B, T, V). logits=False returns the final normed hidden
-        states (B, T, C); a callable returns logits(hidden, lm_head_weight), so a chunked loss runs
-        while a sharding wrapper holds the head unsharded. cache: from new_cache(), advanced in place."""
+    def tie_weights(self):
+        # a tied head is the embedding matrix itself (again after to_empty, which gives each parameter new storage)
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        return self
+
+    def forward(self, idx, cache=None, hidden=False, head=None):
+        """idx (B, T) token ids -> logits (B, T, V); with hidden=True the final normed hidden states (B, T, C)
+        instead; with head, head(hidden, lm_head_weight) instead (a chunked loss, which runs while a sharding
+        wrapper holds the head unsharded). cache: from new_cache(), advanced in place."""
         B, T = idx.shape
         pos = torch.arange(T, device=idx.device)[None] if cache is None else \
             cache["lens"][:, None] + torch.arange(T, device=idx.device)  # (1 or B, T)
@@ -430,21 +376,31 @@ class Model(nn.Module):
         if cache is not None:
             cache["lens"] += T
         x = self.model.norm(x)
-        if callable(logits):
-            return logits(x, self.lm_head.weight)
-        return self.lm_head(x) if logits else x
+        if head is not None:
+            return head(x, self.lm_head.weight)
+        return x if hidden else self.lm_head(x)
 
     def init_weights(self, seed=0, std=0.02):
-        """Random init for a teacher (tests, benchmarks): normal(0, std) matrices, unit norms, zero biases."""
-        gen = torch.Generator().manual_seed(seed)
+        """Random weights in place on the parameters' device (tests, benchmarks): normal(0, std) matrices and
+        biases, unit norms, a student's new parameters at their SPEC init. Sharded parameters (DTensor) too."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+        gen = torch.Generator(self.lm_head.weight.device).manual_seed(seed)
         with torch.no_grad():
             for name, p in self.named_parameters():
-                norm = name.endswith("norm.weight")
-                p.copy_(torch.ones(p.shape) if norm else torch.randn(p.shape, generator=gen) * std)
-            if self.cfg.student:
-                for name, t in student_init_tensors(self.cfg).items():
-                    self.get_parameter(name).copy_(t)
+                local = p.to_local() if isinstance(p, DTensor) else p  # this process's shard
+                local.fill_(1.0) if name.endswith("norm.weight") else local.normal_(0, std, generator=gen)
+            for name, t in (student_init_tensors(self.cfg).items() if self.cfg.student else ()):
+                p = self.get_parameter(name)
+                t = t.to(p.device, p.dtype)
+                p.copy_(distribute_tensor(t, p.device_mesh, p.placements) if isinstance(p, DTensor) else t)
         return self
+
+    @classmethod
+    def random(cls, cfg, device="cpu", dtype=torch.float32, seed=0):
+        """A random model built directly on `device` in `dtype` (init_weights): a 7B one needs no host copy."""
+        with torch.device("meta"):
+            m = cls(cfg).to(dtype)
+        return m.to_empty(device=device).tie_weights().init_weights(seed)
 
 
 # ----------------------------------------------------------------------------- students from a teacher

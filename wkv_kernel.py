@@ -761,105 +761,14 @@ def example_inputs(kind, B, T, H, N, keys="alike", dtype=torch.float32, device="
 
 
 # -----------------------------------------------------------------------------
-# check and benchmark: python wkv_kernel.py [--shapes 8x512,64x512,8x4096,2x16384]
+# a quick check of this machine's path against the float64 loop: python wkv_kernel.py (timings: bench.py kernels)
 
 if __name__ == "__main__":
-    import argparse
-    import time
-
-    parser = argparse.ArgumentParser(description="check the kernels against the chunked version, then time them")
-    parser.add_argument("--shapes", default="64x512,8x4096,2x16384", help="BxT list, comma separated")
-    parser.add_argument("--heads", type=int, default=28, help="query heads H (the kernels see k, v repeated to H)")
-    parser.add_argument("--kv-heads", type=int, default=4, help="KV heads of the SDPA baseline (GQA)")
-    parser.add_argument("--head-size", type=int, default=128, help="N")
-    parser.add_argument("--fla-shapes", default=None, help="BxT list to time fla at (default: all; its autotuning is slow)")
-    args = parser.parse_args()
-    assert torch.cuda.is_available(), "the benchmark needs a CUDA GPU"
-    from triton.testing import do_bench
-
-    try:
-        from fla.ops.gla import chunk_gla
-        from fla.ops.rwkv7 import chunk_rwkv7
-    except ImportError:
-        chunk_gla = chunk_rwkv7 = None
-    dev, H, N, KVH = "cuda", args.heads, args.head_size, args.kv_heads
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
-          f"fla {'n/a' if chunk_gla is None else __import__('fla').__version__} | {time.strftime('%Y-%m-%d %H:%M')}")
-
-    def inputs(kind, B, T, grad):
-        # bfloat16 r, k, v (and a, b); float32 logw, as the students make them
-        torch.manual_seed(0)
-        r, k, v, d = (torch.randn(B, T, H, N, device=dev) for _ in range(4))
-        if kind == "wkv6":
-            logw = torch.maximum(-torch.empty_like(d).uniform_(-6, 2.5).exp(), torch.tensor(-5.0, device=dev))
-            xs = [r * N**-0.5, k * (1 - logw.exp()), v, logw]
-        else:
-            logw = -math.exp(-0.5) * torch.sigmoid(2 * d)
-            kk = torch.nn.functional.normalize(torch.randn_like(k), dim=-1)
-            iclr = torch.sigmoid(torch.randn_like(k))
-            xs = [r * N**-0.5, logw, k * (1 - logw.exp() + iclr), v, -kk, kk * iclr]
-        xs = [x if x is logw else x.bfloat16() for x in xs]
-        return [x.requires_grad_(grad) for x in xs]
-
-    # correctness on this GPU: kernels (bfloat16) against the chunked version (float32)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     for kind in ("wkv6", "wkv7"):
-        xs = inputs(kind, 2, 1000, False)
-        o, s = globals()[kind](*xs)
-        o_ref, s_ref = globals()[f"{kind}_chunked"](*[x.float() for x in xs])
-        err = [((x.float() - y).pow(2).mean() / y.pow(2).mean()).sqrt().item() for x, y in ((o, o_ref), (s, s_ref))]
-        print(f"check {kind}: relative RMS error o {err[0]:.1e}, final state {err[1]:.1e}")
-
-    # HBM floor: bytes moved once over a measured device-to-device copy bandwidth
-    buf = torch.empty(2**30, dtype=torch.uint8, device=dev)
-    bw = 2 * buf.numel() / (do_bench(lambda: buf.clone()) * 1e-3)  # read + write, bytes/s
-    del buf
-    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
-
-    def nbytes(xs):
-        return sum(x.numel() * x.element_size() for x in xs)
-
-    def time_op(fn, xs, out_like):  # (forward, forward + backward) in ms
-        go = torch.randn_like(out_like)
-        first = lambda o: o[0] if isinstance(o, tuple) else o
-        return do_bench(lambda: fn(*xs)), do_bench(lambda: torch.autograd.backward(first(fn(*xs)), go))
-
-    rows, shapes = [], [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
-    for B, T in shapes:  # ours and SDPA first (fla's autotuning is slow to warm up); each row printed when done
-        for kind in ("wkv6", "wkv7"):
-            xs = inputs(kind, B, T, True)
-            ours = time_op(globals()[kind], xs, xs[0])
-            io_fwd = nbytes(xs) + nbytes(xs[:1]) + B * H * N * N * 4  # inputs, o, final state
-            io_bwd = io_fwd + nbytes(xs) + nbytes(xs[:1]) + nbytes(xs)  # again the inputs, do; the gradients
-            rows.append([f"B{B} T{T}", kind, ours, None, (io_fwd / bw * 1e3, io_bwd / bw * 1e3)])
-            print("  ", *rows[-1])
-            del xs
-        q = torch.randn(B, H, T, N, device=dev, dtype=torch.bfloat16, requires_grad=True)
-        kv = [torch.randn(B, KVH, T, N, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
-        sdpa = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        io = nbytes([q, *kv, q])
-        rows.append([f"B{B} T{T}", f"sdpa {H}/{KVH}", time_op(sdpa, [q, *kv], q), None, (io / bw * 1e3, 3 * io / bw * 1e3)])
-        print("  ", *rows[-1])
-        del q, kv
-    fla_shapes = (args.shapes if args.fla_shapes is None else args.fla_shapes).split(",")
-    if chunk_gla is not None:
-        for row in rows:
-            B, T = (int(x[1:]) for x in row[0].split())  # "B8 T4096"
-            if not row[1].startswith("wkv") or f"{B}x{T}" not in fla_shapes:
-                continue
-            xs = inputs(row[1], B, T, True)
-            op = chunk_gla if row[1] == "wkv6" else chunk_rwkv7
-            fn = lambda *z: op(*z, scale=1.0, output_final_state=True)[0]
-            fn(*xs).float().sum().backward()  # autotunes at this shape before it is timed
-            row[3] = time_op(fn, xs, xs[0])
-            print("   fla", *row[:2], row[3])
-            del xs
-    torch.cuda.empty_cache()
-
-    print(f"H={H} N={N} bfloat16 (logw float32); ms from triton.testing.do_bench; ratios: ours / theirs; "
-          f"fla timed at {','.join(fla_shapes)}")
-    print(f"{'shape':<12} {'op':<10} {'fwd ms':>8} {'fwd+bwd ms':>11} {'fla fwd':>8} {'fla f+b':>8} "
-          f"{'vs fla':>13} {'vs floor':>13}")
-    for shape, op, (f, fb), fla_t, (ff, ffb) in rows:
-        fla_s = f"{fla_t[0]:8.3f} {fla_t[1]:8.3f} {f / fla_t[0]:6.2f}/{fb / fla_t[1]:<6.2f}" if fla_t else (
-            f"{'n/a':>8} {'n/a':>8} {'n/a':>13}")
-        print(f"{shape:<12} {op:<10} {f:8.3f} {fb:11.3f} {fla_s} {f / ff:6.2f}/{fb / ffb:<6.2f}")
+        for dtype in (torch.float32, torch.bfloat16):
+            args, s0 = example_inputs(kind, 2, 300, 2, 64, dtype=dtype, device=dev, state=True)
+            o, s = globals()[kind](*args, s0)
+            o_ref, s_ref = globals()[f"{kind}_ref"](*[x.double() for x in args], s0.double())
+            err = [((x.double() - y).norm() / y.norm()).item() for x, y in ((o, o_ref), (s, s_ref))]
+            print(f"{kind} {str(dtype)[6:]} on {dev}: relative error of o {err[0]:.1e}, of the final state {err[1]:.1e}")

@@ -229,6 +229,9 @@ def test_cli_rejects_bad_inputs(tmp_path):
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    r = run_cli(tmp_path / "only_one_path")  # a usage error of a subcommand prints that subcommand's usage
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: expected PATH.gguf OUT_DIR, or --smollm2 OUT_DIR (usage: convert.py gguf --help)")
 
 
 def test_refuses_unsupported_inputs(tmp_path):

@@ -367,8 +367,8 @@ def test_cli_tokenize_and_inspect(tmp_path):
     with gzip.open(tmp_path / "d.txt.gz", "wt") as f:
         f.write(texts[11])
     inputs = [tmp_path / n for n in ("a.jsonl.gz", "b.jsonl.xz", "c.txt", "d.txt.gz")]
-    r = run_cli("tokenize", "--tokenizer", QWEN2, "--out", tmp_path / "out" / "t", "--text-field", "body",
-                "--workers", 2, "--batch-chars", 3000, "--val-docs", 2, *inputs)
+    r = run_cli("tokenize", "--tokenizer", QWEN2, "--out", tmp_path / "out" / "t", "--text_field", "body",
+                "--workers", 2, "--batch_chars", 3000, "--val_docs", 2, *inputs)
     assert r.returncode == 0, r.stderr
     assert "10 documents" in r.stdout and "2 documents" in r.stdout and "magic primes" in r.stdout
     train, val = data.BinIdx(tmp_path / "out" / "t"), data.BinIdx(tmp_path / "out" / "t_val")
@@ -405,4 +405,7 @@ def test_cli_errors(tmp_path):
         assert last.startswith("error: ") and words in last, (args, r.stderr)
     assert not any(p.name.startswith("e.") for p in tmp_path.iterdir())
     r = run_cli("tokenize", "--tokenizer", QWEN2, "--out", tmp_path / "e", "--no-such-flag", 1, tmp_path / "bad.jsonl")
-    assert r.returncode == 2 and "unrecognized arguments" in r.stderr
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: unrecognized arguments: --no-such-flag (usage: data.py --help)"]
+    r = run_cli("tokenize", "--out", tmp_path / "e", tmp_path / "bad.jsonl")  # a subcommand's usage error names it
+    assert r.returncode == 2 and r.stderr.strip() == "error: --tokenizer and --out are required (usage: data.py tokenize --help)"

@@ -189,7 +189,7 @@ def real_inputs(tmp_path_factory):
     W.wkv7 = lambda *a: inputs.append([x.detach().clone() for x in a[:6]]) or W.wkv7_chunked(*a)
     try:
         with torch.no_grad():
-            teacher(ids, logits=False)
+            teacher(ids, hidden=True)
             cos, sin = student.rope(torch.arange(T)[None])
             v_first = None
             for i, block in enumerate(student.model.layers):

@@ -1,0 +1,388 @@
+"""
+Benchmarks. Each prints a table and writes it as JSON (a list of rows) under results/.
+
+    python bench.py kernels [--shapes 64x512,8x4096,2x16384] [--fla_shapes 8x4096]
+        wkv6 / wkv7 forward and forward+backward against flash-linear-attention (when installed), PyTorch
+        SDPA (causal, GQA) and the HBM floor (the bytes of inputs and outputs at the measured copy speed)
+    python bench.py decode --preset qwen2.5-7b | --models NAME=DIR ...
+        prefill and decode tokens/s and peak memory: recurrent students against the KV-cache teacher
+    python bench.py distill --preset qwen2.5-7b --stage 1 [--layers 8]
+        one distillation step of distill.py on a random teacher built in memory: tokens/s per device, MFU,
+        peak memory, and where the time goes (teacher forward, student forward, backward, optimizer, WKV)
+
+Timings are medians after warm-up (triton.testing.do_bench for kernels); a GPU is needed for numbers
+worth reporting, a CPU runs the tiny preset as a smoke test.
+"""
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import data
+import model as M
+import wkv_kernel as W
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def write_rows(name, rows, out):
+    path = out or os.path.join(RESULTS, f"{name}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(rows, fh, indent=2)
+    print(f"wrote {path}")
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def fmt(v, f=".2f"):
+    return "-" if v is None else format(v, f)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+@dataclass
+class KernelBench:
+    shapes: str = "64x512,8x4096,2x16384"  # BxT list, comma separated (B*T = 32768 tokens each by default)
+    heads: int = 28  # H, query heads (the kernels see k and v repeated to H heads)
+    kv_heads: int = 4  # KVH of the SDPA baseline (grouped-query attention, Qwen2.5-7B: 28/4)
+    head_size: int = 128  # N
+    fla_shapes: str = ""  # BxT list at which flash-linear-attention is timed ("" = every shape; its autotuning is slow)
+    out: str = ""  # JSON file ("" = results/kernels_<gpu>.json)
+
+
+def copy_bandwidth(dev, n=2**30):
+    # bytes read + written per second by a device-to-device copy of n bytes
+    from triton.testing import do_bench
+    buf = torch.empty(n, dtype=torch.uint8, device=dev)
+    return 2 * n / (do_bench(lambda: buf.clone(), return_mode="median") * 1e-3)
+
+
+def kernels(cfg):
+    if not torch.cuda.is_available():
+        raise ValueError("the kernel benchmark needs a CUDA GPU")
+    from triton.testing import do_bench
+    try:
+        from fla.ops.gla import chunk_gla
+        from fla.ops.rwkv7 import chunk_rwkv7
+        import fla
+        fla_version = fla.__version__
+    except ImportError:
+        chunk_gla = chunk_rwkv7 = fla_version = None
+    dev, H, N, KVH = torch.device("cuda"), cfg.heads, cfg.head_size, cfg.kv_heads
+    gpu, date = device_name(dev), time.strftime("%Y-%m-%d")
+    print(f"{gpu} | torch {torch.__version__} | fla {fla_version or 'not installed'} | {date}")
+    bw = copy_bandwidth(dev)
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
+
+    def nbytes(xs):
+        return sum(x.numel() * x.element_size() for x in xs)
+
+    def time_op(fn, xs):  # (forward, forward + backward) in ms, medians
+        go = torch.randn_like(xs[0])
+        first = lambda o: o[0] if isinstance(o, tuple) else o
+        return (do_bench(lambda: fn(*xs), return_mode="median"),
+                do_bench(lambda: torch.autograd.backward(first(fn(*xs)), go), return_mode="median"))
+
+    fla_at = set(cfg.fla_shapes.split(",")) if cfg.fla_shapes else None
+    rows = []
+    for shape in cfg.shapes.split(","):
+        B, T = map(int, shape.split("x"))
+        sdpa_ms = None
+        for op in ("wkv6", "wkv7"):
+            xs, _ = W.example_inputs(op, B, T, H, N, dtype=torch.bfloat16, device=dev)
+            xs = [x.requires_grad_() for x in xs]
+            fwd, fb = time_op(getattr(W, op), xs)
+            io = nbytes(xs) + nbytes(xs[:1]) + B * H * N * N * 4  # inputs, o, final state
+            row = dict(gpu=gpu, date=date, op=op, B=B, T=T, H=H, N=N, fwd_ms=fwd, fwdbwd_ms=fb,
+                       fla_fwd_ms=None, fla_fwdbwd_ms=None, sdpa_fwdbwd_ms=None,
+                       floor_fwd_ms=io / bw * 1e3, floor_fwdbwd_ms=(2 * io + nbytes(xs)) / bw * 1e3)
+            if chunk_gla is not None and (fla_at is None or shape in fla_at):
+                fla_op = chunk_gla if op == "wkv6" else chunk_rwkv7
+                fn = lambda *z: fla_op(*z, scale=1.0, output_final_state=True)[0]
+                fn(*xs).float().sum().backward()  # autotunes at this shape before it is timed
+                row["fla_fwd_ms"], row["fla_fwdbwd_ms"] = time_op(fn, xs)
+            rows.append(row)
+            del xs
+        q = torch.randn(B, H, T, N, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        kv = [torch.randn(B, KVH, T, N, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
+        sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        sdpa_ms = time_op(sdpa, [q, *kv])[1]
+        for row in rows[-2:]:
+            row["sdpa_fwdbwd_ms"] = sdpa_ms
+        del q, kv
+        print(f"  B{B} T{T} done")
+    print(table(["shape", "op", "fwd ms", "fwd+bwd ms", "fla fwd / f+b ms", "speed-up over fla fwd / f+b",
+                 f"SDPA {H}/{KVH} f+b ms", "x floor f+b"],
+                [[f"B{r['B']} T{r['T']}", r["op"], fmt(r["fwd_ms"], ".3f"), fmt(r["fwdbwd_ms"], ".3f"),
+                  f"{fmt(r['fla_fwd_ms'], '.3f')} / {fmt(r['fla_fwdbwd_ms'], '.3f')}",
+                  f"{fmt(r['fla_fwd_ms'] and r['fla_fwd_ms'] / r['fwd_ms'])} / "
+                  f"{fmt(r['fla_fwdbwd_ms'] and r['fla_fwdbwd_ms'] / r['fwdbwd_ms'])}",
+                  fmt(r["sdpa_fwdbwd_ms"], ".3f"), fmt(r["fwdbwd_ms"] / r["floor_fwdbwd_ms"], ".1f")] for r in rows]))
+    print(f"H={H} N={N}, bf16 inputs (log-decay float32), wkv7 on keys alike from step to step as on real text")
+    write_rows(f"kernels_{gpu.split()[-1].lower()}", rows, cfg.out)
+    return rows
+
+
+# ----------------------------------------------------------------------------- decode
+
+@dataclass
+class DecodeBench:
+    preset: str = ""  # random-init teacher of this model.PRESETS shape (with its students) instead of --models
+    models: list = None  # NAME=DIR HF model directories (with --preset unset)
+    students: str = "rwkv7"  # with --preset: student kinds measured beside the teacher
+    contexts: str = "1024,4096,16384,32768"  # prompt lengths (tokens)
+    batches: str = "1,32"  # batch sizes
+    decode_steps: int = 64  # decode steps timed after the prefill
+    cuda_graphs: bool = True  # decode by replaying a captured CUDA graph (off: eager, host-bound at small batch)
+    compile: bool = False  # torch.compile the decode step before its graph is captured (compile time not timed)
+    prefill_chunk: int = 2048  # tokens per forward of the prefill: bounds attention's mask memory
+    device: str = "auto"  # auto: cuda when available, else cpu
+    dtype: str = "bfloat16"  # weights and compute
+    seed: int = 0  # weights and prompt token ids
+    out: str = ""  # JSON file ("" = results/decode_<preset or models>.json)
+
+
+@torch.no_grad()
+def time_generation(model, B, T, steps, prefill_chunk, cuda_graphs=True, compile=False):
+    """Prefill B random prompts of T tokens into a cache (chunked, eager), then `steps` greedy decode steps ->
+    (prefill tokens/s, decode tokens/s). With cuda_graphs, decode is model.GraphDecoder's static step, on a GPU
+    one graph replay per step (captured after the prefill, off the clock); the teacher's step attends over all
+    T + steps slots of its KV cache. Without, eager PyTorch: at batch 1 decode is then bound by host time."""
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.cfg.vocab_size, (B, T)).to(device)
+    dec = M.GraphDecoder(model, B, T + steps, compile) if cuda_graphs else None
+    cache = dec.cache if dec else M.new_cache(model, B, T + steps)
+    sync(device)
+    t0 = time.perf_counter()
+    for s in range(0, T, prefill_chunk):
+        h = model(ids[:, s:s + prefill_chunk], cache, hidden=True)
+    tok = model.lm_head(h[:, -1]).argmax(-1)
+    sync(device)
+    t1 = time.perf_counter()
+    if dec:
+        dec.capture()  # not timed
+    sync(device)
+    t2 = time.perf_counter()
+    for _ in range(steps):
+        tok = (dec.step(tok) if dec else model(tok[:, None], cache)[:, -1]).argmax(-1)
+    sync(device)
+    return B * T / (t1 - t0), B * steps / (time.perf_counter() - t2)
+
+
+def decode(cfg):
+    import convert
+    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.preset:
+        tcfg = M.ModelConfig.from_name(cfg.preset)
+        builds = [("teacher", lambda: M.Model.random(tcfg, device, dtype, cfg.seed))]
+        for kind in filter(None, (k.strip() for k in cfg.students.split(","))):
+            scfg = M.student_config(tcfg, kind)
+            builds.append((f"{kind} student", lambda c=scfg: M.Model.random(c, device, dtype, cfg.seed)))
+    elif cfg.models:
+        builds = [(n, lambda d=d: convert.load_model(d, device, dtype)) for n, d in (s.split("=", 1) for s in cfg.models)]
+    else:
+        raise ValueError("bench.py decode needs --preset or --models NAME=DIR ...")
+    contexts, batches = [int(x) for x in cfg.contexts.split(",")], [int(x) for x in cfg.batches.split(",")]
+    if cfg.compile and not cfg.cuda_graphs:
+        raise ValueError("--compile compiles the graph decoder's step: drop --no-cuda_graphs")
+    if cfg.compile:  # one compile per cache shape and model (they share Model.forward's code)
+        limit = 2 * len(builds) * len(contexts) * len(batches)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    torch.manual_seed(cfg.seed)
+    rows, cuda, date = [], device.type == "cuda", time.strftime("%Y-%m-%d")
+    for name, build in builds:
+        model = build().eval()
+        print(f"{name}: {M.param_count(model)[0] / 1e9:.3f}B parameters, {device} {dtype}")
+        for B in batches:
+            for T in contexts:
+                row = dict(gpu=device_name(device), date=date, model=name, batch=B, context=T, prefill_tok_s=None,
+                           decode_tok_s=None, peak_gib=None, note="")
+                try:
+                    time_generation(model, B, min(T, cfg.prefill_chunk), 2, cfg.prefill_chunk, cfg.cuda_graphs,
+                                    cfg.compile)  # warm-up: the same shapes
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    row["prefill_tok_s"], row["decode_tok_s"] = time_generation(
+                        model, B, T, cfg.decode_steps, cfg.prefill_chunk, cfg.cuda_graphs, cfg.compile)
+                    row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+                except torch.OutOfMemoryError:  # its tensors are freed once the except block is left
+                    row["note"] = "out of memory"
+                if cuda:
+                    torch.cuda.empty_cache()
+                rows.append(row)
+                print(f"  batch {B} context {T}: prefill {fmt(row['prefill_tok_s'], ',.0f')} tok/s, decode "
+                      f"{fmt(row['decode_tok_s'], ',.1f')} tok/s {row['note']}")
+        del model
+    print(table(["model", "batch", "context", "prefill tok/s", "decode tok/s", "peak GiB", "note"],
+                [[r["model"], r["batch"], r["context"], fmt(r["prefill_tok_s"], ",.0f"), fmt(r["decode_tok_s"], ",.1f"),
+                  fmt(r["peak_gib"]), r["note"]] for r in rows]))
+    print(f"{device_name(device)} {dtype}, {cfg.decode_steps} decode steps after an eager prefill; " + (
+        "each decode step one CUDA graph replay" if cuda and cfg.cuda_graphs else "eager decode") +
+        (", compiled with torch.compile" if cfg.compile else ""))
+    write_rows(f"decode_{cfg.preset or 'models'}", rows, cfg.out)
+    return rows
+
+
+# ----------------------------------------------------------------------------- distillation step
+
+@dataclass
+class DistillBench:
+    preset: str = "tiny"  # model.PRESETS shape of the random teacher, built in memory
+    layers: int = 0  # keep only the first N layers (0 = all): a 7B-wide step on one GPU
+    stage: int = 1  # 1 attention alignment, 2 distillation (3: cross-entropy, no teacher)
+    student: str = "rwkv7"  # time mixer of the student
+    seq_len: int = 512  # tokens per sequence
+    micro_batch: int = 16  # sequences per forward
+    activation_checkpointing: bool = False  # recompute blocks in the backward (steps 2 and 3)
+    compile: bool = False  # torch.compile each student block, as distill.py --compile
+    steps: int = 10  # timed steps, after 3 warm-up steps
+    dtype: str = "bfloat16"  # compute dtype, as distill.py --dtype
+    out: str = ""  # JSON file ("" = results/distill_speed_<gpu>.json, rows appended)
+
+
+def distill_step(cfg):
+    """distill.py's own code (sharding, mixed precision, losses, optimizer) on random tokens and a random teacher."""
+    import distill
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    rank, world, device = distill.setup_distributed()
+    tcfg = M.ModelConfig.from_name(cfg.preset)
+    tcfg.num_hidden_layers = cfg.layers or tcfg.num_hidden_layers
+    dcfg = distill.Config(**distill.STAGES[cfg.stage])
+    for k in ("stage", "student", "seq_len", "micro_batch", "activation_checkpointing", "compile", "dtype"):
+        setattr(dcfg, k, getattr(cfg, k))
+    dcfg.batch_size, dcfg.init_from, dcfg.warmup_steps = cfg.micro_batch * world, "teacher", 1
+    mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
+    teacher, student = distill.build(dcfg, device, mp, teacher_cfg=tcfg)
+    teacher = teacher if cfg.stage < 3 else None
+    hooks = distill.attention_hooks(teacher) if cfg.stage == 1 else None
+    opt, lrs = distill.make_optimizer(dcfg, student, device)
+    gen = torch.Generator().manual_seed(rank)
+    batch = torch.randint(0, tcfg.vocab_size, (cfg.micro_batch, cfg.seq_len + 1), generator=gen).to(device)
+
+    def step(i):
+        distill.train_step(dcfg, teacher, student, hooks, opt, lrs, i, 1000, lambda _: batch, world, device)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for i in range(3):  # warm-up: compilation, autotuning, the allocator
+        step(i)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for i in range(cfg.steps):
+        step(i)
+    sync(device)
+    dt = (time.perf_counter() - t0) / cfg.steps
+    split = split_step(dcfg, teacher, student, hooks, opt, batch, device, distill)
+    tokens = cfg.micro_batch * cfg.seq_len
+    flops = distill.flops_per_token(dcfg, teacher, student)
+    peak = 989e12 if device.type == "cuda" and any(g in device_name(device) for g in ("H100", "H200")) else 0
+    row = dict(gpu=device_name(device), date=time.strftime("%Y-%m-%d"), model=cfg.preset,
+               layers=tcfg.num_hidden_layers, stage=cfg.stage, student=cfg.student, seq_len=cfg.seq_len,
+               micro_batch=cfg.micro_batch, activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
+               tokens_per_s_per_gpu=tokens / dt, mfu=flops * tokens / dt / peak if peak else None,
+               peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+               world_size=world, step_ms=dt * 1e3, split_ms=split)
+    if rank == 0:
+        print(table(["model", "layers", "step", "micro-batch", "ckpt", "tokens/s/device", "MFU", "peak GiB", "ms"],
+                    [[row["model"], row["layers"], row["stage"], row["micro_batch"], row["activation_checkpointing"],
+                      f"{row['tokens_per_s_per_gpu']:,.0f}", fmt(row["mfu"] and 100 * row["mfu"], ".1f") + "%",
+                      fmt(row["peak_mem_gib"], ".1f"), f"{row['step_ms']:.1f}"]]))
+        print("split of one step with a synchronisation between parts (ms): " +
+              ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
+        path = cfg.out or os.path.join(RESULTS, f"distill_speed_{row['gpu'].split()[-1].lower()}.json")
+        rows = json.load(open(path)) if os.path.isfile(path) else []
+        write_rows("", rows + [row], path)
+    torch.distributed.destroy_process_group()
+    return row
+
+
+def split_step(dcfg, teacher, student, hooks, opt, batch, device, distill):
+    # where a step's time goes: the teacher's forward alone, the student's forward and loss (with the teacher's
+    # forward inside it, subtracted), the backward, the optimizer; and every WKV call (forward and backward)
+    wkv = dict(forward=0.0, backward=0.0)
+    grad_at = {}
+
+    class Mark(torch.autograd.Function):  # identity; in the backward, the time its gradient arrives
+        @staticmethod
+        def forward(ctx, x, tag):
+            ctx.tag = tag
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            sync(device)
+            grad_at[ctx.tag] = time.perf_counter()
+            if ctx.tag == "inputs":  # the WKV backward ran between the output's mark and this one
+                wkv["backward"] += grad_at["inputs"] - grad_at.pop("output")
+            return g, None
+
+    def timed(fn):
+        def wrapped(r, *a):
+            sync(device)
+            t = time.perf_counter()
+            o, s = fn(Mark.apply(r, "inputs"), *a)
+            sync(device)
+            wkv["forward"] += time.perf_counter() - t
+            return Mark.apply(o, "output"), s
+        return wrapped
+
+    marks = []
+    mark = lambda: (sync(device), marks.append(time.perf_counter()))
+    mark()
+    if teacher is not None:
+        with torch.no_grad():
+            teacher(batch[:, :-1], hidden=True)
+    mark()
+    kernels = W.wkv6, W.wkv7
+    W.wkv6, W.wkv7 = timed(W.wkv6), timed(W.wkv7)
+    try:
+        loss = distill.step_loss(dcfg, teacher, student, batch, hooks)[0]
+        mark()
+        loss.backward()
+        mark()
+    finally:
+        W.wkv6, W.wkv7 = kernels
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    mark()
+    ms = [1e3 * (b - a) for a, b in zip(marks, marks[1:])]
+    return dict(teacher_forward=ms[0], student_forward=ms[1] - ms[0], backward=ms[2], optimizer=ms[3],
+                wkv_forward=1e3 * wkv["forward"], wkv_backward=1e3 * wkv["backward"])
+
+
+# ----------------------------------------------------------------------------- command line
+
+COMMANDS = {"kernels": (KernelBench, kernels), "decode": (DecodeBench, decode), "distill": (DistillBench, distill_step)}
+
+
+def main(argv):
+    parser = data.ArgParser(prog="bench.py", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=data.ArgParser)
+    for name, (cls, _) in COMMANDS.items():
+        data.add_flags(sub.add_parser(name, description=__doc__), cls)
+    args = parser.parse_args(argv)
+    cls, fn = COMMANDS[args.command]
+    fn(data.config_from(cls, args))
+
+
+if __name__ == "__main__":
+    data.run(main)

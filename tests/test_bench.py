@@ -1,0 +1,32 @@
+"""bench.py on the CPU, tiny shapes: each subcommand runs through and writes its rows (numbers worth reporting
+come from a GPU; see the README)."""
+import json
+import os
+
+import pytest
+
+import bench
+
+
+def test_decode_smoke(tmp_path, capsys):
+    out = tmp_path / "decode.json"
+    rows = bench.decode(bench.DecodeBench(preset="tiny", students="rwkv6,rwkv7", contexts="8,24", batches="1,2",
+                                          decode_steps=3, prefill_chunk=16, device="cpu", dtype="float32", out=str(out)))
+    assert len(rows) == 4 * 3 and all(r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 for r in rows)
+    assert json.loads(out.read_text()) == rows and "| teacher | 2 | 24 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_distill_step_smoke(stage, tmp_path, monkeypatch):
+    # a world of one process, its variables gone after the test
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(29400 + (os.getpid() + stage) % 500)).items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "distill.json"
+    row = bench.distill_step(bench.DistillBench(preset="tiny", stage=stage, seq_len=32, micro_batch=2, steps=2,
+                                                dtype="float32", activation_checkpointing=stage > 1, out=str(out)))
+    assert row["tokens_per_s_per_gpu"] > 0 and row["world_size"] == 1 and row["layers"] == 3
+    assert set(row["split_ms"]) == {"teacher_forward", "student_forward", "backward", "optimizer", "wkv_forward",
+                                    "wkv_backward"}
+    assert row["split_ms"]["wkv_forward"] > 0 and row["split_ms"]["wkv_backward"] > 0
+    assert json.loads(out.read_text()) == [row]

@@ -10,7 +10,9 @@ cd "$(dirname "$0")"
 OUT=${OUT:-runs/quickstart}
 STEP1_STEPS=${STEP1_STEPS:-20}  # optimizer steps of 8 x 128 tokens
 STEP2_STEPS=${STEP2_STEPS:-10}
-DTYPE=${DTYPE:-bfloat16}  # bfloat16 runs about twice as fast as float32 on CPUs with AVX512-BF16
+# bfloat16 where the CPU has bfloat16 matrix instructions (about twice as fast as float32 there), else float32
+# (without them bfloat16 is emulated and several times slower)
+DTYPE=${DTYPE:-$(grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bfloat16 || echo float32)}
 STDLIB=$(python -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 start=$SECONDS
@@ -27,8 +29,8 @@ t2=$SECONDS
 run python distill.py --stage 2 "${common[@]}" --tokens $((STEP2_STEPS * 1024)) --lr 1e-4 --lr_final 1e-4
 t3=$SECONDS
 run python eval.py --models teacher="$OUT/teacher" fresh="$OUT/fresh" step1="$OUT/stage1/final" \
-    step2="$OUT/stage2/final" --tasks "" --val-data "$OUT/stdlib_val" --val-tokens 4096 --val-window 128 \
-    --batch-size 8 --dtype "$DTYPE" --out "$OUT/eval" --generate "def fibonacci(n):" --max-new-tokens 40
+    step2="$OUT/stage2/final" --tasks "" --val_data "$OUT/stdlib_val" --val_tokens 4096 --val_window 128 \
+    --batch_size 8 --dtype "$DTYPE" --out "$OUT/eval" --generate "def fibonacci(n):" --max_new_tokens 40
 row() { printf '| %-28s | %-14s | %6s |\n' "$@"; }
 echo
 row "what" "tokens" "time"

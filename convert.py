@@ -16,6 +16,7 @@ import importlib.util
 import itertools
 import json
 import os
+import pickle
 import re
 import shutil
 import time
@@ -37,7 +38,8 @@ import model as M
 def config_from_hf(d):
     """An HF config.json dict -> model.ModelConfig; refuses with one line what model.py cannot represent."""
     mt = d.get("model_type")
-    known = ["qwen2", "llama"] + [f"{k}qwen2" for k in M.student_kinds()]
+    students = {f"{k}qwen2": k for k in M.student_kinds()} | {f"radlads_{k}": k for k in M.student_kinds()}
+    known = ["qwen2", "llama"] + list(students)
     if mt not in known:
         raise M.ConfigError(f"config.json: model_type {mt!r} is not supported ({', '.join(known)})")
     if d.get("use_sliding_window"):
@@ -66,16 +68,27 @@ def config_from_hf(d):
         tie_word_embeddings=d.get("tie_word_embeddings", False),
         max_position_embeddings=d.get("max_position_embeddings", 32768), model_type=mt,
         bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
-    if mt.endswith("qwen2") and mt != "qwen2":  # a RAD-RWKV student in the published format
+    if mt in students:  # a RAD-RWKV student, in the published format or this project's own
         att = d.get("attention_layers")
         if att is None:  # the published format keeps the last num_attention_layers layers
             n_att = d.get("num_attention_layers", 0)
             if not isinstance(n_att, int):
                 raise M.ConfigError(f"config.json: num_attention_layers is {n_att!r} and no attention_layers list")
             att = list(range(n_layers - n_att, n_layers))
-        kw.update(student=mt[:-len("qwen2")], attention_layers=list(att),
+        kw.update(student=students[mt], model_type=f"{students[mt]}qwen2", attention_layers=list(att),
                   untied_from_tied=d.get("untied_from_tied", False))
     return M.ModelConfig(**kw)
+
+def unpublished(cfg):
+    """Why the authors' HF code for model_type f"{student}qwen2" would load this student wrong, or None.
+    Such students are written as model_type f"radlads_{student}" (this project's own, every field explicit)."""
+    n, L = len(cfg.attention_layers), cfg.num_hidden_layers
+    if cfg.student == "rwkv6" and n:
+        return "the published rwkv6qwen2 code has no attention layers"
+    if cfg.student == "rwkv7" and cfg.attention_layers != list(range(L - n, L)):
+        return "the published rwkv7qwen2 code keeps only the last layers as attention"
+    return None
+
 
 def config_to_hf(cfg):
     d = {"architectures": ["Qwen2ForCausalLM" if cfg.model_type == "qwen2" else "LlamaForCausalLM"],
@@ -83,28 +96,33 @@ def config_to_hf(cfg):
     d.update({f.name: getattr(cfg, f.name) for f in fields(cfg)
               if f.name not in ("student", "attention_layers", "untied_from_tied")})
     if cfg.student:  # SPEC §5: every student field written explicitly
-        C = cfg.hidden_size
-        n_att = len(cfg.attention_layers)
-        suffix = cfg.attention_layers == list(range(cfg.num_hidden_layers - n_att, cfg.num_hidden_layers))
+        C, n_att, own = cfg.hidden_size, len(cfg.attention_layers), unpublished(cfg)
         d.update(architectures=[f"{cfg.student.upper()}Qwen2ForCausalLM"], model_type=f"{cfg.student}qwen2",
                  lora_rank_decay=M.lora_rank(C, 0.5, 1.8), lora_rank_iclr=M.lora_rank(C, 0.5, 1.8),
                  lora_rank_value_residual_mix=M.lora_rank(C, 0.5, 1.3), lora_rank_gate=M.lora_rank(C, 0.8, 0.6),
                  lora_rank_tokenshift=M.lora_rank(C, 0.5, 1.8), use_rope=cfg.student == "rwkv7",
                  attention_output_bias=False, gate_rank_type=1 if cfg.student == "rwkv6" else 2,
                  balance_state=True, groupnorm_att=False, use_tokenshift=cfg.student == "rwkv6",
-                 # the published format knows only the last n layers as attention: any other choice is
-                 # null there, and our attention_layers list (which loaders of that format cannot read)
-                 num_attention_layers=n_att if suffix else None, attention_layers=list(cfg.attention_layers),
+                 num_attention_layers=None if own else n_att, attention_layers=list(cfg.attention_layers),
                  untied_from_tied=cfg.untied_from_tied)
+        if own:  # never a directory that claims a published format and loads wrong there
+            d.update(architectures=["RADLADSForCausalLM"], model_type=f"radlads_{cfg.student}")
     return d
 
 
-def read_config(path):
-    f = os.path.join(path, "config.json")
+def read_config(path, name="config.json"):
+    f = os.path.join(path, name)
     if not os.path.isfile(f):
-        raise FileNotFoundError(f"{path}: no config.json (expected an HF model directory)")
-    with open(f) as fh:
-        return config_from_hf(json.load(fh))
+        raise FileNotFoundError(f"{path}: no {name} (expected an HF model directory)")
+    try:
+        with open(f, encoding="utf-8") as fh:
+            d = json.load(fh)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        return config_from_hf(d)
+    except (ValueError, KeyError, TypeError) as e:  # JSON and decoding errors are ValueErrors too
+        raise M.ConfigError(f"{f}: {e if isinstance(e, M.ConfigError) else f'malformed ({type(e).__name__}: {e})'}"
+                            .replace(f"{f}: config.json: ", f"{f}: ")) from None
 
 
 def iter_checkpoint(path):
@@ -125,9 +143,16 @@ def iter_checkpoint(path):
         f = os.path.join(path, name)
         if not os.path.isfile(f):
             raise FileNotFoundError(f"{path}: shard {name} listed in the index is missing")
-        with safe_open(f, framework="pt") as st:
-            for key in st.keys():
-                yield key, st.get_tensor(key)
+        try:
+            with safe_open(f, framework="pt") as st:
+                for key in st.keys():
+                    t = st.get_tensor(key)
+                    yield key, t
+        except Exception as e:  # safetensors' SafetensorError, OSError, ...: a truncated file or a corrupt header
+            if isinstance(e, M.ConfigError) or not isinstance(e, (OSError, RuntimeError, ValueError)) and \
+                    type(e).__name__ != "SafetensorError":
+                raise
+            raise M.ConfigError(f"{f}: unreadable safetensors file ({e})") from None
 
 
 def load_into(module, tensors, what):
@@ -202,6 +227,8 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
             json.dump(index, fh, indent=2)
     hf = config_to_hf(cfg)
     hf["torch_dtype"] = str(dtype).replace("torch.", "")
+    if hf["model_type"].startswith("radlads_"):
+        print(f"note: {out_dir} is written as model_type {hf['model_type']}, not {cfg.student}qwen2: {unpublished(cfg)}")
     with open(os.path.join(out_dir, "config.json"), "w") as fh:
         json.dump(hf, fh, indent=2)
     if tokenizer_dir:
@@ -351,8 +378,7 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
     with open(gguf_path, "rb") as f:
         if f.read(4) != b"GGUF":  # checked here: GGUFReader fails on other files with a numpy error
             raise ValueError(f"{gguf_path} is not a GGUF file (no GGUF magic)")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"{out_dir} is not empty (pass --force to overwrite)")
+    check_out_dir(out_dir, force)
 
     try:
         reader = gguf.GGUFReader(gguf_path)
@@ -398,8 +424,9 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
 # -----------------------------------------------------------------------------
 # students: a fresh one from a teacher, and a training checkpoint -> HF directory
 
-def fresh_student(teacher_dir, out_dir, student="rwkv7", attention_layers=(), dtype="bfloat16"):
+def fresh_student(teacher_dir, out_dir, student="rwkv7", attention_layers=(), dtype="bfloat16", force=False):
     """The student of step 0: teacher weights copied, new time-mixer parameters at their init."""
+    check_out_dir(out_dir, force)
     teacher = load_model(teacher_dir, dtype=torch.float32)
     s = M.make_student(teacher, student, attention_layers)
     save_model(s.state_dict(), s.cfg, out_dir, tokenizer_dir=teacher_dir, dtype=getattr(torch, dtype))
@@ -410,65 +437,165 @@ def fresh_student(teacher_dir, out_dir, student="rwkv7", attention_layers=(), dt
 # -----------------------------------------------------------------------------
 # training checkpoints (distill.py): RUN/stageN/ckpt/step_NNNNNNN/ holds the torch.distributed.checkpoint shards
 # of the model and the optimizer (any world size), model_config.json (all that export needs besides the
-# shards) and each process's RNG state. A directory is complete once renamed from step_NNNNNNN.tmp.
+# shards), run_config.json (the distill.py settings that made it) and each process's RNG state. A directory
+# is complete once renamed from step_NNNNNNN.tmp. Reading one never runs code from it: the checkpoint
+# library's metadata file is a pickle, read here by an unpickler that admits only its own metadata classes,
+# and every other object goes through torch.load(weights_only=True).
+
+METADATA_CLASSES = {  # (module, name) a checkpoint's .metadata may reference; anything else is refused
+    **{("torch.distributed.checkpoint.metadata", n): 1 for n in (
+        "Metadata", "MetadataIndex", "ChunkStorageMetadata", "TensorProperties", "TensorStorageMetadata",
+        "BytesStorageMetadata", "StorageMeta", "_MEM_FORMAT_ENCODING")},
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): 1, ("torch", "Size"): 1,
+    ("torch.serialization", "_get_layout"): 1, ("collections", "OrderedDict"): 1,
+    **{("pathlib", n): 1 for n in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")}}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in METADATA_CLASSES or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to unpickle {module}.{name}: not checkpoint metadata")
+
+
+def _safe_load_args(path):
+    # storage reader and planner for dcp.load that run no code from the checkpoint
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            if kwargs.get("rank") is not None:  # (per-rank indexes: this code never writes them)
+                raise FileNotFoundError(f"{path}: no per-rank checkpoint index")
+            metadata = read_checkpoint_index(path)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class Planner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value):  # non-tensor entries (the optimizer's hyperparameters)
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                from torch.distributed.checkpoint._nested_dict import set_element
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return dict(storage_reader=Reader(path), planner=Planner())
+
+
+def read_checkpoint_index(path):
+    """The checkpoint library's index of a checkpoint directory (its .metadata), read without running code from
+    it; ValueError (one line) for a missing, empty, damaged or crafted one."""
+    f = os.path.join(path, ".metadata")
+    if not os.path.isfile(f) or os.path.getsize(f) == 0:
+        raise ValueError(f"{path}: no checkpoint index (.metadata {'is empty' if os.path.isfile(f) else 'is missing'})")
+    with open(f, "rb") as fh:
+        try:
+            return _MetadataUnpickler(fh).load()
+        except Exception as e:
+            raise ValueError(f"{f}: not a readable checkpoint index ({type(e).__name__}: {e})") from None
+
 
 def checkpoint_dirs(root):
     """The complete checkpoints under root, oldest first."""
     return sorted(glob.glob(os.path.join(root, "step_*[0-9]")), key=lambda d: int(d.rsplit("_", 1)[1]))
 
 
-def save_checkpoint(root, step, model, opt, rank, keep):
+def save_checkpoint(root, step, model, opt, rank, keep, run_config):
     """Collective: every process writes its shards; the oldest checkpoints beyond `keep` are removed."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
     path = os.path.join(root, f"step_{step:07d}")
     tmp = path + ".tmp"
-    if rank == 0 and os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-    dist.barrier()
-    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=tmp)
     if rank == 0:
-        write_json(Path(tmp) / "model_config.json", config_to_hf(model.cfg))
-    torch.save({"cpu": torch.get_rng_state(), "step": step}, os.path.join(tmp, f"rng_{rank}.pt"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(root, exist_ok=True)
+    dist.barrier()
+    try:
+        dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+                 checkpoint_id=tmp)
+        if rank == 0:
+            write_json(Path(tmp) / "model_config.json", config_to_hf(model.cfg))
+            write_json(Path(tmp) / "run_config.json", run_config)
+        torch.save({"cpu": torch.get_rng_state(), "step": step}, os.path.join(tmp, f"rng_{rank}.pt"))
+    except (OSError, RuntimeError, CheckpointException) as e:  # a full disk shows as a short write deep inside
+        full = shutil.disk_usage(root).free < 2**20
+        raise OSError(f"{tmp}: writing the checkpoint failed: " +
+                      ("no space left on device" if full else f"{type(e).__name__}: {str(e)[:300]}")) from None
     dist.barrier()
     if rank == 0:
+        if os.path.isdir(path):  # a damaged checkpoint of this step, skipped at resume: kept aside for a look
+            shutil.rmtree(path + ".damaged", ignore_errors=True)
+            os.replace(path, path + ".damaged")
         os.replace(tmp, path)
         for old in checkpoint_dirs(root)[:-keep]:
             shutil.rmtree(old)
     dist.barrier()
 
 
+def read_run_config(path):
+    """The distill.py settings stored with a checkpoint ({} for a checkpoint older than this record)."""
+    f = Path(path) / "run_config.json"
+    try:
+        return json.loads(f.read_text()) if f.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f}: not a JSON object ({e})") from None
+
+
 def load_checkpoint(path, model, opt, rank):
-    """Collective: the model and optimizer state (resharded to this world size) and the RNG; returns the step."""
+    """Collective: the model and optimizer state (resharded to this world size) and the RNG; returns the step.
+    Raises ValueError (one line) when the checkpoint is damaged or not one of ours."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-    dcp.load(state, checkpoint_id=path)
-    set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, opt, state["optim"])
-    rng = os.path.join(path, f"rng_{rank}.pt")
-    if os.path.exists(rng):
-        torch.set_rng_state(torch.load(rng, weights_only=True)["cpu"])
+    read_checkpoint_index(path)
+    try:
+        dcp.load(state, **_safe_load_args(path))
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, opt, state["optim"])
+        rng = os.path.join(path, f"rng_{rank}.pt")
+        if os.path.exists(rng):
+            torch.set_rng_state(torch.load(rng, weights_only=True)["cpu"])
+    except (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError, CheckpointException) as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: damaged or not a checkpoint of this code ({msg[:300]})") from None
     return int(path.rsplit("_", 1)[1])
 
 
-def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16"):
+def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16", force=False):
     """A training checkpoint -> HF directory in the published format, in one process."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     path = Path(ckpt_dir) / "model_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{ckpt_dir}: no model_config.json (expected RUN/stageN/ckpt/step_NNNNNNN)")
-    with open(path) as fh:
-        cfg = config_from_hf(json.load(fh))
+    check_out_dir(out_dir, force)
+    read_checkpoint_index(str(ckpt_dir))
+    cfg = read_config(ckpt_dir, "model_config.json")
     with torch.device("meta"):
         m = M.Model(cfg)
     m.to_empty(device="cpu")
     state = {"model": m.state_dict()}
-    dcp.load(state, checkpoint_id=str(ckpt_dir))  # fills the tensors in place; the optimizer is skipped
+    try:  # fills the tensors in place; the optimizer is skipped
+        dcp.load(state, **_safe_load_args(str(ckpt_dir)))
+    except (OSError, RuntimeError, EOFError, CheckpointException) as e:
+        raise ValueError(f"{ckpt_dir}: damaged checkpoint ({str(e).strip()[-300:]})") from None
     save_model(state["model"], cfg, out_dir, tokenizer_dir=tokenizer_dir, dtype=getattr(torch, dtype))
     print(f"wrote {out_dir}: {cfg.model_type} from {ckpt_dir}")
+
+
+def check_out_dir(out_dir, force):
+    # the rule of every writer of a model directory: an existing non-empty directory needs --force
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
+        raise FileExistsError(f"{out_dir} exists and is not empty (pass --force to overwrite)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir} exists and is not a directory")
 
 
 # -----------------------------------------------------------------------------
@@ -489,6 +616,7 @@ class StudentArgs:
     student: str = "rwkv7"  # time mixer: rwkv7 | rwkv6 (model.MIXERS)
     attention_layers: str = ""  # comma-separated layers kept as softmax attention (a hybrid)
     dtype: str = "bfloat16"  # float32 | bfloat16
+    force: bool = False  # write into an OUT_DIR that is not empty
 
 
 @dataclass
@@ -497,6 +625,7 @@ class ExportArgs:
     out_dir: str = ""  # the HF directory written
     tokenizer: str = ""  # directory whose tokenizer files are copied (the teacher's)
     dtype: str = "bfloat16"  # float32 | bfloat16
+    force: bool = False  # write into an OUT_DIR that is not empty
 
 
 COMMANDS = {"gguf": (GGUFArgs, ("paths",), "GGUF file -> HF teacher directory"),
@@ -519,11 +648,11 @@ def main(argv):
         if a.dtype not in ("float32", "bfloat16"):
             subs["student"].error(f"--dtype {a.dtype}: expected float32 or bfloat16")
         layers = [int(i) for i in a.attention_layers.split(",") if i.strip()]
-        fresh_student(a.teacher, a.out_dir, a.student, layers, a.dtype)
+        fresh_student(a.teacher, a.out_dir, a.student, layers, a.dtype, a.force)
     else:
         if a.dtype not in ("float32", "bfloat16"):
             subs["export"].error(f"--dtype {a.dtype}: expected float32 or bfloat16")
-        export_checkpoint(a.ckpt_dir, a.out_dir, a.tokenizer or None, a.dtype)
+        export_checkpoint(a.ckpt_dir, a.out_dir, a.tokenizer or None, a.dtype, a.force)
 
 
 if __name__ == "__main__":

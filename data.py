@@ -15,6 +15,7 @@
 """
 import argparse
 import gzip
+import hashlib
 import json
 import lzma
 import multiprocessing
@@ -175,7 +176,12 @@ def _load_tokenizer(path: Path) -> Tokenizer:
     if eot_id is None:
         raise DataError(f"{path}: no <|endoftext|> token and no eos_token in tokenizer_config.json")
     eos_id = eot_id if eos_id is None else eos_id
-    return Tokenizer(path, pattern, ranks, added, n_vocab, normalizer, unk_id, eot_id, eos_id)
+    enc = Tokenizer(path, pattern, ranks, added, n_vocab, normalizer, unk_id, eot_id, eos_id)
+    # what decides the ids, however the file spells it: the same for an HF file and its GGUF round trip
+    what = [sorted(vocab.items()), [m.split(" ") if isinstance(m, str) else m for m in model["merges"]],
+            sorted(added.items()), pattern, normalizer]
+    enc.fingerprint = hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()[:16]
+    return enc
 
 
 def load_tokenizer(path) -> Tokenizer:
@@ -186,8 +192,10 @@ def load_tokenizer(path) -> Tokenizer:
         raise DataError(f"{path}: tokenizer file not found")
     try:
         return _load_tokenizer(path)
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not a tokenizer.json ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # JSON and UTF-8 decoding errors too
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not a tokenizer.json ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 # -----------------------------------------------------------------------------
@@ -205,13 +213,15 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 65536 else np.int32
 
 
-def write_binidx(prefix, docs, vocab_size: int) -> tuple[int, int]:
-    """Write `docs` (1-D integer arrays, one per document, its EOS included) to PREFIX.bin/.idx.
+def write_binidx(prefix, docs, vocab_size: int, tokenizer=None) -> tuple[int, int]:
+    """Write `docs` (1-D integer arrays, one per document, its EOS included) to PREFIX.bin/.idx, and with
+    `tokenizer` (a Tokenizer) the record PREFIX.tok.json of which tokenizer made them.
 
     Returns (n_docs, n_tokens). Tokens are stored as uint16 if vocab_size <= 65536, else int32.
     The files are written as PREFIX.bin.tmp/.idx.tmp and renamed once complete: an error or an
     interrupt, in `docs` too, leaves no PREFIX.bin/.idx behind.
     """
+    Path(f"{prefix}.tok.json").unlink(missing_ok=True)  # a record of earlier files by that name is not theirs
     dtype = token_dtype(vocab_size)
     bin_path, idx_path = Path(f"{prefix}.bin"), Path(f"{prefix}.idx")
     tmp_bin, tmp_idx = Path(f"{prefix}.bin.tmp"), Path(f"{prefix}.idx.tmp")
@@ -236,6 +246,10 @@ def write_binidx(prefix, docs, vocab_size: int) -> tuple[int, int]:
             f.write(np.arange(len(sizes) + 1, dtype=np.int64).tobytes())  # doc_idx: 0, 1, ..., n_docs
         os.replace(tmp_bin, bin_path)
         os.replace(tmp_idx, idx_path)
+        if tokenizer is not None:
+            record = {"tokenizer": tokenizer.fingerprint, "n_vocab": tokenizer.n_vocab, "eot_id": tokenizer.eot_id,
+                      "file": str(tokenizer.name)}
+            Path(f"{prefix}.tok.json").write_text(json.dumps(record, indent=1) + "\n")
     except BaseException:
         tmp_bin.unlink(missing_ok=True)
         tmp_idx.unlink(missing_ok=True)
@@ -291,6 +305,26 @@ class BinIdx:
     def doc(self, i: int) -> np.ndarray:
         start = int(self.offsets[i]) // self.dtype.itemsize
         return self.tokens[start:start + int(self.sizes[i])]
+
+
+def check_tokenizer(prefix, model_dir) -> str | None:
+    """DataError when PREFIX.tok.json says another tokenizer made PREFIX than the one in model_dir; a notice
+    (returned, for printing) when either side has no record to compare, e.g. the released RADLADS files."""
+    record, tok = Path(f"{prefix}.tok.json"), Path(model_dir)
+    tok = tok if tok.is_file() else tok / "tokenizer.json"
+    if not record.is_file() or not tok.is_file():
+        return (f"notice: {prefix} has no record of its tokenizer ({record.name}): its ids are taken to be those of "
+                f"{model_dir}'s tokenizer" if not record.is_file() else
+                f"notice: {model_dir} has no tokenizer.json to compare with {record}")
+    try:
+        made = json.loads(record.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{record}: not a JSON record ({e})") from None
+    enc = load_tokenizer(tok)
+    if made.get("tokenizer") != enc.fingerprint:
+        raise DataError(f"{prefix}: tokenized with another tokenizer ({made.get('file')}, {made.get('n_vocab')} tokens) "
+                        f"than {model_dir}'s ({enc.n_vocab} tokens); tokenize the text again with --tokenizer {model_dir}")
+    return None
 
 
 def check_tokens(ds: BinIdx, n_vocab: int | None = None, chunk: int = 1 << 26) -> tuple[int, int]:
@@ -402,13 +436,17 @@ def open_text(path):
 
 def read_jsonl(path):
     """(line number, object) for each non-empty line of a .jsonl(.gz/.xz) file."""
-    with open_text(path) as fh:
-        for i, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    i = 0
+    try:
+        with open_text(path) as fh:
+            for i, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        yield i, json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    except (UnicodeDecodeError, EOFError, lzma.LZMAError, gzip.BadGzipFile) as e:  # a damaged or truncated file
+        raise DataError(f"{path}: cannot read past line {i} ({type(e).__name__}: {e})") from None
 
 
 def read_documents(paths, text_field: str = "text"):
@@ -498,7 +536,7 @@ def tokenize(cfg: TokenizeConfig):
                     yield held.popleft()
 
     for prefix, split in [(cfg.out, train_docs()), (cfg.out + "_val", held)][:2 if cfg.val_docs else 1]:
-        n_docs, n_tokens = write_binidx(prefix, split, enc.n_vocab)
+        n_docs, n_tokens = write_binidx(prefix, split, enc.n_vocab, enc)
         print(f"{prefix}.bin/.idx: {n_docs:,} documents, {n_tokens:,} tokens ({token_dtype(enc.n_vocab).__name__})")
         print_magic_primes(n_tokens)
 
@@ -557,13 +595,33 @@ def config_from(cls, args):
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
+class UsageError(ValueError):
+    """A flag's value the script cannot take: exit status 2, like argparse's own usage errors."""
+
+
+def validate(cfg, positive=(), non_negative=(), choices=None):
+    """Every named field of cfg in range, else a UsageError naming its flag (checked before any work starts)."""
+    for name in positive:
+        if not getattr(cfg, name) > 0:
+            raise UsageError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    for name in non_negative:
+        if not getattr(cfg, name) >= 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+    for name, allowed in (choices or {}).items():
+        if getattr(cfg, name) not in allowed:
+            raise UsageError(f"--{name} must be one of {', '.join(map(str, allowed))}, got {getattr(cfg, name)!r}")
+
+
 ERRORS = (ValueError, OSError, ArithmeticError, ImportError, EOFError, lzma.LZMAError)  # one line, no traceback
 
 
 def run(main, argv=None):
-    """main(argv) with the project's exits: "error: <message>" and 1 on bad input or a failure."""
+    """main(argv) with the project's exits: "error: <message>" and 2 for a usage error, 1 for any other."""
     try:
         main(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -585,6 +643,7 @@ def main(argv):
         cfg = config_from(TokenizeConfig, args)
         if not cfg.tokenizer or not cfg.out:
             sub.choices["tokenize"].error("--tokenizer and --out are required")
+        validate(cfg, positive=("workers", "batch_chars"), non_negative=("val_docs",))
         tokenize(cfg)
     else:
         inspect(args.prefix, args.tokenizer)

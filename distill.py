@@ -11,6 +11,8 @@ the same command resumes from the newest complete checkpoint.
 Sections: config -> distributed init -> data -> models -> sharding -> optimizer -> resume -> loop.
 """
 import dataclasses
+import fcntl
+import glob
 import itertools
 import json
 import math
@@ -79,6 +81,14 @@ class Config:
     val_batches: int = 8  # micro-batches per validation pass
     log_every: int = 1  # optimizer steps between log lines
     peak_tflops: float = 0.0  # per-device peak for MFU (0 = guess from the GPU name; none on CPU)
+    resume_changed: bool = False  # resume although a setting that changes the run differs from its checkpoint's
+
+
+# the settings that make a run what it is: resuming a checkpoint under other values of these is refused
+# (unless --resume_changed); the rest (micro_batch, checkpointing, logging, ...) may change between restarts
+RUN_DEFINING = ("stage", "teacher", "student", "attention_layers", "init_from", "data", "seq_len", "batch_size",
+                "tokens", "lr", "lr_final", "attn_lr", "attn_lr_final", "warmup_steps", "beta1", "beta2", "eps",
+                "weight_decay", "grad_clip", "seed", "dtype")
 
 
 STAGES = {  # SPEC Table 3 defaults (7B); every field can still be overridden on the command line
@@ -97,7 +107,17 @@ def parse_args(argv):
     if stage not in STAGES:
         pre.error(f"--stage must be 1, 2 or 3, got {stage}")
     p = data.add_flags(data.ArgParser(prog="distill.py", description=__doc__), Config, defaults=STAGES[stage])
-    return data.config_from(Config, p.parse_args(argv))
+    cfg = data.config_from(Config, p.parse_args(argv))
+    data.validate(cfg, positive=("seq_len", "batch_size", "micro_batch", "tokens", "ckpt_every", "keep_ckpts",
+                                 "val_every", "val_batches", "log_every", "loss_chunk", "grad_clip", "eps"),
+                  non_negative=("max_steps", "lr", "lr_final", "attn_lr", "attn_lr_final", "warmup_steps",
+                                "weight_decay", "peak_tflops"),
+                  choices=dict(dtype=("bfloat16", "float32"), student=M.student_kinds()))
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise data.UsageError(f"--beta1 / --beta2 must lie in [0, 1), got {cfg.beta1} / {cfg.beta2}")
+    if not cfg.data:
+        raise data.UsageError("--data PREFIX (a binidx dataset, see data.py) is required")
+    return cfg
 
 
 def get_lr(step, total_steps, lr_init, lr_final, warmup):
@@ -126,6 +146,54 @@ def setup_distributed():
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             device_id=device if device.type == "cuda" else None)
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), device
+
+
+_lock = None  # the open lock file of this run's stage directory, held until the process ends
+
+
+def lock_stage_dir(stage_dir, rank):
+    """One run per stage directory: rank 0 holds an exclusive lock on stage_dir/.lock (the operating system
+    releases it when the process ends, however it ends); then stale partial checkpoints are removed."""
+    global _lock
+    held = torch.zeros(1)
+    if rank == 0:
+        os.makedirs(stage_dir, exist_ok=True)
+        _lock = open(os.path.join(stage_dir, ".lock"), "a+")
+        try:
+            fcntl.flock(_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock.truncate(0)
+            _lock.write(f"{os.getpid()}\n")
+            _lock.flush()
+            for tmp in glob.glob(os.path.join(stage_dir, "ckpt", "step_*.tmp")):  # left by a killed run
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            _lock.seek(0)
+            held[0] = int(_lock.read().strip() or -1)
+    dist.broadcast(held, 0)
+    if held.item():
+        raise ValueError(f"{stage_dir} is in use by another run (process {int(held.item())}); one run per "
+                         "directory: wait for it, stop it, or pass another --out_dir")
+
+
+def resume(cfg, ckpt_root, student, opt, rank):
+    """The step to start from: that of the newest checkpoint that loads (a damaged one is skipped with a notice;
+    falling back, the run repeats the steps after the older one), refusing changed settings; 0 if none."""
+    for path in reversed(convert.checkpoint_dirs(ckpt_root)):
+        saved = convert.read_run_config(path)
+        changed = [k for k in RUN_DEFINING if k in saved and saved[k] != getattr(cfg, k)]
+        if changed and not cfg.resume_changed:
+            k = changed[0]
+            raise data.UsageError(f"--{k} is {getattr(cfg, k)!r}, but the run in {ckpt_root} was started with "
+                                  f"{saved[k]!r} ({len(changed)} setting(s) differ: {', '.join(changed)}); use "
+                                  "another --out_dir, or pass --resume_changed to continue it with the new values")
+        try:
+            step = convert.load_checkpoint(path, student, opt, rank)
+        except ValueError as e:
+            print0(f"notice: skipping a damaged checkpoint: {e}")
+            continue
+        print0(f"resumed from {path} at step {step}")
+        return step
+    return 0
 
 
 # ----------------------------------------------------------------------------- models and sharding
@@ -314,6 +382,14 @@ def train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, w
     return tot / world, norm
 
 
+def final_check(cfg, teacher, student, hooks, batch, device):
+    # the objective of the last update's weights on a batch they were not trained on (collective), as train_step's
+    with torch.no_grad():
+        tot = step_loss(cfg, teacher, student, batch.to(device), hooks)[1]
+    dist.all_reduce(tot)
+    return tot / dist.get_world_size(), torch.zeros((), device=device)
+
+
 def evaluate(cfg, teacher, student, hooks, ds, rank, world, device):
     # a fixed set of windows from the start of the validation data, dealt out to the processes (collective)
     student.eval()
@@ -374,35 +450,28 @@ def main(argv):
     torch.manual_seed(cfg.seed)
     stage_dir = os.path.join(cfg.out_dir, f"stage{cfg.stage}")
     ckpt_root = os.path.join(stage_dir, "ckpt")
-    if rank == 0:
-        os.makedirs(ckpt_root, exist_ok=True)
     if cfg.batch_size % (cfg.micro_batch * world):
-        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch {cfg.micro_batch} x {world} processes")
+        raise data.UsageError(f"--batch_size {cfg.batch_size} is not a multiple of --micro_batch {cfg.micro_batch} "
+                              f"x {world} processes")
     total = cfg.tokens // (cfg.batch_size * cfg.seq_len)
     steps = min(total, cfg.max_steps) if cfg.max_steps else total
     if steps < 1:
-        raise ValueError(f"token budget {cfg.tokens} is less than one batch ({cfg.batch_size} x {cfg.seq_len})")
+        raise data.UsageError(f"--tokens {cfg.tokens} is less than one batch ({cfg.batch_size} x {cfg.seq_len})")
 
-    # data
-    if not cfg.data:
-        raise ValueError("--data PREFIX (a binidx dataset, see data.py) is required")
+    # data, the run's directory, models, optimizer
     train_ds = data.BinIdx(cfg.data)
     val_ds = data.BinIdx(cfg.val_data) if cfg.val_data else None
     prime = data.magic_prime(train_ds.n_tokens, cfg.seq_len)
-
-    # models, optimizer
+    lock_stage_dir(stage_dir, rank)
     mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
     teacher, student = build(cfg, device, mp)
-    for ds in filter(None, (train_ds, val_ds)):
-        data.check_tokens(ds, student.cfg.vocab_size)  # data tokenized for another vocabulary fails here, not mid-run
+    for ds in filter(None, (train_ds, val_ds)):  # data made for another model fails here, not mid-run
+        note = data.check_tokenizer(ds.prefix, cfg.teacher or init_source(cfg))
+        print0(note) if note else None
+        data.check_tokens(ds, student.cfg.vocab_size)
     hooks = attention_hooks(teacher) if cfg.stage == 1 else None
     opt, lrs = make_optimizer(cfg, student, device)
-
-    # resume from the newest complete checkpoint of this step
-    start = 0
-    if convert.checkpoint_dirs(ckpt_root):
-        start = convert.load_checkpoint(convert.checkpoint_dirs(ckpt_root)[-1], student, opt, rank)
-        print0(f"resumed from {convert.checkpoint_dirs(ckpt_root)[-1]} at step {start}")
+    start = resume(cfg, ckpt_root, student, opt, rank)
     log_path = os.path.join(stage_dir, "log.txt")
     if rank == 0:
         with open(log_path, "a") as fh:
@@ -417,32 +486,39 @@ def main(argv):
     peak = cfg.peak_tflops * 1e12 or (989e12 if device.type == "cuda" and
                                       any(g in torch.cuda.get_device_name() for g in ("H100", "H200")) else 0)
 
-    # loop: validation, one optimizer step, log, checkpoint
-    bar = tqdm(total=steps, initial=start, disable=rank != 0, dynamic_ncols=True, leave=False)
+    # loop: validation, the gradients, a checkpoint of the weights that just gave them, the update, a log line
     metrics = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if rank == 0 else None
+    get_batch = lambda i: data.get_batch(train_ds, cfg.seq_len, cfg.micro_batch, i, rank, world, prime)
+    save = lambda step: convert.save_checkpoint(ckpt_root, step, student, opt, rank, cfg.keep_ckpts,
+                                                dataclasses.asdict(cfg))
     student.train()
-    for step in range(start, steps):
-        if val_ds is not None and step % cfg.val_every == 0:
-            log_val(cfg, step, steps, evaluate(cfg, teacher, student, hooks, val_ds, rank, world, device), metrics)
-        t0 = time.perf_counter()
-        get_batch = lambda i: data.get_batch(train_ds, cfg.seq_len, cfg.micro_batch, i, rank, world, prime)
-        tot, norm = train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, world, device)
-        if not torch.isfinite(tot).all() or not torch.isfinite(norm):
-            last = convert.checkpoint_dirs(ckpt_root)
-            raise FloatingPointError(f"loss {tot[0].item()} / grad norm {norm.item()} at step {step}: stopping; "
-                                     f"the last good checkpoint is {last[-1] if last else 'none'}")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        bar.update(1)
-        if rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
-            log_step(cfg, step + 1, steps, tot.tolist(), norm.item(), opt.param_groups[0]["lr"], dt, world, fpt,
-                     peak, device, log_path, metrics)
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps:
-            convert.save_checkpoint(ckpt_root, step + 1, student, opt, rank, cfg.keep_ckpts)
-    bar.close()
+    with tqdm(total=steps, initial=start, disable=rank != 0, dynamic_ncols=True, leave=False) as bar:
+        for step in range(start, steps + 1):
+            if val_ds is not None and step % cfg.val_every == 0 and step < steps:
+                log_val(cfg, step, steps, evaluate(cfg, teacher, student, hooks, val_ds, rank, world, device), metrics)
+            t0 = time.perf_counter()
+            if step == steps:  # the final weights are checked on one more batch before they are kept
+                tot, norm = final_check(cfg, teacher, student, hooks, get_batch(step * cfg.batch_size // cfg.micro_batch
+                                                                                // world), device)
+            else:
+                tot, norm = train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, world, device)
+            if not torch.isfinite(tot).all() or not torch.isfinite(norm):  # never keep weights that produce this
+                last = convert.checkpoint_dirs(ckpt_root)
+                raise FloatingPointError(f"loss {tot[0].item()} / grad norm {norm.item()} from the weights after step "
+                                         f"{step}: stopping; the last good checkpoint is {last[-1] if last else 'none'} "
+                                         "(lower --lr and resume from it, in a new --out_dir or with --resume_changed)")
+            if step > start and (step % cfg.ckpt_every == 0 or step == steps):
+                save(step)  # the state after `step` updates, whose loss and gradient are finite
+            if step == steps:
+                break
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            bar.update(1)
+            if rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
+                log_step(cfg, step + 1, steps, tot.tolist(), norm.item(), opt.param_groups[0]["lr"],
+                         time.perf_counter() - t0, world, fpt, peak, device, log_path, metrics)
     if val_ds is not None:
         log_val(cfg, steps, steps, evaluate(cfg, teacher, student, hooks, val_ds, rank, world, device), metrics)
     finish(cfg, student, stage_dir, rank, metrics)

@@ -223,7 +223,10 @@ def text_tokens(path, enc, n_tokens):
         return np.asarray(toks[:n_tokens], dtype=np.int64)
     if not os.path.isfile(path + ".bin"):
         raise EvalError(f"{path}: neither a .jsonl(.xz/.gz) file nor a binidx prefix (no {path}.bin)")
-    return np.asarray(data.BinIdx(path).tokens[:n_tokens], dtype=np.int64)
+    toks = np.asarray(data.BinIdx(path).tokens[:n_tokens], dtype=np.int64)
+    if toks.size and (toks.min() < 0 or toks.max() >= enc.n_vocab):  # data of another tokenizer
+        raise EvalError(f"{path}.bin: token ids span [{toks.min()}, {toks.max()}], outside the vocabulary [0, {enc.n_vocab})")
+    return toks
 
 
 @torch.no_grad()
@@ -393,9 +396,20 @@ def parse_models(specs):
 
 def evaluate(cfg):
     """Run everything cfg asks for; returns the results dict (also written under cfg.out)."""
+    data.validate(cfg, positive=("batch_size", "max_len", "val_tokens", "passkey_trials", "max_new_tokens",
+                                 "prefill_chunk"), non_negative=("limit",),
+                  choices=dict(dtype=("auto", "float32", "bfloat16", "float16")))
+    if cfg.val_window < 2:
+        raise data.UsageError(f"--val_window must be at least 2 (a window predicts its tokens after the first), "
+                              f"got {cfg.val_window}")
     device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise EvalError(f"--dtype {cfg.dtype}: expected auto, float32, bfloat16 or float16")
+    try:  # a report that cannot be written is found out before the evaluation, not after
+        os.makedirs(cfg.out, exist_ok=True)
+        with open(os.path.join(cfg.out, ".write_test"), "w"):
+            pass
+        os.remove(os.path.join(cfg.out, ".write_test"))
+    except OSError as e:
+        raise EvalError(f"--out {cfg.out}: cannot write the report there ({e.strerror})") from None
     dtype = getattr(torch, cfg.dtype) if cfg.dtype != "auto" else torch.bfloat16 if device.type == "cuda" else torch.float32
     if cfg.merge:  # the report names the devices of the merged runs, not this process's
         results, devices = merged_results(cfg.merge)
@@ -410,6 +424,8 @@ def evaluate(cfg):
     results = {}
     for name, path in models:  # every input was checked above, before the first (slow) model load
         enc = data.load_tokenizer(cfg.tokenizer or path)
+        note = data.check_tokenizer(cfg.val_data, cfg.tokenizer or path) if os.path.isfile(cfg.val_data + ".bin") else None
+        print(note) if note else None
         model = convert.load_model(path, device, dtype).eval()
         res = results[name] = {}
         for task, docs in tasks.items():

@@ -1,12 +1,21 @@
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"  # data, eval sets and tokenizers that live beside the repository
 sys.path.insert(0, str(ROOT))
+V = 512  # the tiny teacher's vocabulary
+
+import convert  # noqa: E402
+import data  # noqa: E402
+import model as M  # noqa: E402
 
 
 def pytest_configure(config):
@@ -28,3 +37,50 @@ def shared():
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not present (the data/eval/tokenizer files beside the repository)")
     return SHARED
+
+
+# ----------------------------------------------------------------------------- distill.py on a tiny teacher
+
+
+@pytest.fixture(scope="session")
+def setup(tmp_path_factory):
+    """A tiny random teacher (tokenizer_config.json marked) and learnable binidx data in a temporary directory."""
+    tmp = tmp_path_factory.mktemp("distill")
+    teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"], model_type="qwen2", rope_theta=1e4)).init_weights(0)
+    convert.save_model(teacher.state_dict(), teacher.cfg, str(tmp / "teacher"), dtype=torch.float32)
+    (tmp / "teacher" / "tokenizer_config.json").write_text('{"marker": 1}')  # travels with every final student
+    # learnable text: runs of consecutive ids from random starts, so a small model can fit it
+    rng = np.random.default_rng(0)
+    docs = [(rng.integers(1, V) + np.arange(rng.integers(20, 200))) % (V - 1) + 1 for _ in range(600)]
+    data.write_binidx(str(tmp / "train"), docs, V)
+    data.write_binidx(str(tmp / "val"), docs[:40], V)
+    return tmp
+
+
+def run(setup, out, *args, nproc=1, wait=True, check=True):
+    """distill.py on the tiny teacher with small settings (later arguments override them): its output, or with
+    check=False (returncode, output), or with wait=False the running process."""
+    common = ["--teacher", str(setup / "teacher"), "--data", str(setup / "train"), "--val_data", str(setup / "val"),
+              "--out_dir", str(setup / out), "--dtype", "float32", "--seq_len", "32", "--batch_size", "8",
+              "--micro_batch", "2", "--warmup_steps", "2", "--val_every", "1000", "--val_batches", "2",
+              "--ckpt_every", "1000"]
+    if nproc == 1:
+        cmd = [sys.executable, "distill.py"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               f"--master_port={29600 + os.getpid() % 300}", "distill.py"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    p = subprocess.Popen(cmd + common + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    if not wait:
+        return p
+    outp = p.communicate(timeout=600)[0]
+    if not check:
+        return p.returncode, outp
+    assert p.returncode == 0, outp
+    return outp
+
+
+def losses(setup, out, stage):
+    rows = [json.loads(line) for line in open(setup / out / f"stage{stage}" / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}

@@ -1,7 +1,6 @@
 """distill.py end to end on CPU with a tiny random teacher: each step lowers its loss, two gloo
 processes give the losses of one on the same global batch, and a SIGKILL-ed run resumes exactly; then the
 step losses and the LR schedule against their definitions."""
-import json
 import math
 import os
 import re
@@ -15,50 +14,9 @@ import pytest
 import torch
 
 import convert
-import data
 import model as M
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-V = 512
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("distill")
-    teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"], model_type="qwen2", rope_theta=1e4)).init_weights(0)
-    convert.save_model(teacher.state_dict(), teacher.cfg, str(tmp / "teacher"), dtype=torch.float32)
-    (tmp / "teacher" / "tokenizer_config.json").write_text('{"marker": 1}')  # travels with every final student
-    # learnable text: runs of consecutive ids from random starts, so a small model can fit it
-    rng = np.random.default_rng(0)
-    docs = [(rng.integers(1, V) + np.arange(rng.integers(20, 200))) % (V - 1) + 1 for _ in range(600)]
-    data.write_binidx(str(tmp / "train"), docs, V)
-    data.write_binidx(str(tmp / "val"), docs[:40], V)
-    return tmp
-
-
-def run(setup, out, *args, nproc=1, wait=True):
-    common = ["--teacher", str(setup / "teacher"), "--data", str(setup / "train"), "--val_data", str(setup / "val"),
-              "--out_dir", str(setup / out), "--dtype", "float32", "--seq_len", "32", "--batch_size", "8",
-              "--micro_batch", "2", "--warmup_steps", "2", "--val_every", "1000", "--val_batches", "2",
-              "--ckpt_every", "1000"]
-    if nproc == 1:
-        cmd = [sys.executable, "distill.py"]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={29600 + os.getpid() % 300}", "distill.py"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    p = subprocess.Popen(cmd + common + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    if not wait:
-        return p
-    outp = p.communicate(timeout=600)[0]
-    assert p.returncode == 0, outp
-    return outp
-
-
-def losses(setup, out, stage):
-    rows = [json.loads(line) for line in open(setup / out / f"stage{stage}" / "metrics.jsonl")]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+from conftest import ROOT, V, losses, run  # the tiny teacher, its data and the runner: conftest.py
 
 
 def test_three_steps_lower_their_losses(setup):

@@ -1,0 +1,252 @@
+"""What a user sees when things go wrong, one test per case of README "Failures and recovery": a crafted checkpoint
+runs no code, exploded weights are never kept, one run per directory, changed settings and damaged checkpoints on
+resume, nothing overwritten without --force, data of another tokenizer, bad values, one-line errors instead of
+tracebacks, and exports that the published HF code would load wrong."""
+import json
+import lzma
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import convert
+import data
+import eval as E
+import model as M
+from conftest import ROOT, V, run
+
+
+def one_line(rc, out, *words, code=None):
+    # a failure shown as one "error:" line (the last of the output), no traceback
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    assert rc != 0 and "Traceback" not in out, out[-3000:]
+    assert last.startswith("error: ") and all(w in last for w in words), out[-3000:]
+    assert code is None or rc == code, (rc, out[-500:])
+
+
+def cli(script, *args):
+    p = subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout + p.stderr
+
+
+def ckpts(setup, out, stage=1):
+    return convert.checkpoint_dirs(str(setup / out / f"stage{stage}" / "ckpt"))
+
+
+class Marker:  # unpickling this creates a file: what a crafted checkpoint index would do
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_crafted_checkpoint_runs_no_code(setup, tmp_path):
+    run(setup, "craft", "--tokens", str(6 * 8 * 32), "--max_steps", "4", "--ckpt_every", "2", "--keep_ckpts", "5")
+    good, bad = ckpts(setup, "craft")[-2:]  # step 2 and step 4
+    marker = tmp_path / "ran"
+    with open(os.path.join(bad, ".metadata"), "wb") as fh:
+        pickle.dump({"x": Marker(str(marker))}, fh)
+    one_line(*cli("convert.py", "export", bad, tmp_path / "out"), "refused to unpickle io.open")
+    out = run(setup, "craft", "--tokens", str(6 * 8 * 32), "--ckpt_every", "2", "--keep_ckpts", "5")
+    assert "skipping a damaged checkpoint" in out and f"resumed from {good} at step 2" in out
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("stage,lr", [(1, "1e10"), (2, "1e3")])
+def test_exploded_weights_are_never_kept(setup, stage, lr):
+    out = f"explode{stage}"
+    if stage == 2:
+        run(setup, out, "--stage", "1", "--tokens", str(2 * 8 * 32))
+    args = ["--stage", str(stage), "--tokens", str(40 * 8 * 32), "--ckpt_every", "1", "--keep_ckpts", "50",
+            "--lr", lr, "--lr_final", lr, "--warmup_steps", "0"]
+    rc, text = run(setup, out, *args, check=False)
+    one_line(rc, text, "the last good checkpoint is")
+    for path in ckpts(setup, out, stage):  # every kept checkpoint holds finite weights that gave a finite loss
+        convert.export_checkpoint(path, path + "_hf")
+        assert all(torch.isfinite(t).all() for _, t in convert.iter_checkpoint(path + "_hf")), path
+        shutil.rmtree(path + "_hf")
+    named = text.strip().splitlines()[-1].split("the last good checkpoint is ")[1].split(" ")[0]
+    assert named == (ckpts(setup, out, stage)[-1] if ckpts(setup, out, stage) else "none")
+    if ckpts(setup, out, stage):  # and a re-run at a sane LR continues from it
+        args[args.index("--lr") + 1] = args[args.index("--lr_final") + 1] = "1e-3"
+        assert "resumed from" in run(setup, out, *args, "--resume_changed", "--max_steps", str(len(ckpts(setup, out, stage)) + 2))
+
+
+def test_one_run_per_directory(setup):
+    first = run(setup, "lock", "--tokens", str(400 * 8 * 32), wait=False)
+    lock = setup / "lock" / "stage1" / ".lock"
+    t0 = time.time()
+    while not (lock.exists() and lock.read_text().strip()) and time.time() - t0 < 120:
+        time.sleep(0.1)
+    rc, text = run(setup, "lock", "--tokens", str(400 * 8 * 32), check=False)
+    one_line(rc, text, "is in use by another run", f"process {first.pid}")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert "step 2/2" in run(setup, "lock", "--tokens", str(2 * 8 * 32), "--resume_changed")  # the lock died with it
+
+
+def test_resume_refuses_changed_settings(setup, tmp_path):
+    run(setup, "change", "--tokens", str(10 * 8 * 32), "--max_steps", "2", "--ckpt_every", "2")
+    shutil.copytree(setup / "teacher", tmp_path / "another_teacher")
+    for flag, value in [("--seq_len", "16"), ("--batch_size", "4"), ("--lr", "5e-4"), ("--student", "rwkv6"),
+                        ("--teacher", str(tmp_path / "another_teacher"))]:
+        rc, text = run(setup, "change", "--tokens", str(10 * 8 * 32), "--max_steps", "4", flag, value, check=False)
+        one_line(rc, text, flag, "--resume_changed", code=2)
+    out = run(setup, "change", "--tokens", str(10 * 8 * 32), "--max_steps", "4", "--lr", "5e-4", "--resume_changed")
+    assert "resumed from" in out and "step 4/4 | loss" in out
+    assert "resumed from" in run(setup, "change", "--tokens", str(10 * 8 * 32), "--max_steps", "5", "--lr", "5e-4",
+                                 "--micro_batch", "4")  # the new value is the run's now; micro_batch may change
+
+
+@pytest.mark.parametrize("damage", ["truncated-shard", "empty-metadata", "missing-metadata"])
+def test_damaged_newest_checkpoint_falls_back(setup, damage):
+    out = f"damage-{damage}"
+    run(setup, out, "--tokens", str(10 * 8 * 32), "--max_steps", "4", "--ckpt_every", "2")
+    older, newest = ckpts(setup, out)
+    if damage == "truncated-shard":
+        shard = next(f for f in os.listdir(newest) if f.endswith(".distcp"))
+        with open(os.path.join(newest, shard), "r+b") as fh:
+            fh.truncate(os.path.getsize(os.path.join(newest, shard)) // 2)
+    elif damage == "empty-metadata":
+        open(os.path.join(newest, ".metadata"), "w").close()
+    else:
+        os.remove(os.path.join(newest, ".metadata"))
+    text = run(setup, out, "--tokens", str(10 * 8 * 32), "--max_steps", "6", "--ckpt_every", "2")
+    assert f"skipping a damaged checkpoint: {newest}" in text and f"resumed from {older} at step 2" in text
+
+
+def test_convert_never_overwrites_without_force(setup, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("trained weights")
+    one_line(*cli("convert.py", "student", setup / "teacher", tmp_path / "full"), "--force", code=1)
+    run(setup, "force", "--tokens", str(2 * 8 * 32))
+    one_line(*cli("convert.py", "export", ckpts(setup, "force")[-1], tmp_path / "full"), "--force", code=1)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "trained weights"
+    rc, text = cli("convert.py", "export", ckpts(setup, "force")[-1], tmp_path / "full", "--force")
+    assert rc == 0 and (tmp_path / "full" / "config.json").is_file(), text
+
+
+def tiny_tokenizer(path, text, vocab):
+    # a byte-level BPE tokenizer.json trained on `text` with HF tokenizers (a test-only dependency)
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text], trainer)
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    return data.load_tokenizer(path)
+
+
+def test_data_of_another_tokenizer_is_refused(setup, tmp_path):
+    text = open(os.path.join(ROOT, "README.md")).read()
+    teacher = tmp_path / "teacher"
+    shutil.copytree(setup / "teacher", teacher)
+    ours, other = tiny_tokenizer(teacher, text, 400), tiny_tokenizer(tmp_path / "other", text[::-1], 400)
+    assert ours.fingerprint != other.fingerprint and max(ours.n_vocab, other.n_vocab) <= V
+    docs = [np.array(ours.encode(text[i:i + 3000]) + [ours.eot_id]) for i in range(0, 60000, 3000)]
+    for name, enc in (("ours", ours), ("other", other)):
+        data.write_binidx(str(tmp_path / name), docs, V, enc)
+    data.write_binidx(str(tmp_path / "plain"), docs, V)  # no record, as the released RADLADS files
+    args = ["--teacher", str(teacher), "--tokens", str(2 * 8 * 32), "--val_data", ""]
+    rc, out = run(setup, "tok1", *args, "--data", str(tmp_path / "other"), check=False)
+    one_line(rc, out, "tokenized with another tokenizer", str(teacher))
+    assert "no record of its tokenizer" in run(setup, "tok2", *args, "--data", str(tmp_path / "plain"))
+    assert "notice" not in run(setup, "tok3", *args, "--data", str(tmp_path / "ours"))
+    rc, out = cli("eval.py", "--models", f"t={teacher}", "--tasks", "", "--val_data", tmp_path / "other",
+                  "--device", "cpu", "--out", tmp_path / "ev")
+    one_line(rc, out, "tokenized with another tokenizer")
+
+
+@pytest.mark.parametrize("flag,value", [("--seq_len", "0"), ("--batch_size", "0"), ("--micro_batch", "0"),
+                                        ("--ckpt_every", "0"), ("--log_every", "0"), ("--val_every", "0"),
+                                        ("--loss_chunk", "0"), ("--lr", "-1e-3"), ("--dtype", "float16"),
+                                        ("--keep_ckpts", "0"), ("--tokens", "0"), ("--student", "rwkv9")])
+def test_bad_values_name_their_flag(setup, flag, value):
+    rc, out = cli("distill.py", "--teacher", setup / "teacher", "--data", setup / "train", "--out_dir",
+                  setup / "never", flag, value)
+    one_line(rc, out, flag, code=2)
+    assert not (setup / "never").exists()
+
+
+def test_bad_values_of_the_other_scripts(setup, tmp_path):
+    one_line(*cli("distill.py", "--compile", "maybe"), "unrecognized arguments: maybe", code=2)
+    one_line(*cli("distill.py", "--stage"), "--stage", code=2)
+    one_line(*cli("eval.py", "--models", setup / "teacher", "--tasks", "", "--val_window", "0"), "--val_window", code=2)
+    qwen2 = ROOT.parent / "shared" / "tokenizers" / "qwen2"
+    (tmp_path / "a.txt").write_text("some text")
+    if qwen2.is_dir():
+        one_line(*cli("data.py", "tokenize", "--tokenizer", qwen2, "--out", tmp_path / "o", "--val_docs", "-1",
+                      tmp_path / "a.txt"), "--val_docs", code=2)
+        assert not (tmp_path / "o.bin").exists()
+
+
+def test_failures_are_one_line(setup, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")  # an out_dir that is a file
+    rc, out = run(setup, "x", "--out_dir", str(tmp_path / "file"), "--tokens", str(2 * 8 * 32), check=False)
+    one_line(rc, out, str(tmp_path / "file"))
+    # a model directory with a truncated shard, a corrupt header, a malformed config.json
+    for name, damage in [("cut", lambda p: open(p, "r+b").truncate(os.path.getsize(p) // 2)),
+                         ("header", lambda p: open(p, "r+b").write(b"\xff" * 16))]:
+        shutil.copytree(setup / "teacher", tmp_path / name)
+        damage(tmp_path / name / "model.safetensors")
+        with pytest.raises(M.ConfigError, match=f"{name}/model.safetensors: unreadable safetensors file"):
+            convert.load_model(str(tmp_path / name))
+    shutil.copytree(setup / "teacher", tmp_path / "conf")
+    (tmp_path / "conf" / "config.json").write_text('{"model_type": "qwen2", ')
+    with pytest.raises(M.ConfigError, match=r"conf/config.json: malformed"):
+        convert.read_config(str(tmp_path / "conf"))
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_bytes(b'{"model": "\xff\xfe"}')
+    with pytest.raises(data.DataError, match="not a tokenizer.json"):
+        data.load_tokenizer(tmp_path / "tok")
+    # a truncated .xz and out-of-vocabulary binidx in eval; an unwritable --out found before the evaluation
+    with lzma.open(tmp_path / "v.jsonl.xz", "wt") as f:
+        f.writelines(json.dumps({"text": "word " * 500}) + "\n" for _ in range(200))
+    open(tmp_path / "v.jsonl.xz", "r+b").truncate(os.path.getsize(tmp_path / "v.jsonl.xz") // 2)
+    with pytest.raises(data.DataError, match="v.jsonl.xz: cannot read past line"):
+        list(data.read_jsonl(tmp_path / "v.jsonl.xz"))
+    data.write_binidx(str(tmp_path / "wide"), [np.array([1, 2, 900])], 1000)
+    with pytest.raises(E.EvalError, match=r"outside the vocabulary \[0, 512\)"):
+        E.text_tokens(str(tmp_path / "wide"), type("enc", (), {"n_vocab": 512})(), 10)
+    one_line(*cli("eval.py", "--models", setup / "teacher", "--tasks", "", "--out", tmp_path / "file" / "sub"),
+             "--out", "cannot write")
+    # a full disk while a checkpoint is written says so and where
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("unexpected pos 704 vs 598")))
+    import torch.distributed as dist
+    monkeypatch.setattr(dist, "barrier", lambda: None)
+    m = M.Model.random(M.ModelConfig.from_name("tiny"))
+    with pytest.raises(OSError, match="step_0000001.tmp: writing the checkpoint failed: no space left on device"):
+        convert.save_checkpoint(str(tmp_path / "ck"), 1, m, torch.optim.AdamW(m.parameters()), 1, 2, {})
+
+
+def test_stale_partial_checkpoints_are_removed(setup):
+    stale = setup / "stale" / "stage1" / "ckpt" / "step_0000099.tmp"
+    stale.mkdir(parents=True)
+    run(setup, "stale", "--tokens", str(2 * 8 * 32))
+    assert not stale.exists() and [os.path.basename(p) for p in ckpts(setup, "stale")] == ["step_0000002"]
+
+
+@pytest.mark.parametrize("student,layers,published", [("rwkv7", [], True), ("rwkv7", [2], True),
+                                                      ("rwkv7", [0], False), ("rwkv6", [], True),
+                                                      ("rwkv6", [2], False)])
+def test_exports_claim_a_published_format_only_when_it_loads_right(setup, tmp_path, student, layers, published, capsys):
+    teacher = convert.load_model(str(setup / "teacher"))
+    s = M.make_student(teacher, student, layers)
+    convert.save_model(s.state_dict(), s.cfg, str(tmp_path / "s"), dtype=torch.float32)
+    hf = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert hf["model_type"] == (f"{student}qwen2" if published else f"radlads_{student}")
+    assert ("note:" in capsys.readouterr().out) == (not published)
+    back = convert.load_model(str(tmp_path / "s"))
+    idx = torch.randint(0, V, (1, 12))
+    assert back.cfg.attention_layers == layers and torch.equal(back(idx), s(idx))

@@ -50,6 +50,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
@@ -703,6 +704,14 @@ def _use_kernels(x):
     return x.is_cuda or isinstance(_prep_kernel, InterpretedFunction)
 
 
+def _recomputed(fn, grad, *args):
+    # the CPU fallback under autograd: the chunked form's intermediates (about 100 tensors of the inputs' size per
+    # call) are recomputed in the backward instead of kept, so a 30-layer step holds one layer's at a time
+    if not grad:
+        return fn(*args)
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+
+
 def _needs_grad(*xs):
     return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
 
@@ -716,7 +725,7 @@ def wkv6(r, k, v, logw, state=None):
     if USE_REFERENCE or (r.shape[1] == 1 and not grad):  # decoding: one step
         return wkv6_ref(r, k, v, logw, state, check=USE_REFERENCE)  # (no check: no device sync)
     if not _use_kernels(r):
-        return wkv6_chunked(r, k, v, logw, state)
+        return _recomputed(wkv6_chunked, grad, r, k, v, logw, state)
     return _WKV.apply(r, logw, k, v, None, None, state, False, grad)
 
 
@@ -729,7 +738,7 @@ def wkv7(r, logw, k, v, a, b, state=None):
     if USE_REFERENCE or (r.shape[1] == 1 and not grad):  # decoding
         return wkv7_ref(r, logw, k, v, a, b, state, check=USE_REFERENCE)
     if not _use_kernels(r):
-        return wkv7_chunked(r, logw, k, v, a, b, state)
+        return _recomputed(wkv7_chunked, grad, r, logw, k, v, a, b, state)
     return _WKV.apply(r, logw, k, v, a, b, state, True, grad)
 
 

@@ -37,7 +37,8 @@ import model as M
 def config_from_hf(d):
     """An HF config.json dict -> model.ModelConfig; refuses with one line what model.py cannot represent."""
     mt = d.get("model_type")
-    known = ["qwen2", "llama"] + [f"{k}qwen2" for k in M.student_kinds()]
+    students = [f"{k}qwen2" for k in M.student_kinds()] + [f"radlads_{k}" for k in M.student_kinds()]
+    known = ["qwen2", "qwen3", "llama"] + students
     if mt not in known:
         raise M.ConfigError(f"config.json: model_type {mt!r} is not supported ({', '.join(known)})")
     if d.get("use_sliding_window"):
@@ -48,45 +49,71 @@ def config_from_hf(d):
         raise M.ConfigError(f"config.json: hidden_act {d['hidden_act']!r} is not supported (silu only)")
     if d.get("mlp_bias"):
         raise M.ConfigError("config.json: mlp_bias=true is not supported")
-    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    # RoPE as transformers reads it: rope_scaling before rope_parameters, the theta inside before the one outside
+    rope = d.get("rope_scaling") or d.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise M.ConfigError(f"config.json: rope type {rope_type!r} is not supported (default RoPE only)")
-    theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
-    if mt == "llama" and d.get("attention_bias"):
-        raise M.ConfigError("config.json: attention_bias=true for llama (o_proj bias) is not supported")
+    if rope_type not in ("default", "llama3"):
+        raise M.ConfigError(f"config.json: rope type {rope_type!r} is not supported (default, llama3)")
+    if rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise M.ConfigError("config.json: partial_rotary_factor other than 1 is not supported")
+    theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+    if mt in ("llama", "qwen3") and d.get("attention_bias"):
+        raise M.ConfigError(f"config.json: attention_bias=true for {mt} (o_proj bias) is not supported")
     H = d["num_attention_heads"]
     n_layers = d["num_hidden_layers"]
+    max_pos = d.get("max_position_embeddings", 2048 if mt == "llama" else 32768)
     kw = dict(
         vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
         num_hidden_layers=n_layers, num_attention_heads=H,
-        num_key_value_heads=d.get("num_key_value_heads") or H,
-        head_dim=d.get("head_dim") or d["hidden_size"] // H, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta), attention_bias=d.get("attention_bias", mt != "llama"),
-        tie_word_embeddings=d.get("tie_word_embeddings", False),
-        max_position_embeddings=d.get("max_position_embeddings", 32768), model_type=mt,
+        num_key_value_heads=d.get("num_key_value_heads") or H,  # Qwen3's head_dim is 128 unless given
+        head_dim=d.get("head_dim") or (128 if mt == "qwen3" else d["hidden_size"] // H),
+        rms_norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
+        attention_bias=d.get("attention_bias", mt not in ("llama", "qwen3")),
+        tie_word_embeddings=d.get("tie_word_embeddings", False), max_position_embeddings=max_pos,
+        qk_norm=d.get("qk_norm", mt == "qwen3"), model_type=mt,
         bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
-    if mt.endswith("qwen2") and mt != "qwen2":  # a RAD-RWKV student in the published format
+    if rope_type == "llama3":
+        missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in rope]
+        if missing:
+            raise M.ConfigError(f"config.json: llama3 rope scaling without {missing[0]}")
+        kw.update(rope_type="llama3", rope_factor=float(rope["factor"]),
+                  rope_low_freq_factor=float(rope["low_freq_factor"]),
+                  rope_high_freq_factor=float(rope["high_freq_factor"]),
+                  original_max_position_embeddings=int(rope.get("original_max_position_embeddings", max_pos)))
+    if mt in students:  # a RAD-RWKV student: the published format, or this project's own (radlads_*)
         att = d.get("attention_layers")
         if att is None:  # the published format keeps the last num_attention_layers layers
             n_att = d.get("num_attention_layers", 0)
             if not isinstance(n_att, int):
                 raise M.ConfigError(f"config.json: num_attention_layers is {n_att!r} and no attention_layers list")
             att = list(range(n_layers - n_att, n_layers))
-        kw.update(student=mt[:-len("qwen2")], attention_layers=list(att),
+        kw.update(student=mt.removeprefix("radlads_").removesuffix("qwen2"), attention_layers=list(att),
                   untied_from_tied=d.get("untied_from_tied", False))
     return M.ModelConfig(**kw)
 
+
+ROPE_FIELDS = {"rope_factor": "factor", "rope_low_freq_factor": "low_freq_factor",  # ModelConfig -> rope_scaling
+               "rope_high_freq_factor": "high_freq_factor",
+               "original_max_position_embeddings": "original_max_position_embeddings"}
+
+
 def config_to_hf(cfg):
-    d = {"architectures": ["Qwen2ForCausalLM" if cfg.model_type == "qwen2" else "LlamaForCausalLM"],
-         "hidden_act": "silu", "torch_dtype": "bfloat16", "use_sliding_window": False}
+    arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}.get(cfg.model_type, "LlamaForCausalLM")
+    d = {"architectures": [arch], "hidden_act": "silu", "torch_dtype": "bfloat16", "use_sliding_window": False}
     d.update({f.name: getattr(cfg, f.name) for f in fields(cfg)
-              if f.name not in ("student", "attention_layers", "untied_from_tied")})
+              if f.name not in ("student", "attention_layers", "untied_from_tied", "rope_type", *ROPE_FIELDS)})
+    # scaled RoPE where transformers reads it (null: plain RoPE)
+    d["rope_scaling"] = None if cfg.rope_type == "default" else \
+        {"rope_type": cfg.rope_type, **{k: getattr(cfg, f) for f, k in ROPE_FIELDS.items()}}
     if cfg.student:  # SPEC §5: every student field written explicitly
         C = cfg.hidden_size
         n_att = len(cfg.attention_layers)
         suffix = cfg.attention_layers == list(range(cfg.num_hidden_layers - n_att, cfg.num_hidden_layers))
-        d.update(architectures=[f"{cfg.student.upper()}Qwen2ForCausalLM"], model_type=f"{cfg.student}qwen2",
+        # model_type rwkv*qwen2: the published format; radlads_*: this project's own (q/k norms, scaled RoPE; see
+        # model.student_config), same fields plus qk_norm and rope_scaling, read by config_from_hf only
+        published = cfg.model_type.endswith("qwen2")
+        arch = f"{cfg.student.upper()}Qwen2ForCausalLM" if published else f"Radlads{cfg.student.upper()}ForCausalLM"
+        d.update(architectures=[arch], model_type=cfg.model_type,
                  lora_rank_decay=M.lora_rank(C, 0.5, 1.8), lora_rank_iclr=M.lora_rank(C, 0.5, 1.8),
                  lora_rank_value_residual_mix=M.lora_rank(C, 0.5, 1.3), lora_rank_gate=M.lora_rank(C, 0.8, 0.6),
                  lora_rank_tokenshift=M.lora_rank(C, 0.5, 1.8), use_rope=cfg.student == "rwkv7",

@@ -65,8 +65,8 @@ def config_from_hf(d):
     kw = dict(
         vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
         num_hidden_layers=n_layers, num_attention_heads=H,
-        num_key_value_heads=d.get("num_key_value_heads") or H,  # Qwen3's head_dim is 128 unless given
-        head_dim=d.get("head_dim") or (128 if mt == "qwen3" else d["hidden_size"] // H),
+        num_key_value_heads=d.get("num_key_value_heads") or H,
+        head_dim=d.get("head_dim") or (128 if mt == "qwen3" else d["hidden_size"] // H),  # Qwen3: 128 unless given
         rms_norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
         attention_bias=d.get("attention_bias", mt not in ("llama", "qwen3")),
         tie_word_embeddings=d.get("tie_word_embeddings", False), max_position_embeddings=max_pos,
@@ -109,8 +109,8 @@ def config_to_hf(cfg):
         C = cfg.hidden_size
         n_att = len(cfg.attention_layers)
         suffix = cfg.attention_layers == list(range(cfg.num_hidden_layers - n_att, cfg.num_hidden_layers))
-        # model_type rwkv*qwen2: the published format; radlads_*: this project's own (q/k norms, scaled RoPE; see
-        # model.student_config), same fields plus qk_norm and rope_scaling, read by config_from_hf only
+        # model_type rwkv*qwen2: the published format; radlads_*: this project's own, for a student that format would
+        # load wrong (q/k norms, scaled RoPE: model.student_config), read by config_from_hf only. Same fields in both
         published = cfg.model_type.endswith("qwen2")
         arch = f"{cfg.student.upper()}Qwen2ForCausalLM" if published else f"Radlads{cfg.student.upper()}ForCausalLM"
         d.update(architectures=[arch], model_type=cfg.model_type,

@@ -64,8 +64,7 @@ def apply_rope(x, cos, sin):
 
 
 def qk_norms(cfg):
-    # Qwen3's q_norm / k_norm: an RMSNorm over each head of q and of k (weight [N], one for all heads) before RoPE;
-    # identities for teachers without them. The students keep them too, see RWKV6Attention
+    # Qwen3's q_norm / k_norm: an RMSNorm over each head of q and of k (weight [N]) before RoPE; else identities
     make = lambda: RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else nn.Identity()
     return make(), make()
 
@@ -149,12 +148,9 @@ def orthogonal(shape, gain, gen):
 
 class RWKV6Attention(nn.Module):
     """RAD-RWKV6 (SPEC §2.1): token shift, decay LoRA, full-rank gate, GLA recurrence, no RoPE.
-
-    [choice] A Qwen3 teacher's q and k are q_norm(q_proj(x)) and k_norm(k_proj(x)), per head. Both students keep
-    q_norm and k_norm (copied, trained in step 1 with the rest of self_attn) and read SPEC §2.1 / §2.2's
-    `r, k = q_proj(x_r), k_proj(x_k)` as r = q_norm(q_proj(x_r)), k = k_norm(k_proj(x_k)), per head, before
-    RoPE in RAD-RWKV7, before state balancing and kk: so r and k start as the teacher's q and k, as they do
-    for a Qwen2 teacher. The published rwkv6qwen2 / rwkv7qwen2 code has no such norms (convert.config_to_hf)."""
+    [choice] Both students of a Qwen3 teacher keep its q_norm / k_norm (trained in step 1 with the rest of self_attn)
+    and read SPEC §2.1 / §2.2's `r, k = q_proj(x), k_proj(x)` as the teacher's q and k: r = q_norm(q_proj(x)), k =
+    k_norm(k_proj(x)) per head, before RoPE (RAD-RWKV7), state balancing and kk: at init they are its q and k."""
 
     def __init__(self, cfg, layer_idx):
         super().__init__()
@@ -333,8 +329,7 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0  # llama3: the stretch is full from wavelength original/this up
     rope_high_freq_factor: float = 4.0  # llama3: wavelengths below original/this are unchanged; blended between
     original_max_position_embeddings: int = 8192  # llama3: the pre-training context ("original" above)
-    model_type: str = "qwen2"  # qwen2 | qwen3 | llama (teachers); rwkv6qwen2 | rwkv7qwen2 (students in the published
-    # format), radlads_rwkv6 | radlads_rwkv7 (students that format cannot hold: q/k norms, scaled RoPE)
+    model_type: str = "qwen2"  # qwen2 | qwen3 | llama; students rwkv{6,7}qwen2 (published), radlads_rwkv{6,7} (own)
     student: str = ""  # "" for a teacher, else the time mixer: "rwkv6" | "rwkv7"
     attention_layers: list = field(default_factory=list)  # hybrid student: layers kept as softmax attention
     untied_from_tied: bool = False  # the teacher tied lm_head; the student trains an untied copy
@@ -377,8 +372,7 @@ class Model(nn.Module):
             norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
-        if cfg.rope_type not in ("default", "llama3"):
-            raise ConfigError(f"rope_type {cfg.rope_type!r} is not supported (default, llama3)")
+        assert cfg.rope_type in ("default", "llama3"), cfg.rope_type  # (convert.config_from_hf refuses the others)
 
     def rope(self, pos):
         c = self.cfg
@@ -448,11 +442,9 @@ def student_config(teacher_cfg, student="rwkv7", attention_layers=()):
     bad = [i for i in attention_layers if not 0 <= i < teacher_cfg.num_hidden_layers]
     if bad:
         raise ConfigError(f"attention_layers {bad} out of range 0..{teacher_cfg.num_hidden_layers - 1}")
-    # the published rwkv6qwen2 / rwkv7qwen2 code has neither q/k norms nor scaled RoPE (which RAD-RWKV6 needs only
-    # in kept attention layers): a student with them is written under this project's own model type
-    needs_rope = student != "rwkv6" or bool(attention_layers)
-    published = not teacher_cfg.qk_norm and (teacher_cfg.rope_type == "default" or not needs_rope)
-    model_type = f"{student}qwen2" if published else f"radlads_{student}"
+    # the published rwkv*qwen2 code has no q/k norms and only plain RoPE (RAD-RWKV6 has RoPE in attention layers only)
+    plain = teacher_cfg.rope_type == "default" or student == "rwkv6" and not attention_layers
+    model_type = f"{student}qwen2" if plain and not teacher_cfg.qk_norm else f"radlads_{student}"  # else our own
     return replace(teacher_cfg, student=student, model_type=model_type, tie_word_embeddings=False,
                    attention_layers=sorted(set(attention_layers)), untied_from_tied=teacher_cfg.tie_word_embeddings)
 

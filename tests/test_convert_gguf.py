@@ -260,8 +260,9 @@ def test_llama3_gguf_round_trip(tmp_path):
     f = np.ones(64)
     u = 500000.0 ** (-np.arange(0, 128, 2) / 128) / (2 * np.pi)
     s = np.clip((8192 * u - 1) / 3, 0, 1)
-    assert convert.llama3_rope_scaling((1 / ((1 - s) / 8 + s)).astype(np.float32), 500000.0, 128) == dict(
-        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+    want = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=8192)
+    assert convert.llama3_rope_scaling((1 / ((1 - s) / 8 + s)).astype(np.float32), 500000.0, 128) == want
     with pytest.raises(ValueError, match="not a llama3 RoPE scaling"):
         convert.llama3_rope_scaling(np.linspace(1, 8, 64), 500000.0, 128)
     assert convert.llama3_rope_scaling(f, 500000.0, 128) is None
@@ -303,7 +304,7 @@ def test_refuses_unsupported_inputs(tmp_path):
     other.write_header_to_file(), other.write_kv_data_to_file(), other.write_tensors_to_file(), other.close()
     with pytest.raises(ValueError, match="architecture 'gpt2' unsupported"):
         convert.gguf_to_hf(tmp_path / "gpt2.gguf", tmp_path / "o")
-    # what the HF llama / qwen3 architectures cannot hold, each named by its key: MoE, sliding windows, yarn, partial RoPE
+    # what HF's llama / qwen3 cannot hold, each named by its key: MoE, sliding windows, yarn, partial RoPE
     for arch, key, value in [("llama", "expert_count", 8), ("qwen3", "attention.sliding_window", 4096),
                              ("llama", "rope.scaling.type", "yarn"), ("qwen3", "rope.dimension_count", 32)]:
         w = gguf.GGUFWriter(str(tmp_path / f"{arch}.gguf"), arch)

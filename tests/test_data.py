@@ -128,15 +128,15 @@ def build_tokenizer(style, out):
     ranks): ignore_merges, every split of a token into two tokens listed as a merge (so one token is made by
     several merges), special tokens after the BPE vocabulary, no <|endoftext|>, a BOS template. Qwen3: NFC, one
     merge per token, <|endoftext|> / <|im_start|> / <|im_end|> special and <think> / </think> added but not special."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
+                            trainers)
     tok = Tokenizer(models.BPE(ignore_merges=style == "llama3"))
     tok.normalizer = normalizers.NFC() if style == "qwen3" else None
     regex = LLAMA3_REGEX if style == "llama3" else QWEN_REGEX
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), behavior="isolated"),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    sources = sorted(Path(json.__file__).parents[1].glob("*.py"))[:60]
-    corpus = [p.read_text(encoding="utf-8", errors="replace") for p in sources] + TRICKY * 50
+    corpus = python_sources()[:60] + TRICKY * 50
     tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=3000, show_progress=False,
                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     if style == "llama3":
@@ -167,16 +167,21 @@ def tokenizers_from(out):
     return Tokenizer.from_file(str(out / "tokenizer.json"))
 
 
+def python_sources():
+    # the standard library's own modules: text of many kinds, the same wherever this Python is installed
+    files = sorted(Path(json.__file__).parents[1].glob("*.py"))
+    return [p.read_text(encoding="utf-8", errors="replace") for p in files]
+
+
 @pytest.mark.parametrize("style", ["llama3", "qwen3"])
 def test_tokenizer_matches_hf_llama3_and_qwen3_style(style, tmp_path):
     pytest.importorskip("tokenizers", reason="parity is checked against HF tokenizers")
     hf = build_tokenizer(style, tmp_path)
     enc = data.load_tokenizer(tmp_path)
     rng = np.random.default_rng(0)  # digits runs (Llama 3 groups three), whitespace, contractions, scripts, specials
-    alphabet = list("ab Z  \t\n\n\r0123456789'.,-_é½٣中🤗Σ") + ["'s", "'LL", "  ", "cafe\u0301", "<think>", "<|im_end|>",
-                                                               "<|eot_id|>", "1234567", "def ", "self."]
-    texts = TRICKY + ["".join(rng.choice(alphabet, rng.integers(1, 40))) for _ in range(3000)]
-    texts += [p.read_text(encoding="utf-8", errors="replace") for p in sorted(Path(json.__file__).parents[1].glob("*.py"))[60:80]]
+    alphabet = list("ab Z  \t\n\n\r0123456789'.,-_é½٣中🤗Σ") + ["'s", "'LL", "  ", "cafe\u0301", "<think>",
+                                                               "<|im_end|>", "<|eot_id|>", "1234567", "def ", "self."]
+    texts = TRICKY + ["".join(rng.choice(alphabet, rng.integers(1, 40))) for _ in range(3000)] + python_sources()[60:80]
     theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
     for text, want in zip(texts, theirs):
         assert enc.encode(text) == want, repr(text[:80])

@@ -134,8 +134,8 @@ def test_bad_checkpoints(tmp_path):
 
 # ----------------------------------------------------------------------------- students
 
-# the tiny teacher as Qwen3 (q/k norms, no biases, head_dim 32 != C/H = 16; the kernels take powers of two) and as Llama 3.2 (llama3 RoPE scaling
-# from position 8 on, which every test below passes)
+# the tiny teacher as Qwen3 (q/k norms, no biases, head_dim 32 != C/H = 16; the kernels take powers of two) and
+# as Llama 3.2 (llama3 RoPE scaling from position 8 on, which every test below passes)
 QWEN3 = dict(model_type="qwen3", qk_norm=True, attention_bias=False, head_dim=32)
 LLAMA3 = dict(model_type="llama", attention_bias=False, rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
               rope_high_freq_factor=4.0, original_max_position_embeddings=8)
@@ -185,7 +185,8 @@ def test_qwen3_student_keeps_q_k_norms(kind, monkeypatch):
         v.numel() for k, v in sd_s.items() if k not in teacher.state_dict() and k != "lm_head.weight")
     fn = "wkv" + kind[-1]  # wkv6 | wkv7
     seen, sdpa, wkv = {}, M.F.scaled_dot_product_attention, getattr(wkv_kernel, fn)
-    monkeypatch.setattr(M.F, "scaled_dot_product_attention", lambda q, k, v, **kw: seen.update(q=q, k=k) or sdpa(q, k, v, **kw))
+    monkeypatch.setattr(M.F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: seen.update(q=q, k=k) or sdpa(q, k, v, **kw))
     monkeypatch.setattr(wkv_kernel, fn, lambda *a: seen.update(args=a) or wkv(*a))
     x = torch.randn(2, 9, 64)
     cos, sin = M.rope_cos_sin(torch.arange(9)[None], 32, 1e4)

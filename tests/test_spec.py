@@ -100,8 +100,8 @@ def student(kind, attention_layers=(), teacher="qwen2"):
     return s
 
 
-@pytest.mark.parametrize("kind,teacher", [("rwkv6", "qwen2"), ("rwkv7", "qwen2"), ("rwkv6", "qwen3"), ("rwkv7", "qwen3"),
-                                          ("rwkv7", "llama3")])
+@pytest.mark.parametrize("kind,teacher", [("rwkv6", "qwen2"), ("rwkv7", "qwen2"), ("rwkv6", "qwen3"),
+                                          ("rwkv7", "qwen3"), ("rwkv7", "llama3")])
 def test_mixers_match_the_method_written_out(kind, teacher, monkeypatch):
     # students of a Qwen3 teacher: q/k norms on r and k; of a Llama 3.x one: the teacher's scaled RoPE
     monkeypatch.setattr(wkv_kernel, "USE_REFERENCE", True)

@@ -222,10 +222,10 @@ def test_student_model_types():
         assert M.student_config(t, kind, att).model_type == want, (t.model_type, kind, att)
 
 
-@pytest.mark.parametrize("name,kw", [("qwen3", QWEN3), ("llama3", LLAMA3)])
-def test_saved_teacher_loads_in_transformers(name, kw, tmp_path):
+@pytest.mark.parametrize("name", ["qwen3", "llama3"])
+def test_saved_teacher_loads_in_transformers(name, tmp_path):
     # convert.save_model writes a Qwen3 / Llama 3.x teacher that transformers reads as the same model
-    teacher = perturb(tiny_teacher(tied=name == "llama3", **kw)).eval()
+    teacher = perturb(tiny_teacher(tied=name == "llama3", **{"qwen3": QWEN3, "llama3": LLAMA3}[name])).eval()
     convert.save_model(teacher.state_dict(), teacher.cfg, str(tmp_path), dtype=torch.float32)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     assert type(hf).__name__ == {"qwen3": "Qwen3ForCausalLM", "llama3": "LlamaForCausalLM"}[name]

@@ -6,7 +6,7 @@ Checkpoint conversion, and the HF directories every script reads and writes (loa
     python convert.py student TEACHER_DIR OUT_DIR [--student rwkv7|rwkv6] [--attention_layers 20,21]
     python convert.py export RUN/stageN/ckpt/step_0001000 OUT_DIR [--tokenizer TEACHER_DIR]
 
-`gguf` turns a llama.cpp GGUF file (architectures llama and qwen2, any quantization the `gguf`
+`gguf` turns a llama.cpp GGUF file (architectures llama, qwen2, qwen3, any quantization the `gguf`
 package can dequantize) into a Hugging Face checkpoint directory: config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json, generation_config.json. Quantized weights are dequantized,
 not recovered: the result is exactly the model llama.cpp runs, stored in float32 (or bf16/fp16).
@@ -38,8 +38,8 @@ import model as M
 def config_from_hf(d):
     """An HF config.json dict -> model.ModelConfig; refuses with one line what model.py cannot represent."""
     mt = d.get("model_type")
-    students = {f"{k}qwen2": k for k in M.student_kinds()} | {f"radlads_{k}": k for k in M.student_kinds()}
-    known = ["qwen2", "llama"] + list(students)
+    students = [f"{k}qwen2" for k in M.student_kinds()] + [f"radlads_{k}" for k in M.student_kinds()]
+    known = ["qwen2", "qwen3", "llama"] + students
     if mt not in known:
         raise M.ConfigError(f"config.json: model_type {mt!r} is not supported ({', '.join(known)})")
     if d.get("use_sliding_window"):
@@ -50,63 +50,76 @@ def config_from_hf(d):
         raise M.ConfigError(f"config.json: hidden_act {d['hidden_act']!r} is not supported (silu only)")
     if d.get("mlp_bias"):
         raise M.ConfigError("config.json: mlp_bias=true is not supported")
-    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    # RoPE as transformers reads it: rope_scaling before rope_parameters, the theta inside before the one outside
+    rope = d.get("rope_scaling") or d.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise M.ConfigError(f"config.json: rope type {rope_type!r} is not supported (default RoPE only)")
-    theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
-    if mt == "llama" and d.get("attention_bias"):
-        raise M.ConfigError("config.json: attention_bias=true for llama (o_proj bias) is not supported")
+    if rope_type not in ("default", "llama3"):
+        raise M.ConfigError(f"config.json: rope type {rope_type!r} is not supported (default, llama3)")
+    if rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise M.ConfigError("config.json: partial_rotary_factor other than 1 is not supported")
+    theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+    if mt in ("llama", "qwen3") and d.get("attention_bias"):
+        raise M.ConfigError(f"config.json: attention_bias=true for {mt} (o_proj bias) is not supported")
     H = d["num_attention_heads"]
     n_layers = d["num_hidden_layers"]
+    max_pos = d.get("max_position_embeddings", 2048 if mt == "llama" else 32768)
     kw = dict(
         vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
         num_hidden_layers=n_layers, num_attention_heads=H,
         num_key_value_heads=d.get("num_key_value_heads") or H,
-        head_dim=d.get("head_dim") or d["hidden_size"] // H, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta), attention_bias=d.get("attention_bias", mt != "llama"),
-        tie_word_embeddings=d.get("tie_word_embeddings", False),
-        max_position_embeddings=d.get("max_position_embeddings", 32768), model_type=mt,
+        head_dim=d.get("head_dim") or (128 if mt == "qwen3" else d["hidden_size"] // H),  # Qwen3: 128 unless given
+        rms_norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
+        attention_bias=d.get("attention_bias", mt not in ("llama", "qwen3")),
+        tie_word_embeddings=d.get("tie_word_embeddings", False), max_position_embeddings=max_pos,
+        qk_norm=d.get("qk_norm", mt == "qwen3"), model_type=mt,
         bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
-    if mt in students:  # a RAD-RWKV student, in the published format or this project's own
+    if rope_type == "llama3":
+        missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in rope]
+        if missing:
+            raise M.ConfigError(f"config.json: llama3 rope scaling without {missing[0]}")
+        kw.update(rope_type="llama3", rope_factor=float(rope["factor"]),
+                  rope_low_freq_factor=float(rope["low_freq_factor"]),
+                  rope_high_freq_factor=float(rope["high_freq_factor"]),
+                  original_max_position_embeddings=int(rope.get("original_max_position_embeddings", max_pos)))
+    if mt in students:  # a RAD-RWKV student: the published format, or this project's own (radlads_*)
         att = d.get("attention_layers")
         if att is None:  # the published format keeps the last num_attention_layers layers
             n_att = d.get("num_attention_layers", 0)
             if not isinstance(n_att, int):
                 raise M.ConfigError(f"config.json: num_attention_layers is {n_att!r} and no attention_layers list")
             att = list(range(n_layers - n_att, n_layers))
-        kw.update(student=students[mt], model_type=f"{students[mt]}qwen2", attention_layers=list(att),
+        kw.update(student=mt.removeprefix("radlads_").removesuffix("qwen2"), attention_layers=list(att),
                   untied_from_tied=d.get("untied_from_tied", False))
     return M.ModelConfig(**kw)
 
-def unpublished(cfg):
-    """Why the authors' HF code for model_type f"{student}qwen2" would load this student wrong, or None.
-    Such students are written as model_type f"radlads_{student}" (this project's own, every field explicit)."""
-    n, L = len(cfg.attention_layers), cfg.num_hidden_layers
-    if cfg.student == "rwkv6" and n:
-        return "the published rwkv6qwen2 code has no attention layers"
-    if cfg.student == "rwkv7" and cfg.attention_layers != list(range(L - n, L)):
-        return "the published rwkv7qwen2 code keeps only the last layers as attention"
-    return None
+
+ROPE_FIELDS = {"rope_factor": "factor", "rope_low_freq_factor": "low_freq_factor",  # ModelConfig -> rope_scaling
+               "rope_high_freq_factor": "high_freq_factor",
+               "original_max_position_embeddings": "original_max_position_embeddings"}
 
 
 def config_to_hf(cfg):
-    d = {"architectures": ["Qwen2ForCausalLM" if cfg.model_type == "qwen2" else "LlamaForCausalLM"],
-         "hidden_act": "silu", "torch_dtype": "bfloat16", "use_sliding_window": False}
+    arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}.get(cfg.model_type, "LlamaForCausalLM")
+    d = {"architectures": [arch], "hidden_act": "silu", "torch_dtype": "bfloat16", "use_sliding_window": False}
     d.update({f.name: getattr(cfg, f.name) for f in fields(cfg)
-              if f.name not in ("student", "attention_layers", "untied_from_tied")})
+              if f.name not in ("student", "attention_layers", "untied_from_tied", "rope_type", *ROPE_FIELDS)})
+    # scaled RoPE where transformers reads it (null: plain RoPE)
+    d["rope_scaling"] = None if cfg.rope_type == "default" else \
+        {"rope_type": cfg.rope_type, **{k: getattr(cfg, f) for f, k in ROPE_FIELDS.items()}}
     if cfg.student:  # SPEC §5: every student field written explicitly
-        C, n_att, own = cfg.hidden_size, len(cfg.attention_layers), unpublished(cfg)
-        d.update(architectures=[f"{cfg.student.upper()}Qwen2ForCausalLM"], model_type=f"{cfg.student}qwen2",
+        C, n_att = cfg.hidden_size, len(cfg.attention_layers)
+        # model_type rwkv*qwen2: the published format; radlads_*: this project's own, for a student that format would
+        # load wrong (model.unpublished), read by config_from_hf only. Same fields in both
+        published = cfg.model_type.endswith("qwen2")
+        arch = f"{cfg.student.upper()}Qwen2ForCausalLM" if published else f"Radlads{cfg.student.upper()}ForCausalLM"
+        d.update(architectures=[arch], model_type=cfg.model_type,
                  lora_rank_decay=M.lora_rank(C, 0.5, 1.8), lora_rank_iclr=M.lora_rank(C, 0.5, 1.8),
                  lora_rank_value_residual_mix=M.lora_rank(C, 0.5, 1.3), lora_rank_gate=M.lora_rank(C, 0.8, 0.6),
                  lora_rank_tokenshift=M.lora_rank(C, 0.5, 1.8), use_rope=cfg.student == "rwkv7",
                  attention_output_bias=False, gate_rank_type=1 if cfg.student == "rwkv6" else 2,
                  balance_state=True, groupnorm_att=False, use_tokenshift=cfg.student == "rwkv6",
-                 num_attention_layers=None if own else n_att, attention_layers=list(cfg.attention_layers),
+                 num_attention_layers=n_att if published else None, attention_layers=list(cfg.attention_layers),
                  untied_from_tied=cfg.untied_from_tied)
-        if own:  # never a directory that claims a published format and loads wrong there
-            d.update(architectures=["RADLADSForCausalLM"], model_type=f"radlads_{cfg.student}")
     return d
 
 
@@ -227,8 +240,9 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
             json.dump(index, fh, indent=2)
     hf = config_to_hf(cfg)
     hf["torch_dtype"] = str(dtype).replace("torch.", "")
-    if hf["model_type"].startswith("radlads_"):
-        print(f"note: {out_dir} is written as model_type {hf['model_type']}, not {cfg.student}qwen2: {unpublished(cfg)}")
+    if hf["model_type"].startswith("radlads_"):  # never a directory that claims a published format and loads wrong
+        print(f"note: {out_dir} is written as model_type {hf['model_type']}, not {cfg.student}qwen2: "
+              f"{M.unpublished(cfg)}")
     with open(os.path.join(out_dir, "config.json"), "w") as fh:
         json.dump(hf, fh, indent=2)
     if tokenizer_dir:
@@ -242,11 +256,12 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
 # -----------------------------------------------------------------------------
 # GGUF -> Hugging Face checkpoint
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # GGUF tensor name (inside blk.N.) -> HF module name (inside model.layers.N.)
 BLOCK_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_norm": "input_layernorm",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
@@ -290,16 +305,58 @@ def hf_name(name):
     raise ValueError(f"unsupported GGUF tensor {name!r}")
 
 
-def hf_config(meta, arch, tied, dtype):
+def check_gguf(meta, arch):
+    """Refuse, with one line naming the key, what the HF architecture of the same name cannot represent."""
+    get = lambda key: meta.get(f"{arch}.{key}")
+    head_dim = get("attention.key_length") or get("embedding_length") // get("attention.head_count")
+    for key, ok in [("expert_count", not get("expert_count")),  # MoE
+                    ("attention.sliding_window", not get("attention.sliding_window")),
+                    ("rope.scaling.type", get("rope.scaling.type") in (None, "none")),  # (llama3: rope_freqs.weight)
+                    ("rope.dimension_count", get("rope.dimension_count") in (None, head_dim))]:  # partial RoPE
+        if not ok:
+            raise ValueError(f"GGUF {arch}.{key} = {get(key)!r} unsupported")
+
+
+def llama3_rope_scaling(divisors, theta, head_dim):
+    """llama.cpp's rope_freqs.weight -> transformers' llama3 rope_scaling. llama.cpp keeps no parameters, only what
+    each RoPE frequency is divided by: 1 below wavelength orig/high_freq_factor, factor above orig/low_freq_factor,
+    1 / ((1 - s) / factor + s) between, with s = (orig / wavelength - low) / (high - low), linear in 1/wavelength.
+    That fixes factor and the two edges orig/low and orig/high only: we take low_freq_factor = 1 (Llama 3.x's), fit
+    the edges to the blended frequencies, and check that the result gives back every divisor."""
+    f = np.asarray(divisors, dtype=np.float64)
+    factor = f.max()
+    if len(f) != head_dim // 2 or f.min() != 1 and factor <= 1:
+        raise ValueError(f"GGUF rope_freqs.weight: {len(f)} divisors from {f.min()} to {factor}, expected "
+                         f"{head_dim // 2} from 1 up")
+    if factor == 1:  # every frequency as it is: plain RoPE
+        return None
+    u = theta ** (-np.arange(0, head_dim, 2) / head_dim) / (2 * np.pi)  # 1 / wavelength, per frequency
+    s = (1 / f - 1 / factor) / (1 - 1 / factor)  # 0: stretched by factor, 1: unchanged, between: blended
+    band = (s > 1e-4) & (s < 1 - 1e-4)
+    if band.sum() >= 2:
+        slope, icpt = np.polyfit(u[band], s[band], 1)  # s = (u - u_low) / (u_high - u_low)
+        orig = round(-slope / icpt)  # 1 / u_low
+        low, high = float(f"{-icpt / slope * orig:.6g}"), float(f"{(1 - icpt) / slope * orig:.6g}")
+    else:  # too few blended frequencies to fit: Llama 3.x's values, which llama.cpp's converter also assumes
+        orig, low, high = 8192, 1.0, 4.0
+    factor = float(f"{factor:.6g}")
+    s = np.clip((orig * u - low) / (high - low), 0, 1)
+    if not np.allclose(1 / ((1 - s) / factor + s), f, rtol=1e-5, atol=0):
+        raise ValueError("GGUF rope_freqs.weight is not a llama3 RoPE scaling")
+    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+            "original_max_position_embeddings": orig}
+
+
+def hf_config(meta, arch, tied, dtype, rope_freqs=None):
     get = lambda key, default=None: meta.get(f"{arch}.{key}", default)
     n_embd, n_head = get("embedding_length"), get("attention.head_count")
+    head_dim = get("attention.key_length", n_embd // n_head)
     tok = lambda key: meta.get(f"tokenizer.ggml.{key}")
     config = {
         "architectures": [ARCHITECTURES[arch]], "model_type": arch,
         "hidden_size": n_embd, "intermediate_size": get("feed_forward_length"),
         "num_hidden_layers": get("block_count"), "num_attention_heads": n_head,
-        "num_key_value_heads": get("attention.head_count_kv", n_head),
-        "head_dim": get("attention.key_length", n_embd // n_head),
+        "num_key_value_heads": get("attention.head_count_kv", n_head), "head_dim": head_dim,
         "max_position_embeddings": get("context_length"),
         # GGUF stores these as float32: print 7 digits to recover the decimal (1e-05, not 9.99e-06)
         "rope_theta": float(f"{get('rope.freq_base', 10000.0):.7g}"),
@@ -308,8 +365,10 @@ def hf_config(meta, arch, tied, dtype):
         "hidden_act": "silu", "bos_token_id": tok("bos_token_id"), "eos_token_id": tok("eos_token_id"),
         "pad_token_id": tok("padding_token_id"), "torch_dtype": dtype,
     }
-    if arch == "llama":
+    if arch in ("llama", "qwen3"):
         config.update(attention_bias=False, mlp_bias=False)
+    if rope_freqs is not None:  # Llama 3.1+: the scaled frequencies as a tensor
+        config["rope_scaling"] = llama3_rope_scaling(rope_freqs, config["rope_theta"], head_dim)
     return config
 
 
@@ -342,7 +401,8 @@ def tokenizer_files(meta, max_len):
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": False, "vocab": {t: i for i, t in enumerate(tokens)},
+                  # Llama 3's own tokenizer.json and llama.cpp take a piece that is a token as it is, merges aside
+                  "ignore_merges": pre == "llama-bpe", "vocab": {t: i for i, t in enumerate(tokens)},
                   "merges": [m.split(" ") for m in meta["tokenizer.ggml.merges"]]},
     }
     names = {"bos": "bos", "eos": "eos", "unk": "unknown", "pad": "padding"}
@@ -363,7 +423,7 @@ def write_json(path, obj):
 
 
 def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
-    """Convert a llama/qwen2 GGUF file into a Hugging Face checkpoint directory; returns out_dir.
+    """Convert a llama/qwen2/qwen3 GGUF file into a Hugging Face checkpoint directory; returns out_dir.
     Every tensor is dequantized to float32 and then stored as `dtype` (float32 | bfloat16 | float16)."""
     try:
         import gguf
@@ -388,20 +448,24 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ValueError(f"GGUF architecture {arch!r} unsupported (supported: {', '.join(ARCHITECTURES)})")
+    check_gguf(meta, arch)
     n_head = meta[f"{arch}.attention.head_count"]
     n_kv_head = meta.get(f"{arch}.attention.head_count_kv", n_head)
 
-    state = {}
+    state, rope_freqs = {}, None
     for t in tqdm(reader.tensors, desc="dequantize", unit="tensor"):
         # GGUF lists dims fastest-first (ne0 = columns); the HF shape is the reverse
         w = gguf.quants.dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)])
+        if t.name == "rope_freqs.weight" and arch == "llama":  # llama3 RoPE scaling: goes into config.json
+            rope_freqs = w
+            continue
         if arch == "llama" and ".attn_q." in t.name:  # only llama.cpp's llama converter permutes
             w = unpermute_qk(w, n_head)
         elif arch == "llama" and ".attn_k." in t.name:
             w = unpermute_qk(w, n_kv_head)
         state[hf_name(t.name)] = torch.from_numpy(np.array(w, dtype=np.float32)).to(getattr(torch, dtype))
     tied = "lm_head.weight" not in state
-    config = hf_config(meta, arch, tied, dtype)
+    config = hf_config(meta, arch, tied, dtype, rope_freqs)
     emb = state["model.embed_tokens.weight"]
     assert emb.shape == (config["vocab_size"], config["hidden_size"]), f"embedding {tuple(emb.shape)}"
 

@@ -141,16 +141,17 @@ def _load_tokenizer(path: Path) -> Tokenizer:
 
     # tiktoken merges, of all adjacent pairs, the one whose joined bytes have the lowest rank (= id);
     # HF merges the pair listed first in `merges`. The two agree when the ids of the merge results
-    # grow in merge order (so each token is made by one merge) and every other token is a single
-    # byte or an added token (matched before BPE). Qwen2's and GPT-2-style vocabularies are built
-    # this way; any other is refused rather than tokenized differently.
+    # never decrease in merge order and every other token is a single byte or an added token
+    # (matched before BPE). Qwen2's and GPT-2-style vocabularies make each token by one merge;
+    # Llama 3's, converted from tiktoken ranks, lists every split of a token into two tokens, one
+    # after another. Any other order is refused rather than tokenized differently.
     vocab, merged = model["vocab"], []
     for m in model["merges"]:
         left, right = m.split(" ") if isinstance(m, str) else m
         if left + right not in vocab:
             raise DataError(f"{path}: merge {left!r} + {right!r} makes no vocabulary token")
         merged.append(vocab[left + right])
-    if any(a >= b for a, b in zip(merged, merged[1:])):
+    if any(a > b for a, b in zip(merged, merged[1:])):
         raise DataError(f"{path}: token ids do not follow merge order, so they cannot serve as tiktoken ranks")
     merged, to_byte, ranks = set(merged), _unicode_to_byte(), {}
     for token, i in vocab.items():
@@ -172,9 +173,10 @@ def _load_tokenizer(path: Path) -> Tokenizer:
     eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token") if config.exists() else None
     eos = eos.get("content") if isinstance(eos, dict) else eos
     eos_id = added.get(eos, vocab.get(eos)) if eos else None
-    eot_id = added.get("<|endoftext|>", vocab.get("<|endoftext|>", eos_id))
+    eot = next((t for t in ("<|endoftext|>", "<|end_of_text|>") if t in added or t in vocab), None)  # Llama 3: 2nd
+    eot_id = added.get(eot, vocab.get(eot)) if eot else eos_id
     if eot_id is None:
-        raise DataError(f"{path}: no <|endoftext|> token and no eos_token in tokenizer_config.json")
+        raise DataError(f"{path}: no <|endoftext|> or <|end_of_text|> token and no eos_token in tokenizer_config.json")
     eos_id = eot_id if eos_id is None else eos_id
     enc = Tokenizer(path, pattern, ranks, added, n_vocab, normalizer, unk_id, eot_id, eos_id)
     # what decides the ids, however the file spells it: the same for an HF file and its GGUF round trip

@@ -1,5 +1,5 @@
 """
-The teacher (a Qwen2 / Llama decoder, exactly as HF transformers computes it) and the two RADLADS
+The teacher (a Qwen2 / Qwen3 / Llama decoder, exactly as HF transformers computes it) and the two RADLADS
 students that replace its attention with a recurrent time mixer:
 
   RAD-RWKV6: token shift + decay LoRA + full-rank gate, gated linear attention   (wkv_kernel.wkv6)
@@ -40,9 +40,17 @@ class RMSNorm(nn.Module):
         return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
-def rope_cos_sin(pos, head_dim, theta):
-    """pos: integer positions of any shape (...,) -> cos, sin of shape (..., head_dim), float32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim)
+def rope_cos_sin(pos, head_dim, theta, llama3=None):
+    """pos: integer positions of any shape (...,) -> cos, sin of shape (..., head_dim), float32. llama3: (factor,
+    low_freq_factor, high_freq_factor, original_max_position_embeddings) of Llama 3.1+'s scaled frequencies."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim)  # (N/2,)
+    if llama3:  # as transformers computes it, in float32: wavelengths below orig/high stay, above orig/low are
+        factor, low, high, orig = llama3  # factor times longer, and in between a blend of the two
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (orig / wavelen - low) / (high - low)  # 0 at wavelength orig/low, 1 at orig/high
+        blend = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen > orig / low, inv_freq / factor,
+                               torch.where(wavelen < orig / high, inv_freq, blend))
     freqs = pos.float()[..., None] * inv_freq  # (..., N/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # "rotate_half" layout: both halves share a frequency
     return emb.cos(), emb.sin()
@@ -53,6 +61,12 @@ def apply_rope(x, cos, sin):
     cos, sin = cos.to(x.dtype).unsqueeze(2), sin.to(x.dtype).unsqueeze(2)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def qk_norms(cfg):
+    # Qwen3's q_norm / k_norm: an RMSNorm over each head of q and of k (weight [N]) before RoPE; else identities
+    make = lambda: RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else nn.Identity()
+    return make(), make()
 
 
 def repeat_kv(x, n_rep):
@@ -73,11 +87,12 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, KVH * N, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(C, KVH * N, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(H * N, C, bias=False)
+        self.q_norm, self.k_norm = qk_norms(cfg)
 
     def forward(self, x, cos, sin, v_first=None, cache=None):
         B, T, _ = x.shape
-        q = apply_rope(self.q_proj(x).view(B, T, self.H, self.N), cos, sin)  # (B, T, H, N)
-        k = apply_rope(self.k_proj(x).view(B, T, self.KVH, self.N), cos, sin)  # (B, T, KVH, N)
+        q = apply_rope(self.q_norm(self.q_proj(x).view(B, T, self.H, self.N)), cos, sin)  # (B, T, H, N)
+        k = apply_rope(self.k_norm(self.k_proj(x).view(B, T, self.KVH, self.N)), cos, sin)  # (B, T, KVH, N)
         v = self.v_proj(x).view(B, T, self.KVH, self.N)
         if cache is None:
             y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -132,7 +147,10 @@ def orthogonal(shape, gain, gen):
 
 
 class RWKV6Attention(nn.Module):
-    """RAD-RWKV6 (SPEC §2.1): token shift, decay LoRA, full-rank gate, GLA recurrence, no RoPE."""
+    """RAD-RWKV6 (SPEC §2.1): token shift, decay LoRA, full-rank gate, GLA recurrence, no RoPE.
+    [choice] Both students of a Qwen3 teacher keep its q_norm / k_norm (trained in step 1 with the rest of self_attn)
+    and read SPEC §2.1 / §2.2's `r, k = q_proj(x), k_proj(x)` as the teacher's q and k: r = q_norm(q_proj(x)), k =
+    k_norm(k_proj(x)) per head, before RoPE (RAD-RWKV7), state balancing and kk: at init they are its q and k."""
 
     def __init__(self, cfg, layer_idx):
         super().__init__()
@@ -151,6 +169,7 @@ class RWKV6Attention(nn.Module):
         self.time_decay_w1 = nn.Parameter(torch.empty(C, r))  # decay LoRA
         self.time_decay_w2 = nn.Parameter(torch.empty(r, D))
         self.gate = nn.Linear(C, D, bias=False)
+        self.q_norm, self.k_norm = qk_norms(cfg)  # Qwen3 teacher: kept ([choice] above)
 
     @staticmethod
     def init_tensors(cfg, layer_idx, gen):
@@ -183,8 +202,8 @@ class RWKV6Attention(nn.Module):
         xr, xk = x + dx * (self.time_maa_r + mr), x + dx * (self.time_maa_k + mk)
         xv, xw = x + dx * (self.time_maa_v + mv), x + dx * (self.time_maa_w + mw)
         xg = x + dx * (self.time_maa_g + mg)
-        r = self.q_proj(xr).view(B, T, H, N)
-        k = repeat_kv(self.k_proj(xk).view(B, T, self.KVH, N), H // self.KVH)  # (B, T, H, N)
+        r = self.q_norm(self.q_proj(xr).view(B, T, H, N))
+        k = repeat_kv(self.k_norm(self.k_proj(xk).view(B, T, self.KVH, N)), H // self.KVH)  # (B, T, H, N)
         v = repeat_kv(self.v_proj(xv).view(B, T, self.KVH, N), H // self.KVH)
         d = self.time_decay.float() + torch.tanh(xw @ self.time_decay_w1).float() @ self.time_decay_w2.float()
         logw = (-d.exp()).clamp(min=-5).view(B, T, H, N)  # log decay, w = exp(logw) in [e^-5, 1)
@@ -217,6 +236,7 @@ class RWKV7Attention(nn.Module):
         self.v1, self.v2 = nn.Parameter(torch.empty(C, rv)), nn.Parameter(torch.empty(rv, D))  # value residual
         self.g1, self.g2 = nn.Parameter(torch.empty(C, rg)), nn.Parameter(torch.empty(rg, D))  # output gate
         self.r_k = nn.Parameter(torch.empty(H, N))  # kept for the published format; unused (no bonus term)
+        self.q_norm, self.k_norm = qk_norms(cfg)  # Qwen3 teacher: kept, before RoPE ([choice] at RWKV6Attention)
 
     @staticmethod
     def init_tensors(cfg, layer_idx, gen):
@@ -236,8 +256,8 @@ class RWKV7Attention(nn.Module):
     def forward(self, x, cos, sin, v_first=None, cache=None):
         B, T, C = x.shape
         H, N = self.H, self.N
-        r = apply_rope(self.q_proj(x).view(B, T, H, N), cos, sin)
-        k = apply_rope(self.k_proj(x).view(B, T, self.KVH, N), cos, sin)
+        r = apply_rope(self.q_norm(self.q_proj(x).view(B, T, H, N)), cos, sin)
+        k = apply_rope(self.k_norm(self.k_proj(x).view(B, T, self.KVH, N)), cos, sin)
         k = repeat_kv(k, H // self.KVH)  # (B, T, H, N)
         v = repeat_kv(self.v_proj(x).view(B, T, self.KVH, N), H // self.KVH)
         d = self.w0.float() + torch.tanh(x @ self.w1).float() @ self.w2.float()  # (B, T, D) float32
@@ -303,7 +323,13 @@ class ModelConfig:
     attention_bias: bool = True  # q/k/v biases (Qwen2: yes; Llama: no)
     tie_word_embeddings: bool = False  # lm_head shares embed_tokens' weight
     max_position_embeddings: int = 32768  # informational; RoPE is computed for any position
-    model_type: str = "qwen2"  # qwen2 | llama (teachers), rwkv6qwen2 | rwkv7qwen2 (students)
+    qk_norm: bool = False  # Qwen3: q_norm / k_norm, an RMSNorm over each head of q and k before RoPE
+    rope_type: str = "default"  # default | llama3 (Llama 3.1+: the long wavelengths stretched, below)
+    rope_factor: float = 1.0  # llama3: wavelengths above original/low_freq_factor become this much longer
+    rope_low_freq_factor: float = 1.0  # llama3: the stretch is full from wavelength original/this up
+    rope_high_freq_factor: float = 4.0  # llama3: wavelengths below original/this are unchanged; blended between
+    original_max_position_embeddings: int = 8192  # llama3: the pre-training context ("original" above)
+    model_type: str = "qwen2"  # qwen2 | qwen3 | llama; students rwkv{6,7}qwen2 (published), radlads_rwkv{6,7} (own)
     student: str = ""  # "" for a teacher, else the time mixer: "rwkv6" | "rwkv7"
     attention_layers: list = field(default_factory=list)  # hybrid student: layers kept as softmax attention
     untied_from_tied: bool = False  # the teacher tied lm_head; the student trains an untied copy
@@ -346,9 +372,12 @@ class Model(nn.Module):
             norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
+        assert cfg.rope_type in ("default", "llama3"), cfg.rope_type  # (convert.config_from_hf refuses the others)
 
     def rope(self, pos):
-        return rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)
+        c = self.cfg
+        llama3 = (c.rope_factor, c.rope_low_freq_factor, c.rope_high_freq_factor, c.original_max_position_embeddings)
+        return rope_cos_sin(pos, c.head_dim, c.rope_theta, llama3 if c.rope_type == "llama3" else None)
 
     def tie_weights(self):
         # a tied head is the embedding matrix itself (again after to_empty, which gives each parameter new storage)
@@ -413,8 +442,23 @@ def student_config(teacher_cfg, student="rwkv7", attention_layers=()):
     bad = [i for i in attention_layers if not 0 <= i < teacher_cfg.num_hidden_layers]
     if bad:
         raise ConfigError(f"attention_layers {bad} out of range 0..{teacher_cfg.num_hidden_layers - 1}")
-    return replace(teacher_cfg, student=student, model_type=f"{student}qwen2", tie_word_embeddings=False,
-                   attention_layers=sorted(set(attention_layers)), untied_from_tied=teacher_cfg.tie_word_embeddings)
+    cfg = replace(teacher_cfg, student=student, model_type=f"{student}qwen2", tie_word_embeddings=False,
+                  attention_layers=sorted(set(attention_layers)), untied_from_tied=teacher_cfg.tie_word_embeddings)
+    return replace(cfg, model_type=f"radlads_{student}") if unpublished(cfg) else cfg  # else this project's own type
+
+
+def unpublished(cfg):
+    """Why the authors' HF code for model_type f"{student}qwen2" would compute this student wrong, or None."""
+    n, L = len(cfg.attention_layers), cfg.num_hidden_layers
+    if cfg.qk_norm:
+        return "the published code has no q/k norms"
+    if cfg.rope_type != "default" and (cfg.student == "rwkv7" or n):  # (RAD-RWKV6 uses RoPE in attention layers only)
+        return "the published code has plain RoPE only"
+    if cfg.student == "rwkv6" and n:
+        return "the published rwkv6qwen2 code has no attention layers"
+    if cfg.student == "rwkv7" and cfg.attention_layers != list(range(L - n, L)):
+        return "the published rwkv7qwen2 code keeps only the last layers as attention"
+    return None
 
 
 def student_init_tensors(cfg, seed=1337):
@@ -451,7 +495,8 @@ def param_count(model_or_cfg):
         with torch.device("meta"):
             model = Model(model_or_cfg)
     total = sum(p.numel() for p in model.parameters())
-    new = sum(p.numel() for n, p in model.named_parameters() if ".self_attn." in n and "_proj." not in n)
+    new = sum(p.numel() for n, p in model.named_parameters()
+              if ".self_attn." in n and "_proj." not in n and "_norm." not in n)
     return total, new
 
 

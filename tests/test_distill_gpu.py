@@ -3,7 +3,6 @@
 (wkv_kernel.USE_REFERENCE), from the same weights on the same batches: the losses agree step by step within
 bfloat16 noise. A kernel that is wrong on real text (keys alike from step to step) fails here."""
 import json
-import lzma
 import os
 import subprocess
 import sys
@@ -12,11 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import convert
 import data
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 # relative differences of the losses, kernels against the loops, both in bfloat16. The first step's loss comes from
 # the same weights, so only the arithmetic differs; later steps train on, and bfloat16 rounding moves the two runs
 # apart: on an H200 (2026-12-02) step 2 of the same code in bfloat16 and in float32 drifted up to 8% apart within
@@ -28,19 +25,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    try:
-        gguf = convert.smollm2_gguf_path()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} not present (the data/eval/tokenizer files beside the repository)")
+def books(smollm2, tmp_path_factory):
+    teacher, texts = smollm2
     tmp = tmp_path_factory.mktemp("smollm2_steps")
-    convert.gguf_to_hf(gguf, tmp / "teacher")
-    enc = data.load_tokenizer(tmp / "teacher")
-    with lzma.open(SHARED / "data" / "gutenberg" / "val-00.jsonl.xz", "rt") as f:
-        docs = [enc.encode_ordinary(json.loads(next(f))["text"]) for _ in range(2)]
-    data.write_binidx(str(tmp / "books"), docs, enc.n_vocab)
+    enc = data.load_tokenizer(teacher)
+    data.write_binidx(str(tmp / "books"), [enc.encode_ordinary(t) for t in texts], enc.n_vocab, enc)
+    os.symlink(teacher, tmp / "teacher")
     return tmp
 
 
@@ -69,8 +59,8 @@ def compare(kernels, loops, what):
     assert sum(errs) / STEPS <= TOL_MEAN, f"{what}: the losses differ by {sum(errs) / STEPS:.1e} on average"
 
 
-def test_steps_1_and_2_match_the_loops(smollm2):
+def test_steps_1_and_2_match_the_loops(books):
     s1 = ["--lr", "1e-3", "--lr_final", "1e-4"]
-    compare(run(smollm2, "kernels", 1, False, *s1), run(smollm2, "loops", 1, True, *s1), "step 1")
-    s2 = ["--lr", "1e-4", "--lr_final", "1e-4", "--init_from", str(smollm2 / "kernels" / "stage1" / "final")]
-    compare(run(smollm2, "kernels", 2, False, *s2), run(smollm2, "loops", 2, True, *s2), "step 2")
+    compare(run(books, "kernels", 1, False, *s1), run(books, "loops", 1, True, *s1), "step 1")
+    s2 = ["--lr", "1e-4", "--lr_final", "1e-4", "--init_from", str(books / "kernels" / "stage1" / "final")]
+    compare(run(books, "kernels", 2, False, *s2), run(books, "loops", 2, True, *s2), "step 2")

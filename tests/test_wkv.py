@@ -160,26 +160,14 @@ def test_bad_inputs_raise():
 
 
 @pytest.fixture(scope="module")
-def real_inputs(tmp_path_factory):
-    import json
-    import lzma
-
+def real_inputs(smollm2):
     import convert
     import data
     import model as M
-    shared = ROOT.parent / "shared"
-    try:
-        gguf = convert.smollm2_gguf_path()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    if not shared.is_dir():
-        pytest.skip(f"{shared} not present (the data/eval/tokenizer files beside the repository)")
-    out = tmp_path_factory.mktemp("smollm2")
-    convert.gguf_to_hf(gguf, out)
+    out, books = smollm2
     teacher = convert.load_model(str(out), dtype=torch.float32).eval()
     student = M.make_student(teacher, "rwkv7").eval()
-    with lzma.open(shared / "data" / "gutenberg" / "val-00.jsonl.xz", "rt") as f:
-        text = json.loads(f.readline())["text"]
+    text = books[0]
     B, T = 2, 150  # chunks of 64: two whole ones and a part
     ids = torch.tensor(data.load_tokenizer(out).encode_ordinary(text[20000:60000])[: B * T]).view(B, T)
     inputs, layer_in = [], {}

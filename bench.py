@@ -13,6 +13,7 @@ Benchmarks. Each prints a table and writes it as JSON (a list of rows) under res
 Timings are medians after warm-up (triton.testing.do_bench for kernels); a GPU is needed for numbers
 worth reporting, a CPU runs the tiny preset as a smoke test.
 """
+import itertools
 import json
 import os
 import time
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import triton
 
 import data
+import eval as E
 import model as M
 import wkv_kernel as W
 
@@ -45,9 +48,7 @@ def write_rows(name, rows, out):
     print(f"wrote {path}")
 
 
-def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+table = E.markdown_table  # a Markdown table, as eval.py's reports
 
 
 def fmt(v, f=".2f"):
@@ -61,7 +62,7 @@ class KernelBench:
     shapes: str = "64x512,8x4096,2x16384"  # BxT list, comma separated (B*T = 32768 tokens each by default)
     heads: int = 28  # H, query heads (the kernels see k and v repeated to H heads)
     kv_heads: int = 4  # KVH of the SDPA baseline (grouped-query attention, Qwen2.5-7B: 28/4)
-    head_size: int = 128  # N
+    head_sizes: str = "128"  # N list, comma separated
     fla_shapes: str = ""  # BxT list at which flash-linear-attention is timed ("" = every shape; its autotuning is slow)
     out: str = ""  # JSON file ("" = results/kernels_<gpu>.json)
 
@@ -84,9 +85,11 @@ def kernels(cfg):
         fla_version = fla.__version__
     except ImportError:
         chunk_gla = chunk_rwkv7 = fla_version = None
-    dev, H, N, KVH = torch.device("cuda"), cfg.heads, cfg.head_size, cfg.kv_heads
+    dev, H, KVH = torch.device("cuda"), cfg.heads, cfg.kv_heads
     gpu, date = device_name(dev), time.strftime("%Y-%m-%d")
-    print(f"{gpu} | torch {torch.__version__} | fla {fla_version or 'not installed'} | {date}")
+    ptxas, mma = ".".join(map(str, W.PTXAS_VERSION or ("?",))), "mma.sync" if W.MMA_V2 else "wgmma"
+    print(f"{gpu} | torch {torch.__version__} | triton {triton.__version__} | ptxas {ptxas}: {mma} in the gradient "
+          f"kernels | fla {fla_version or 'not installed'} | {date}")
     bw = copy_bandwidth(dev)
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")
 
@@ -101,16 +104,15 @@ def kernels(cfg):
 
     fla_at = set(cfg.fla_shapes.split(",")) if cfg.fla_shapes else None
     rows = []
-    for shape in cfg.shapes.split(","):
+    for shape, N in itertools.product(cfg.shapes.split(","), map(int, cfg.head_sizes.split(","))):
         B, T = map(int, shape.split("x"))
-        sdpa_ms = None
         for op in ("wkv6", "wkv7"):
             xs, _ = W.example_inputs(op, B, T, H, N, dtype=torch.bfloat16, device=dev)
             xs = [x.requires_grad_() for x in xs]
             fwd, fb = time_op(getattr(W, op), xs)
             io = nbytes(xs) + nbytes(xs[:1]) + B * H * N * N * 4  # inputs, o, final state
-            row = dict(gpu=gpu, date=date, op=op, B=B, T=T, H=H, N=N, fwd_ms=fwd, fwdbwd_ms=fb,
-                       fla_fwd_ms=None, fla_fwdbwd_ms=None, sdpa_fwdbwd_ms=None,
+            row = dict(gpu=gpu, date=date, op=op, B=B, T=T, H=H, N=N, ptxas=ptxas, grad_mma=mma,
+                       fwd_ms=fwd, fwdbwd_ms=fb, fla_fwd_ms=None, fla_fwdbwd_ms=None, sdpa_fwdbwd_ms=None,
                        floor_fwd_ms=io / bw * 1e3, floor_fwdbwd_ms=(2 * io + nbytes(xs)) / bw * 1e3)
             if chunk_gla is not None and (fla_at is None or shape in fla_at):
                 fla_op = chunk_gla if op == "wkv6" else chunk_rwkv7
@@ -126,15 +128,15 @@ def kernels(cfg):
         for row in rows[-2:]:
             row["sdpa_fwdbwd_ms"] = sdpa_ms
         del q, kv
-        print(f"  B{B} T{T} done")
+        print(f"  B{B} T{T} N{N} done")
     print(table(["shape", "op", "fwd ms", "fwd+bwd ms", "fla fwd / f+b ms", "speed-up over fla fwd / f+b",
                  f"SDPA {H}/{KVH} f+b ms", "x floor f+b"],
-                [[f"B{r['B']} T{r['T']}", r["op"], fmt(r["fwd_ms"], ".3f"), fmt(r["fwdbwd_ms"], ".3f"),
+                [[f"B{r['B']} T{r['T']} N{r['N']}", r["op"], fmt(r["fwd_ms"], ".3f"), fmt(r["fwdbwd_ms"], ".3f"),
                   f"{fmt(r['fla_fwd_ms'], '.3f')} / {fmt(r['fla_fwdbwd_ms'], '.3f')}",
                   f"{fmt(r['fla_fwd_ms'] and r['fla_fwd_ms'] / r['fwd_ms'])} / "
                   f"{fmt(r['fla_fwdbwd_ms'] and r['fla_fwdbwd_ms'] / r['fwdbwd_ms'])}",
                   fmt(r["sdpa_fwdbwd_ms"], ".3f"), fmt(r["fwdbwd_ms"] / r["floor_fwdbwd_ms"], ".1f")] for r in rows]))
-    print(f"H={H} N={N}, bf16 inputs (log-decay float32), wkv7 on keys alike from step to step as on real text")
+    print(f"H={H}, bf16 inputs (log-decay float32), wkv7 on keys alike from step to step as on real text")
     write_rows(f"kernels_{gpu.split()[-1].lower()}", rows, cfg.out)
     return rows
 
@@ -294,7 +296,7 @@ def distill_step(cfg):
     split = split_step(dcfg, teacher, student, hooks, opt, batch, device, distill)
     tokens = cfg.micro_batch * cfg.seq_len
     flops = distill.flops_per_token(dcfg, teacher, student)
-    peak = 989e12 if device.type == "cuda" and any(g in device_name(device) for g in ("H100", "H200")) else 0
+    peak = distill.peak_flops(dcfg, device)
     row = dict(gpu=device_name(device), date=time.strftime("%Y-%m-%d"), model=cfg.preset,
                layers=tcfg.num_hidden_layers, stage=cfg.stage, student=cfg.student, seq_len=cfg.seq_len,
                micro_batch=cfg.micro_batch, activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,

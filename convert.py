@@ -133,9 +133,10 @@ def read_config(path, name="config.json"):
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
         return config_from_hf(d)
+    except M.ConfigError as e:  # (its message starts "config.json: ")
+        raise M.ConfigError(f"{f}: {str(e).removeprefix('config.json: ')}") from None
     except (ValueError, KeyError, TypeError) as e:  # JSON and decoding errors are ValueErrors too
-        raise M.ConfigError(f"{f}: {e if isinstance(e, M.ConfigError) else f'malformed ({type(e).__name__}: {e})'}"
-                            .replace(f"{f}: config.json: ", f"{f}: ")) from None
+        raise M.ConfigError(f"{f}: malformed ({type(e).__name__}: {e})") from None
 
 
 def iter_checkpoint(path):
@@ -159,12 +160,8 @@ def iter_checkpoint(path):
         try:
             with safe_open(f, framework="pt") as st:
                 for key in st.keys():
-                    t = st.get_tensor(key)
-                    yield key, t
+                    yield key, st.get_tensor(key)
         except Exception as e:  # safetensors' SafetensorError, OSError, ...: a truncated file or a corrupt header
-            if isinstance(e, M.ConfigError) or not isinstance(e, (OSError, RuntimeError, ValueError)) and \
-                    type(e).__name__ != "SafetensorError":
-                raise
             raise M.ConfigError(f"{f}: unreadable safetensors file ({e})") from None
 
 
@@ -507,12 +504,12 @@ def fresh_student(teacher_dir, out_dir, student="rwkv7", attention_layers=(), dt
 # and every other object goes through torch.load(weights_only=True).
 
 METADATA_CLASSES = {  # (module, name) a checkpoint's .metadata may reference; anything else is refused
-    **{("torch.distributed.checkpoint.metadata", n): 1 for n in (
+    *(("torch.distributed.checkpoint.metadata", n) for n in (
         "Metadata", "MetadataIndex", "ChunkStorageMetadata", "TensorProperties", "TensorStorageMetadata",
-        "BytesStorageMetadata", "StorageMeta", "_MEM_FORMAT_ENCODING")},
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): 1, ("torch", "Size"): 1,
-    ("torch.serialization", "_get_layout"): 1, ("collections", "OrderedDict"): 1,
-    **{("pathlib", n): 1 for n in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")}}
+        "BytesStorageMetadata", "StorageMeta", "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+    *(("pathlib", n) for n in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"))}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -523,15 +520,16 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def _safe_load_args(path):
-    # storage reader and planner for dcp.load that run no code from the checkpoint
+    # storage reader and planner for dcp.load that run no code from the checkpoint; its index is read here, once,
+    # so that a missing, damaged or crafted one is a one-line ValueError before dcp.load starts
     from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
+    metadata = read_checkpoint_index(path)
 
     class Reader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):
             if kwargs.get("rank") is not None:  # (per-rank indexes: this code never writes them)
                 raise FileNotFoundError(f"{path}: no per-rank checkpoint index")
-            metadata = read_checkpoint_index(path)
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -618,9 +616,9 @@ def load_checkpoint(path, model, opt, rank):
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-    read_checkpoint_index(path)
+    load_args = _safe_load_args(path)
     try:
-        dcp.load(state, **_safe_load_args(path))
+        dcp.load(state, **load_args)
         set_model_state_dict(model, state["model"])
         set_optimizer_state_dict(model, opt, state["optim"])
         rng = os.path.join(path, f"rng_{rank}.pt")
@@ -633,21 +631,22 @@ def load_checkpoint(path, model, opt, rank):
 
 
 def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16", force=False):
-    """A training checkpoint -> HF directory in the published format, in one process."""
+    """A training checkpoint -> HF directory (save_model's: the published format where it holds the student), in one
+    process."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
     path = Path(ckpt_dir) / "model_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{ckpt_dir}: no model_config.json (expected RUN/stageN/ckpt/step_NNNNNNN)")
     check_out_dir(out_dir, force)
-    read_checkpoint_index(str(ckpt_dir))
+    load_args = _safe_load_args(str(ckpt_dir))
     cfg = read_config(ckpt_dir, "model_config.json")
     with torch.device("meta"):
         m = M.Model(cfg)
     m.to_empty(device="cpu")
     state = {"model": m.state_dict()}
     try:  # fills the tensors in place; the optimizer is skipped
-        dcp.load(state, **_safe_load_args(str(ckpt_dir)))
+        dcp.load(state, **load_args)
     except (OSError, RuntimeError, EOFError, CheckpointException) as e:
         raise ValueError(f"{ckpt_dir}: damaged checkpoint ({str(e).strip()[-300:]})") from None
     save_model(state["model"], cfg, out_dir, tokenizer_dir=tokenizer_dir, dtype=getattr(torch, dtype))
@@ -704,18 +703,15 @@ def main(argv):
             for name, (cls, pos, h) in COMMANDS.items()}
     args = parser.parse_args(argv)
     a = data.config_from(COMMANDS[args.command][0], args)
+    data.validate(a, choices=dict(dtype=("float32", "bfloat16") + ("float16",) * (args.command == "gguf")))
     if args.command == "gguf":
         if len(a.paths) != 2 - a.smollm2:
             subs["gguf"].error("expected PATH.gguf OUT_DIR, or --smollm2 OUT_DIR")
         gguf_to_hf(smollm2_gguf_path() if a.smollm2 else a.paths[0], a.paths[-1], dtype=a.dtype, force=a.force)
     elif args.command == "student":
-        if a.dtype not in ("float32", "bfloat16"):
-            subs["student"].error(f"--dtype {a.dtype}: expected float32 or bfloat16")
         layers = [int(i) for i in a.attention_layers.split(",") if i.strip()]
         fresh_student(a.teacher, a.out_dir, a.student, layers, a.dtype, a.force)
     else:
-        if a.dtype not in ("float32", "bfloat16"):
-            subs["export"].error(f"--dtype {a.dtype}: expected float32 or bfloat16")
         export_checkpoint(a.ckpt_dir, a.out_dir, a.tokenizer or None, a.dtype, a.force)
 
 

@@ -28,7 +28,7 @@ import sys
 import unicodedata
 from collections import deque
 from dataclasses import MISSING, dataclass, field, fields
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from inspect import getsource
 from pathlib import Path
 
@@ -98,6 +98,15 @@ class Tokenizer(tiktoken.Encoding):
 
     def __reduce__(self):  # pickled as its path: cheap to send to worker processes
         return load_tokenizer, (self.name,)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        # what decides the ids, however the file spells it (an HF file and its GGUF round trip agree); computed
+        # when a binidx record is written or checked, not at every load (it costs a quarter of one)
+        model = json.loads(Path(self.name).read_text(encoding="utf-8"))["model"]
+        what = [sorted(model["vocab"].items()), [m.split(" ") if isinstance(m, str) else m for m in model["merges"]],
+                sorted(self._special_tokens.items()), self._pat_str, self._normalizer]
+        return hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()[:16]
 
     def encode_to_numpy(self, text, *, allowed_special="all", disallowed_special=()) -> np.ndarray:
         if self._normalizer and not unicodedata.is_normalized(self._normalizer, text):
@@ -179,12 +188,7 @@ def _load_tokenizer(path: Path) -> Tokenizer:
     if eot_id is None:
         raise DataError(f"{path}: no <|endoftext|> or <|end_of_text|> token and no eos_token in tokenizer_config.json")
     eos_id = eot_id if eos_id is None else eos_id
-    enc = Tokenizer(path, pattern, ranks, added, n_vocab, normalizer, unk_id, eot_id, eos_id)
-    # what decides the ids, however the file spells it: the same for an HF file and its GGUF round trip
-    what = [sorted(vocab.items()), [m.split(" ") if isinstance(m, str) else m for m in model["merges"]],
-            sorted(added.items()), pattern, normalizer]
-    enc.fingerprint = hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()[:16]
-    return enc
+    return Tokenizer(path, pattern, ranks, added, n_vocab, normalizer, unk_id, eot_id, eos_id)
 
 
 def load_tokenizer(path) -> Tokenizer:
@@ -195,9 +199,9 @@ def load_tokenizer(path) -> Tokenizer:
         raise DataError(f"{path}: tokenizer file not found")
     try:
         return _load_tokenizer(path)
+    except DataError:
+        raise
     except (KeyError, TypeError, AttributeError, ValueError) as e:  # JSON and UTF-8 decoding errors too
-        if isinstance(e, DataError):
-            raise
         raise DataError(f"{path}: not a tokenizer.json ({type(e).__name__}: {str(e)[:200]})") from None
 
 
@@ -315,10 +319,11 @@ def check_tokenizer(prefix, model_dir) -> str | None:
     (returned, for printing) when either side has no record to compare, e.g. the released RADLADS files."""
     record, tok = Path(f"{prefix}.tok.json"), Path(model_dir)
     tok = tok if tok.is_file() else tok / "tokenizer.json"
-    if not record.is_file() or not tok.is_file():
+    if not record.is_file():
         return (f"notice: {prefix} has no record of its tokenizer ({record.name}): its ids are taken to be those of "
-                f"{model_dir}'s tokenizer" if not record.is_file() else
-                f"notice: {model_dir} has no tokenizer.json to compare with {record}")
+                f"{model_dir}'s tokenizer")
+    if not tok.is_file():
+        return f"notice: {model_dir} has no tokenizer.json to compare with {record}"
     try:
         made = json.loads(record.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -431,6 +436,9 @@ class TokenizeConfig:
     val_docs: int = 0  # the last N documents go to OUT_val.bin/.idx instead
 
 
+READ_ERRORS = (UnicodeDecodeError, EOFError, lzma.LZMAError, gzip.BadGzipFile)  # a damaged or truncated file
+
+
 def open_text(path):
     """A text file, or a .gz / .xz compressed one, opened for reading (UTF-8; "\\r\\n" stays as is)."""
     opener = {".gz": gzip.open, ".xz": lzma.open}.get(Path(path).suffix, open)
@@ -448,7 +456,7 @@ def read_jsonl(path):
                         yield i, json.loads(line)
                     except json.JSONDecodeError as e:
                         raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-    except (UnicodeDecodeError, EOFError, lzma.LZMAError, gzip.BadGzipFile) as e:  # a damaged or truncated file
+    except READ_ERRORS as e:
         raise DataError(f"{path}: cannot read past line {i} ({type(e).__name__}: {e})") from None
 
 
@@ -467,7 +475,7 @@ def read_documents(paths, text_field: str = "text"):
                 if not isinstance(text, str):
                     raise DataError(f"{path}:{line_no}: not a JSON object with a {text_field!r} string")
                 yield from [text] if text else []
-        except (UnicodeDecodeError, EOFError, lzma.LZMAError, gzip.BadGzipFile) as e:
+        except READ_ERRORS as e:
             raise DataError(f"{path}: cannot read: {e}") from None
 
 

@@ -356,6 +356,11 @@ def flops_per_token(cfg, teacher, student):
     return f
 
 
+def peak_flops(cfg, device):
+    # per device, for MFU: --peak_tflops, else dense bf16 of the GPUs this code knows (0: no MFU)
+    known = device.type == "cuda" and any(g in torch.cuda.get_device_name(device) for g in ("H100", "H200"))
+    return cfg.peak_tflops * 1e12 or (989e12 if known else 0)
+
 
 # ----------------------------------------------------------------------------- steps
 
@@ -467,7 +472,8 @@ def main(argv):
     teacher, student = build(cfg, device, mp)
     for ds in filter(None, (train_ds, val_ds)):  # data made for another model fails here, not mid-run
         note = data.check_tokenizer(ds.prefix, cfg.teacher or init_source(cfg))
-        print0(note) if note else None
+        if note:
+            print0(note)
         data.check_tokens(ds, student.cfg.vocab_size)
     hooks = attention_hooks(teacher) if cfg.stage == 1 else None
     opt, lrs = make_optimizer(cfg, student, device)
@@ -482,9 +488,7 @@ def main(argv):
     print0(f"step {cfg.stage}: {student.cfg.model_type} student, {n_total / 1e6:.1f}M params ({n_new / 1e6:.2f}M new), "
            f"{world} processes, {steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens, accumulation "
            f"{cfg.batch_size // (cfg.micro_batch * world)}, data {train_ds.n_tokens:,} tokens (magic prime {prime})")
-    fpt = flops_per_token(cfg, teacher, student)
-    peak = cfg.peak_tflops * 1e12 or (989e12 if device.type == "cuda" and
-                                      any(g in torch.cuda.get_device_name() for g in ("H100", "H200")) else 0)
+    fpt, peak = flops_per_token(cfg, teacher, student), peak_flops(cfg, device)
 
     # loop: validation, the gradients, a checkpoint of the weights that just gave them, the update, a log line
     metrics = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if rank == 0 else None

@@ -425,7 +425,8 @@ def evaluate(cfg):
     for name, path in models:  # every input was checked above, before the first (slow) model load
         enc = data.load_tokenizer(cfg.tokenizer or path)
         note = data.check_tokenizer(cfg.val_data, cfg.tokenizer or path) if os.path.isfile(cfg.val_data + ".bin") else None
-        print(note) if note else None
+        if note:
+            print(note)
         model = convert.load_model(path, device, dtype).eval()
         res = results[name] = {}
         for task, docs in tasks.items():

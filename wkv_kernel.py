@@ -41,12 +41,18 @@ The backward's scratch lives only during the backward: R, K, W, Bt, a e^gp, Y, d
 input) and eight [BT, BT] matrices per chunk (each 64 / N of an input's size).
 Every kernel fits the 227 KiB of shared memory per block of an H100 (sm_90) for N up to 256, except the wkv7
 backward with inputs other than bfloat16 (float32 products): there N <= 128, which _check enforces on the GPU.
-The two gradient kernels are compiled without Hopper's wgmma instructions (MMA_V2): Triton 3.6 builds them
-into code that reads out of bounds or returns wrong gradients at some head sizes; with mma.sync they are right.
+Hopper (sm_90): every kernel uses the wgmma instructions when Triton's ptxas is from CUDA 13.3 or later. Older
+ptxas (Triton 3.6 bundles 12.8's) miscompiles wgmma code that reuses a product's registers (wrong gradients, reads
+out of bounds), so with it the two gradient kernels use mma.sync (MMA_V2). Measured on an H200 (B8 T4096 H28 N128
+bf16, forward+backward): wgmma 10.3 / 25.9 ms (wkv6 / wkv7), mma.sync in the gradient kernels 10.9 / 28.7 ms.
+requirements-gpu.txt installs CUDA 13's ptxas; _ptxas hands it to Triton.
 """
 import contextlib
 import math
 import os
+import re
+import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +65,35 @@ USE_REFERENCE = False  # True: wkv6 / wkv7 run the per-timestep float32 loops (s
 CHUNK = 64  # BT: timesteps per chunk, one saved state each
 SUB = 16  # BC: rows per block of one decay reference; e^(5 * (BC / 2 + 1)) stays in float32 range for logw >= -5
 WARPS = dict(prep=4, state=8, out=4, dmat=4, dinput=4)  # num_warps of each kernel
-MMA_V2 = ("dmat", "dinput")  # kernels compiled with mma.sync instead of wgmma (sm_90)
 BLOCK_V = 64  # value columns per program of the serial passes and the output
 BLOCK_K = dict(prep=32, dmat=64, dinput=16)  # key columns per step of the parallel kernels (fewer registers spilled)
+
+GOOD_PTXAS = (13, 3)  # the first CUDA whose ptxas compiles every kernel's wgmma code right (wrong from 12.8 to 13.2)
+
+
+def _ptxas():
+    # the ptxas Triton compiles with: TRITON_PTXAS_PATH if set, else CUDA 13's from the nvidia-cuda-nvcc wheel when
+    # it is known good, else Triton's own. Returns (path, (major, minor)) and the kernels that must use mma.sync
+    def version(path):
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+            return tuple(map(int, re.search(r"release (\d+)\.(\d+)", out).groups()))
+        except (OSError, subprocess.SubprocessError, AttributeError):
+            return None
+    if "TRITON_PTXAS_PATH" not in os.environ:
+        for folder in sys.path:
+            path = os.path.join(folder, "nvidia", "cu13", "bin", "ptxas")
+            if os.path.isfile(path) and (version(path) or (0,)) >= GOOD_PTXAS:
+                os.environ["TRITON_PTXAS_PATH"] = path
+                break
+    path = os.environ.get("TRITON_PTXAS_PATH") or os.path.join(os.path.dirname(triton.__file__), "backends",
+                                                               "nvidia", "bin", "ptxas")
+    found = version(path)
+    return path, found, (() if found and found >= GOOD_PTXAS else ("dmat", "dinput"))
+
+
+# MMA_V2: the kernels compiled with mma.sync instead of wgmma on sm_90 (a CPU build of torch runs no ptxas)
+PTXAS, PTXAS_VERSION, MMA_V2 = _ptxas() if torch.version.cuda else (None, None, ("dmat", "dinput"))
 
 
 # -----------------------------------------------------------------------------
@@ -539,11 +571,20 @@ def _dinput_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, d
 # launchers: shapes, dtypes, contiguity; then the autograd.Function
 
 
+_TOLD = False  # said once that wgmma is off
+
+
 @contextlib.contextmanager
 def _mma_v2(name):
     # Triton reads DISABLE_MMA_V3 when it compiles a kernel (the first launch at each specialization) and keys
     # its disk cache on it; later launches reuse the compiled kernel, so the variable only matters here
+    global _TOLD
     old = os.environ.get("DISABLE_MMA_V3")
+    if name in MMA_V2 and not _TOLD and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
+        _TOLD = True
+        if os.environ.get("RANK", "0") == "0":
+            print(f"wkv_kernel: ptxas {PTXAS_VERSION} compiles wgmma wrong, so the gradient kernels use mma.sync "
+                  "(~10% slower); CUDA 13.3's or later is right: pip install -r requirements-gpu.txt")
     if name in MMA_V2:
         os.environ["DISABLE_MMA_V3"] = "1"
     try:

@@ -7,7 +7,6 @@ a greedy chat answer. Tiny synthetic GGUFs cover qwen2 (biases, an untied lm_hea
 qwen3 (q/k norms, head_dim != C/H) and llama with Llama 3.x's RoPE scaling (rope_freqs.weight). The
 command line must fail with one `error:` line, never a traceback.
 """
-import importlib.util
 import json
 import random
 import subprocess

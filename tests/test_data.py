@@ -59,7 +59,7 @@ def tokenizer_dir(request, tmp_path_factory):
     if request.param == "qwen2":
         return need(QWEN2)
     gguf = pytest.importorskip("gguf", reason="reading the SmolLM2 GGUF needs the gguf package")
-    tokenizers = pytest.importorskip("tokenizers", reason="building a tokenizer.json needs HF tokenizers")
+    pytest.importorskip("tokenizers", reason="building a tokenizer.json needs HF tokenizers")
     convert = pytest.importorskip("convert", reason="convert.py locates the SmolLM2 GGUF")
     try:
         path = convert.smollm2_gguf_path()

@@ -126,11 +126,42 @@ def test_mma_v2_switch_is_scoped(before, monkeypatch):
         monkeypatch.delenv("DISABLE_MMA_V3", raising=False)
     else:
         monkeypatch.setenv("DISABLE_MMA_V3", before)
+    monkeypatch.setattr(W, "MMA_V2", ("dmat", "dinput"))
     with W._mma_v2("dinput"):
         assert os.environ["DISABLE_MMA_V3"] == "1"
     assert os.environ.get("DISABLE_MMA_V3") == before
     with W._mma_v2("prep"):
         assert os.environ.get("DISABLE_MMA_V3") == before
+
+
+def fake_ptxas(folder, release):
+    path = Path(folder) / "ptxas"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("wheel,env,expect", [
+    (None, "12.8", "mma.sync"), (None, "13.3", "wgmma"), ("13.5", None, "wgmma"), ("13.2", None, "mma.sync"),
+    ("13.5", "12.8", "mma.sync")], ids=["env-12.8", "env-13.3", "wheel-13.5", "wheel-13.2", "env-wins"])
+def test_ptxas_choice(wheel, env, expect, tmp_path, monkeypatch):
+    # wgmma in every kernel only with a ptxas of CUDA >= 13.3: TRITON_PTXAS_PATH if set, else the nvidia-cuda-nvcc
+    # wheel's (nvidia/cu13/bin/ptxas on sys.path) when it is that new, else Triton's own
+    environ = {k: v for k, v in os.environ.items() if k != "TRITON_PTXAS_PATH"}
+    if env:
+        environ["TRITON_PTXAS_PATH"] = fake_ptxas(tmp_path / "env", env)
+    monkeypatch.setattr(os, "environ", environ)
+    if wheel:
+        wheel_ptxas = fake_ptxas(tmp_path / "site" / "nvidia" / "cu13" / "bin", wheel)
+        monkeypatch.setattr(sys, "path", [str(tmp_path / "site")])  # no ptxas installed but the fake
+    monkeypatch.setattr(W.triton, "__file__", str(tmp_path / "triton" / "__init__.py"))  # its own: absent here
+    path, version, mma_v2 = W._ptxas()
+    assert mma_v2 == (() if expect == "wgmma" else ("dmat", "dinput"))
+    used = env or (wheel if expect == "wgmma" else None)  # None: Triton's own
+    assert version == (tuple(map(int, used.split("."))) if used else None)
+    if wheel and not env:
+        assert (path == wheel_ptxas) == (environ.get("TRITON_PTXAS_PATH") == wheel_ptxas) == (expect == "wgmma")
 
 
 def test_bad_inputs_raise():

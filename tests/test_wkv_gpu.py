@@ -77,3 +77,15 @@ def test_matches_float64_loop(kind, keys, dtype):
 def test_decays_at_the_edges(kind, keys, fill):
     args, state = make_inputs(kind, 1, 2048, 2, 128, torch.bfloat16, logw_fill=fill, keys=keys)
     compare(kind, args, state, getattr(W, f"{kind}_chunked"), TOL[torch.bfloat16], dlogw_scale=True)
+
+
+SWEEP = [(kind, keys, N, dtype) for kind, keys in KINDS for dtype in (torch.bfloat16, torch.float32)
+         for N in (16, 32, 64, 128, 256) if N <= 128 or dtype == torch.bfloat16]
+
+
+@pytest.mark.parametrize("kind,keys,N,dtype", SWEEP,
+                         ids=[f"{k}-{keys}-N{N}-{str(d)[6:]}" for k, keys, N, d in SWEEP])
+def test_head_sizes(kind, keys, N, dtype):
+    # every head size the kernels take, each compiled for itself (tiles, warps and wgmma or mma.sync differ)
+    args, state = make_inputs(kind, 2, 200, 2, N, dtype, keys=keys)
+    compare(kind, args, state, getattr(W, f"{kind}_ref"), TOL[dtype], ref_dtype=torch.float64)

@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 import os
+import resource
 import shutil
 import sys
 import time
@@ -279,7 +280,7 @@ def make_optimizer(cfg, student, device):
     lrs = [(cfg.attn_lr or cfg.lr, cfg.attn_lr_final or cfg.lr_final), (cfg.lr, cfg.lr_final)]
     groups = [({"params": ps, "lr": lr[0]}, lr) for ps, lr in zip([attn, rest], lrs) if ps]
     opt = torch.optim.AdamW([g for g, _ in groups], betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                            weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+                            weight_decay=cfg.weight_decay, fused=True)
     return opt, [lr for _, lr in groups]
 
 
@@ -325,9 +326,10 @@ def step_loss(cfg, teacher, student, batch, hooks):
         loss = loss / len(student.model.layers)
         return loss, torch.stack([loss.detach(), torch.zeros_like(loss.detach())])
     if cfg.stage == 2:
-        with torch.no_grad():
-            t_logits = teacher(x)  # (B, T, V) in the compute dtype; float32 only chunk by chunk
-        out = student(x, head=lambda h, w: chunked(kl_and_ce, cfg.loss_chunk, h, w, t_logits, y))
+        with torch.no_grad():  # the teacher's final hidden states (B, T, C) and head: its logits only chunk by chunk
+            t_h, t_w = teacher(x, head=lambda h, w: (h, w))
+        kl = lambda h, w, t_h, y: kl_and_ce(h, w, F.linear(t_h, t_w), y)
+        out = student(x, head=lambda h, w: chunked(kl, cfg.loss_chunk, h, w, t_h, y))
     else:
         out = student(x, head=lambda h, w: chunked(ce_only, cfg.loss_chunk, h, w, y))
     return out[0], out.detach()
@@ -419,10 +421,12 @@ def log_val(cfg, step, steps, v, metrics):
 def log_step(cfg, step, steps, tot, norm, lr, dt, world, fpt, peak, device, log_path, metrics):
     tps = cfg.batch_size * cfg.seq_len / dt
     mfu = f"{100 * fpt * tps / world / peak:.1f}%" if peak else "-"
-    mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else "-"
+    mem = (f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else  # peak so far
+           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS")  # Linux: ru_maxrss in KiB
+    rate = lambda x: f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
     line = (f"step {step}/{steps} | loss {tot[0]:.4f}" + (f" | ce {tot[1]:.4f}" if cfg.stage == 2 else "") +
-            f" | lr {lr:.2e} | norm {norm:.3f} | {dt * 1000:.0f} ms | {tps / 1000:.1f}k tok/s"
-            f" | {tps / world / 1000:.1f}k tok/s/dev | mfu {mfu} | mem {mem}")
+            f" | lr {lr:.2e} | norm {norm:.3f} | {dt * 1000:.0f} ms | {rate(tps)} tok/s"
+            f" | {rate(tps / world)} tok/s/dev | mfu {mfu} | mem {mem}")
     print0(line)
     with open(log_path, "a") as fh:
         fh.write(line + "\n")
@@ -523,6 +527,8 @@ def main(argv):
             if rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
                 log_step(cfg, step + 1, steps, tot.tolist(), norm.item(), opt.param_groups[0]["lr"],
                          time.perf_counter() - t0, world, fpt, peak, device, log_path, metrics)
+    opt.zero_grad(set_to_none=True)  # the last checkpoint holds them: the final evaluation and export get the memory
+    opt.state.clear()
     if val_ds is not None:
         log_val(cfg, steps, steps, evaluate(cfg, teacher, student, hooks, val_ds, rank, world, device), metrics)
     finish(cfg, student, stage_dir, rank, metrics)

@@ -629,8 +629,10 @@ ERRORS = (ValueError, OSError, ArithmeticError, ImportError, EOFError, lzma.LZMA
 def run(main, argv=None):
     """main(argv) with the project's exits: "error: <message>" and 2 for a usage error, 1 for any other."""
     try:  # glibc keeps the activations a CPU step frees as heap fragments, and a process's memory doubles over a
-        # few steps: blocks of 1 MiB and more are mapped and given back instead (M_MMAP_THRESHOLD = -3)
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)
+        # few steps: blocks of 1 MiB and more are mapped and given back instead (M_MMAP_THRESHOLD = -3), unless
+        # glibc's own MALLOC_MMAP_THRESHOLD_ says otherwise
+        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+            ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)
     except (OSError, AttributeError):  # not glibc
         pass
     try:

@@ -326,10 +326,9 @@ def step_loss(cfg, teacher, student, batch, hooks):
         loss = loss / len(student.model.layers)
         return loss, torch.stack([loss.detach(), torch.zeros_like(loss.detach())])
     if cfg.stage == 2:
-        with torch.no_grad():  # the teacher's final hidden states (B, T, C) and head: its logits only chunk by chunk
-            t_h, t_w = teacher(x, head=lambda h, w: (h, w))
-        kl = lambda h, w, t_h, y: kl_and_ce(h, w, F.linear(t_h, t_w), y)
-        out = student(x, head=lambda h, w: chunked(kl, cfg.loss_chunk, h, w, t_h, y))
+        with torch.no_grad():
+            t_logits = teacher(x)  # (B, T, V) in the compute dtype; float32 only chunk by chunk
+        out = student(x, head=lambda h, w: chunked(kl_and_ce, cfg.loss_chunk, h, w, t_logits, y))
     else:
         out = student(x, head=lambda h, w: chunked(ce_only, cfg.loss_chunk, h, w, y))
     return out[0], out.detach()

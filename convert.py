@@ -123,6 +123,27 @@ def config_to_hf(cfg):
     return d
 
 
+def attention_layers(spec):
+    """--attention_layers: "20,21,26" (layer indices), or "RANKING.json:K", the first K layers of a ranking that
+    `eval.py --rank_layers` wrote (the layers whose attention, given back alone, brings the student closest to
+    the teacher)."""
+    path, _, k = spec.rpartition(":")
+    if not path.endswith(".json"):
+        try:
+            return [int(i) for i in spec.split(",") if i.strip()]
+        except ValueError:
+            raise data.UsageError(f"--attention_layers {spec!r}: expected layer indices like 20,21 or "
+                                  "RANKING.json:K") from None
+    try:
+        with open(path) as fh:
+            ranking = [r["layer"] for r in json.load(fh)["ranking"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a layer ranking of eval.py --rank_layers ({e})") from None
+    if not k.isdigit() or not 0 < int(k) <= len(ranking):
+        raise data.UsageError(f"--attention_layers {spec!r}: K must be 1 to {len(ranking)}, the layers ranked")
+    return sorted(ranking[:int(k)])
+
+
 def read_config(path, name="config.json"):
     f = os.path.join(path, name)
     if not os.path.isfile(f):
@@ -677,7 +698,7 @@ class StudentArgs:
     teacher: str = ""  # HF directory of the teacher
     out_dir: str = ""  # the fresh student's directory
     student: str = "rwkv7"  # time mixer: rwkv7 | rwkv6 (model.MIXERS)
-    attention_layers: str = ""  # comma-separated layers kept as softmax attention (a hybrid)
+    attention_layers: str = ""  # layers kept as softmax attention (a hybrid): 20,21 or RANKING.json:K
     dtype: str = "bfloat16"  # float32 | bfloat16
     force: bool = False  # write into an OUT_DIR that is not empty
 
@@ -709,8 +730,7 @@ def main(argv):
             subs["gguf"].error("expected PATH.gguf OUT_DIR, or --smollm2 OUT_DIR")
         gguf_to_hf(smollm2_gguf_path() if a.smollm2 else a.paths[0], a.paths[-1], dtype=a.dtype, force=a.force)
     elif args.command == "student":
-        layers = [int(i) for i in a.attention_layers.split(",") if i.strip()]
-        fresh_student(a.teacher, a.out_dir, a.student, layers, a.dtype, a.force)
+        fresh_student(a.teacher, a.out_dir, a.student, attention_layers(a.attention_layers), a.dtype, a.force)
     else:
         export_checkpoint(a.ckpt_dir, a.out_dir, a.tokenizer or None, a.dtype, a.force)
 

@@ -49,7 +49,7 @@ class Config:
     stage: int = 1  # 1 attention alignment, 2 knowledge distillation, 3 context extension
     teacher: str = ""  # HF directory of the teacher (steps 1 and 2; step 1 builds the student from it)
     student: str = "rwkv7"  # time mixer of the student: rwkv7 | rwkv6
-    attention_layers: str = ""  # hybrid: comma-separated layer indices kept as softmax attention
+    attention_layers: str = ""  # hybrid: layers kept as attention, 20,21 or RANKING.json:K (eval.py --rank_layers)
     init_from: str = "auto"  # auto: step 1 from the teacher, step N from out_dir/stage{N-1}/final;
     #                          "teacher": a fresh student (skips step 1); else an HF student directory
     data: str = ""  # binidx prefix of the training tokens (PREFIX.bin / PREFIX.idx)
@@ -242,7 +242,7 @@ def build(cfg, device, mp, teacher_cfg=None):
     """Teacher (frozen, compute dtype) and student (float32 master weights), sharded. teacher_cfg: a random
     teacher of that shape instead of --teacher (bench.py)."""
     dtype, teacher = getattr(torch, cfg.dtype), None
-    att = [int(i) for i in cfg.attention_layers.split(",") if i.strip()]
+    att = convert.attention_layers(cfg.attention_layers)
     if cfg.stage in (1, 2) or cfg.init_from == "teacher":
         if teacher_cfg is None and not cfg.teacher:
             raise ValueError(f"step {cfg.stage} needs --teacher (an HF directory)")

@@ -12,6 +12,9 @@ state buys: long-context retrieval. (Inference speed: bench.py decode.)
                    each document) or binidx set, cut into non-overlapping --val_window windows; each
                    window scores its window-1 next-token predictions.
   --passkey        a 5-digit key at a seeded depth of filler text, 1k..32k tokens, greedy generation.
+  --rank_layers    which layers a hybrid should keep as attention, by measurement: the mean KL(teacher ||
+                   student) per --val_data prediction, with each student layer in turn given back its teacher
+                   attention (the others unchanged, nothing trained), ranked by how far it falls; ranking.json.
 
 Continuations are split as lm-eval does: trailing whitespace of the context moves to the
 continuation, the continuation's tokens are those of tokenize(context + choice) after
@@ -20,6 +23,8 @@ tokenize(context), no special tokens are added, and an empty context becomes the
     python eval.py --models teacher=out/teacher student=out/student --eval_dir ../shared/eval \\
         --val_data ../shared/data/gutenberg/val-00.jsonl.xz
     python eval.py --models student=out/student --tasks "" --passkey
+    python eval.py --models teacher=out/teacher student=out/stage2/final --rank_layers \\
+        --val_data ../shared/data/gutenberg/val-00.jsonl.xz --val_tokens 100000
 """
 import json
 import math
@@ -60,6 +65,7 @@ class EvalConfig:
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu (DATA.md's references are float32)
     seed: int = 1234  # passkey keys and depths
     out: str = "out/eval"  # report.md and report.json are written here
+    rank_layers: bool = False  # rank the layers of one pure student for a hybrid (needs teacher= and --val_data)
     merge: list = field(default_factory=list)  # report.json files (or their dirs) of earlier runs, e.g. one
     #                                            per GPU, joined into one report instead of evaluating
 
@@ -229,14 +235,20 @@ def text_tokens(path, enc, n_tokens):
     return toks
 
 
+def windows(tokens, window):
+    # non-overlapping windows of `tokens` (n_win, window); a partial last window is dropped
+    n_win = len(tokens) // window
+    if n_win == 0 or window < 2:
+        raise EvalError(f"{len(tokens)} tokens do not fill one window of {window}")
+    return torch.from_numpy(np.asarray(tokens[:n_win * window], dtype=np.int64)).view(n_win, window)
+
+
 @torch.no_grad()
 def perplexity(model, tokens, window=512, batch_size=32):
     """Mean next-token cross-entropy over non-overlapping windows of `tokens` (a partial last window is dropped)."""
     device = next(model.parameters()).device
-    n_win = len(tokens) // window
-    if n_win == 0 or window < 2:
-        raise EvalError(f"{len(tokens)} tokens do not fill one window of {window}")
-    x_all = torch.from_numpy(np.asarray(tokens[:n_win * window], dtype=np.int64)).view(n_win, window)
+    x_all = windows(tokens, window)
+    n_win = len(x_all)
     nll, n = 0.0, 0
     for s in tqdm(range(0, n_win, batch_size), desc="val", leave=False, disable=None):
         x = x_all[s:s + batch_size].to(device)
@@ -244,6 +256,36 @@ def perplexity(model, tokens, window=512, batch_size=32):
         lp, _ = head_logprobs(model, h.flatten(0, 1), x[:, 1:].flatten())
         nll, n = nll - lp.double().sum().item(), n + lp.numel()
     return {"loss": nll / n, "ppl": math.exp(nll / n), "tokens": n_win * window, "predicted": n}
+
+
+@torch.no_grad()
+def mean_kl(teacher, student, x_all, batch_size=32, chunk=4096):
+    """Mean KL(teacher || student) over the next-token predictions of the windows x_all (n_win, window)."""
+    device, kl, n = next(student.parameters()).device, 0.0, 0
+    for s in range(0, len(x_all), batch_size):
+        x = x_all[s:s + batch_size, :-1].to(device)
+        ht, hs = teacher(x, hidden=True).flatten(0, 1), student(x, hidden=True).flatten(0, 1)  # (P, C)
+        for c in range(0, len(ht), chunk):  # (chunk, V) log-probabilities, never (P, V)
+            lt = teacher.lm_head(ht[c:c + chunk]).float().log_softmax(-1)
+            ls = student.lm_head(hs[c:c + chunk]).float().log_softmax(-1)
+            kl += (lt.exp() * (lt - ls)).sum().item()
+        n += len(ht)
+    return kl / n
+
+
+def rank_layers(teacher, student, x_all, batch_size=32):
+    """-> the KL of the student as it is, and its recurrent layers sorted by the KL with that one layer's
+    attention given back (the teacher's module, swapped in for the measurement), lowest first."""
+    base, rows = mean_kl(teacher, student, x_all, batch_size), []
+    layers = [i for i in range(student.cfg.num_hidden_layers) if student.cfg.mixer(i) != "attention"]
+    for i in tqdm(layers, desc="layers", leave=False, disable=None):
+        block = student.model.layers[i]
+        mixer, block.self_attn = block.self_attn, teacher.model.layers[i].self_attn
+        try:
+            rows.append({"layer": i, "kl": mean_kl(teacher, student, x_all, batch_size)})
+        finally:
+            block.self_attn = mixer
+    return base, sorted(rows, key=lambda r: r["kl"])
 
 
 # ----------------------------------------------------------------------------- passkey retrieval
@@ -417,6 +459,8 @@ def evaluate(cfg):
     models = parse_models(cfg.models)
     if not models:
         raise EvalError("no --models given")
+    if cfg.rank_layers:
+        return write_ranking(cfg, dict(models), device, dtype)
     tasks = {t: load_task(cfg.eval_dir, t, cfg.limit) for t in (x.strip() for x in cfg.tasks.split(",")) if t}
     lengths = ints(cfg.passkey_lengths, "passkey_lengths")
     if cfg.val_data and not (os.path.isfile(cfg.val_data) or os.path.isfile(cfg.val_data + ".bin")):
@@ -448,6 +492,30 @@ def evaluate(cfg):
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return write_report(cfg, results, device, dtype)
+
+
+def write_ranking(cfg, paths, device, dtype):
+    if "teacher" not in paths or len(paths) != 2 or not cfg.val_data:
+        raise data.UsageError("--rank_layers needs --val_data and two --models: teacher=DIR and one student")
+    teacher_dir = paths.pop("teacher")
+    (name, path), = paths.items()
+    enc = data.load_tokenizer(cfg.tokenizer or path)
+    x_all = windows(text_tokens(cfg.val_data, enc, cfg.val_tokens), cfg.val_window)
+    teacher, student = (convert.load_model(p, device, dtype).eval() for p in (teacher_dir, path))
+    if not student.cfg.student or teacher.cfg.num_hidden_layers != student.cfg.num_hidden_layers:
+        raise EvalError(f"--rank_layers: {path} is not a student of {teacher_dir}")
+    t0 = time.time()
+    base, rows = rank_layers(teacher, student, x_all, cfg.batch_size)
+    out = {"teacher": teacher_dir, "student": path, "val_data": cfg.val_data, "tokens": x_all.numel(),
+           "device": str(device), "dtype": str(dtype), "kl": base, "ranking": rows}
+    os.makedirs(cfg.out, exist_ok=True)
+    with open(os.path.join(cfg.out, "ranking.json"), "w") as fh:
+        json.dump(out, fh, indent=2)
+    print(markdown_table(["rank", "layer given attention", "KL(teacher || student)", "KL as it is"],
+                         [[j + 1, r["layer"], f"{r['kl']:.4f}", f"{base:.4f}"] for j, r in enumerate(rows)]))
+    print(f"{name}: {len(rows)} layers, {x_all.numel()} tokens, {time.time() - t0:.0f} s; "
+          f"wrote {os.path.join(cfg.out, 'ranking.json')} (distill.py --attention_layers THAT:K)")
+    return out
 
 
 def merged_results(paths):

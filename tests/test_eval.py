@@ -161,6 +161,75 @@ def test_perplexity_jsonl_and_binidx(enc, tmp_path):
     assert res["ppl"] == pytest.approx(math.exp(want), rel=1e-5)
 
 
+# ----------------------------------------------------------------------------- layer ranking
+
+@pytest.mark.skipif(not STUDENTS, reason="the students need wkv_kernel")
+def test_mean_kl_by_hand():
+    teacher = tiny_teacher(vocab=300)
+    student = M.make_student(teacher, "rwkv7").eval()
+    x_all = torch.randint(0, 300, (5, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lt, ls = teacher(x_all[:, :-1]).log_softmax(-1), student(x_all[:, :-1]).log_softmax(-1)
+        want = (lt.exp() * (lt - ls)).sum(-1).mean().item()
+    assert E.mean_kl(teacher, student, x_all, batch_size=2, chunk=7) == pytest.approx(want, rel=1e-5)
+    assert E.mean_kl(teacher, teacher, x_all) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.skipif(not STUDENTS, reason="the students need wkv_kernel")
+@pytest.mark.parametrize("kind", STUDENTS)
+@pytest.mark.parametrize("odd", [0, 2])
+def test_rank_layers_finds_the_one_recurrent_layer(kind, odd):
+    # a student that is the teacher except at layer `odd`: giving that layer its attention back makes them equal
+    # (KL 0), giving any other layer its attention back changes nothing
+    teacher = tiny_teacher(vocab=300)
+    student = M.make_student(teacher, kind).eval()
+    for i, (tb, sb) in enumerate(zip(teacher.model.layers, student.model.layers)):
+        if i != odd:
+            sb.self_attn = tb.self_attn
+    x_all = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(1))
+    base, rows = E.rank_layers(teacher, student, x_all, batch_size=3)
+    assert base > 1e-4 and [r["layer"] for r in rows][0] == odd and len(rows) == 3
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert all(r["kl"] == pytest.approx(base, rel=1e-6) for r in rows[1:])
+    assert student.model.layers[odd].self_attn is not teacher.model.layers[odd].self_attn  # put back
+
+
+def test_attention_layers_spec(tmp_path):
+    assert convert.attention_layers("") == [] and convert.attention_layers("3, 1") == [3, 1]
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps({"ranking": [{"layer": 7, "kl": 0.1}, {"layer": 2, "kl": 0.2}, {"layer": 5, "kl": 0.3}]}))
+    assert convert.attention_layers(f"{path}:2") == [2, 7]
+    for bad in ["a,b", f"{path}:0", f"{path}:4", f"{path}:x"]:
+        with pytest.raises(data.UsageError):
+            convert.attention_layers(bad)
+    for missing in [tmp_path / "none.json", tmp_path / "empty.json"]:
+        (tmp_path / "empty.json").write_text("{}")
+        with pytest.raises(ValueError, match="not a layer ranking"):
+            convert.attention_layers(f"{missing}:1")
+
+
+@pytest.mark.skipif(not STUDENTS, reason="the students need wkv_kernel")
+def test_rank_layers_end_to_end(shared, tmp_path):
+    cfg = M.ModelConfig(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    teacher = M.Model(cfg).init_weights(std=0.1)
+    tok = str(shared / "tokenizers" / "qwen2")
+    convert.save_model(teacher.state_dict(), cfg, str(tmp_path / "t"), tokenizer_dir=tok, dtype=torch.float32)
+    student = M.make_student(teacher, "rwkv7")
+    convert.save_model(student.state_dict(), student.cfg, str(tmp_path / "s"), tokenizer_dir=tok, dtype=torch.float32)
+    val = str(shared / "data/gutenberg/val-00.jsonl.xz")
+    out = E.main(["--models", f"teacher={tmp_path / 't'}", f"student={tmp_path / 's'}", "--rank_layers",
+                  "--val_data", val, "--val_tokens", "300", "--val_window", "100", "--device", "cpu",
+                  "--out", str(tmp_path / "out")])
+    rep = json.loads((tmp_path / "out" / "ranking.json").read_text())
+    assert sorted(r["layer"] for r in rep["ranking"]) == [0, 1, 2] and rep["tokens"] == 300
+    assert [r["kl"] for r in rep["ranking"]] == sorted(r["kl"] for r in rep["ranking"]) and rep["kl"] > 0
+    assert out is None or out["ranking"] == rep["ranking"]
+    assert convert.attention_layers(f"{tmp_path / 'out' / 'ranking.json'}:1") == [rep["ranking"][0]["layer"]]
+    with pytest.raises(data.UsageError, match="--rank_layers needs"):
+        E.main(["--models", f"student={tmp_path / 's'}", "--rank_layers", "--val_data", val])
+
+
 # ----------------------------------------------------------------------------- report
 
 def test_relative_scores():

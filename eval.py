@@ -471,7 +471,7 @@ def evaluate(cfg):
         note = data.check_tokenizer(cfg.val_data, cfg.tokenizer or path) if os.path.isfile(cfg.val_data + ".bin") else None
         if note:
             print(note)
-        model = convert.load_model(path, device, dtype).eval()
+        model = convert.load_model(path, device, dtype)  # (in eval mode)
         res = results[name] = {}
         for task, docs in tasks.items():
             t0 = time.time()
@@ -501,9 +501,10 @@ def write_ranking(cfg, paths, device, dtype):
     (name, path), = paths.items()
     enc = data.load_tokenizer(cfg.tokenizer or path)
     x_all = windows(text_tokens(cfg.val_data, enc, cfg.val_tokens), cfg.val_window)
-    teacher, student = (convert.load_model(p, device, dtype).eval() for p in (teacher_dir, path))
-    if not student.cfg.student or teacher.cfg.num_hidden_layers != student.cfg.num_hidden_layers:
+    scfg, tcfg = convert.read_config(path), convert.read_config(teacher_dir)  # before two slow loads
+    if not scfg.student or tcfg.num_hidden_layers != scfg.num_hidden_layers:
         raise EvalError(f"--rank_layers: {path} is not a student of {teacher_dir}")
+    teacher, student = (convert.load_model(p, device, dtype) for p in (teacher_dir, path))
     t0 = time.time()
     base, rows = rank_layers(teacher, student, x_all, cfg.batch_size)
     out = {"teacher": teacher_dir, "student": path, "val_data": cfg.val_data, "tokens": x_all.numel(),

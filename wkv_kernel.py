@@ -81,14 +81,15 @@ def _ptxas():
             return tuple(map(int, re.search(r"release (\d+)\.(\d+)", out).groups()))
         except (OSError, subprocess.SubprocessError, AttributeError):
             return None
-    if "TRITON_PTXAS_PATH" not in os.environ:
+    path = os.environ.get("TRITON_PTXAS_PATH")
+    if path is None:
         for folder in sys.path:
-            path = os.path.join(folder, "nvidia", "cu13", "bin", "ptxas")
-            if os.path.isfile(path) and (version(path) or (0,)) >= GOOD_PTXAS:
-                os.environ["TRITON_PTXAS_PATH"] = path
-                break
-    path = os.environ.get("TRITON_PTXAS_PATH") or os.path.join(os.path.dirname(triton.__file__), "backends",
-                                                               "nvidia", "bin", "ptxas")
+            wheel = os.path.join(folder, "nvidia", "cu13", "bin", "ptxas")
+            found = version(wheel) if os.path.isfile(wheel) else None
+            if found and found >= GOOD_PTXAS:
+                os.environ["TRITON_PTXAS_PATH"] = wheel
+                return wheel, found, ()
+        path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     found = version(path)
     return path, found, (() if found and found >= GOOD_PTXAS else ("dmat", "dinput"))
 
@@ -581,13 +582,13 @@ def _mma_v2(name):
     # its disk cache on it; later launches reuse the compiled kernel, so the variable only matters here
     global _TOLD
     old = os.environ.get("DISABLE_MMA_V3")
-    if name in MMA_V2 and not _TOLD and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
-        _TOLD = True
-        if os.environ.get("RANK", "0") == "0":
-            print(f"wkv_kernel: ptxas {'.'.join(map(str, PTXAS_VERSION or '?'))} compiles wgmma wrong, so the gradient "
-                  "kernels use mma.sync (5-10% slower); CUDA 13.3's or later is right: "
-                  "pip install --no-deps -r requirements-gpu.txt")
     if name in MMA_V2:
+        if not _TOLD and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
+            _TOLD = True
+            if os.environ.get("RANK", "0") == "0":
+                print(f"wkv_kernel: ptxas {'.'.join(map(str, PTXAS_VERSION or '?'))} compiles wgmma wrong, so the "
+                      "gradient kernels use mma.sync (5-10% slower); CUDA 13.3's or later is right: "
+                      "pip install --no-deps -r requirements-gpu.txt")
         os.environ["DISABLE_MMA_V3"] = "1"
     try:
         yield

@@ -256,6 +256,7 @@ class DistillBench:
     compile: bool = False  # torch.compile each student block, as distill.py --compile
     steps: int = 10  # timed steps, after 3 warm-up steps
     dtype: str = "bfloat16"  # compute dtype, as distill.py --dtype
+    profile: int = 0  # then print the N GPU kernels that took longest over two more steps (torch.profiler; 0 = none)
     out: str = ""  # JSON file ("" = results/distill_speed_<gpu>.json, rows appended)
 
 
@@ -294,6 +295,10 @@ def distill_step(cfg):
     sync(device)
     dt = (time.perf_counter() - t0) / cfg.steps
     split = split_step(dcfg, teacher, student, hooks, opt, batch, device, distill)
+    if cfg.profile:  # every process steps (collectives), the first prints
+        with torch.profiler.profile() as prof:
+            step(0), step(1), sync(device)
+        rank == 0 and print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=cfg.profile, max_name_column_width=60))
     tokens = cfg.micro_batch * cfg.seq_len
     flops = distill.flops_per_token(dcfg, teacher, student)
     peak = distill.peak_flops(dcfg, device)

@@ -75,7 +75,7 @@ class Config:
     # float32: [choice] over SPEC's bf16 weights, whose updates at lr 1e-5 would round away; exports are bf16)
     loss_chunk: int = 2048  # tokens per chunk of the KL / cross-entropy, so [tokens, vocab] float32 never exists
     activation_checkpointing: bool = False  # recompute blocks in the backward (steps 2/3)
-    compile: bool = False  # torch.compile each student block
+    compile: bool = False  # torch.compile each student block (step 1: each time mixer)
     ckpt_every: int = 200  # optimizer steps between checkpoints (always one at the end)
     keep_ckpts: int = 2  # complete checkpoints kept on disk
     val_every: int = 100  # optimizer steps between validation passes
@@ -219,8 +219,8 @@ def prepare_student(cfg, student):
     # what trains (step 1: the time mixers only; the teacher runs the rest), recomputation, compilation
     for block in student.model.layers:
         block.checkpointing = cfg.activation_checkpointing and cfg.stage > 1
-        if cfg.compile:
-            block.compile()
+        if cfg.compile:  # step 1 calls the time mixers alone
+            (block.self_attn if cfg.stage == 1 else block).compile()
     if cfg.stage == 1:
         student.requires_grad_(False)
         for block in student.model.layers:

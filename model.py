@@ -355,6 +355,9 @@ PRESETS = {  # for random-init benchmarks and tests; real runs read config.json
                         num_attention_heads=40, num_key_value_heads=8, head_dim=128),
     "qwen2.5-72b": dict(vocab_size=152064, hidden_size=8192, intermediate_size=29568, num_hidden_layers=80,
                         num_attention_heads=64, num_key_value_heads=8, head_dim=128),
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, rms_norm_eps=1e-5, rope_theta=1e5,
+                         attention_bias=False, tie_word_embeddings=True, model_type="llama"),
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=16),
 }

@@ -68,6 +68,8 @@ SUB = 16  # BC: rows per block of one decay reference; e^(5 * (BC / 2 + 1)) stay
 WARPS = dict(prep=4, state=8, out=4, dmat=4, dinput=4)  # num_warps of each kernel
 BLOCK_V = 64  # value columns per program of the serial passes and the output
 BLOCK_K = dict(prep=32, dmat=64, dinput=16)  # key columns per step of the parallel kernels (fewer registers spilled)
+KEEP_PREP = True  # the forward keeps its chunk matrices for the backward (one _prep_kernel less per step, 16% of
+# wkv7's forward+backward) at about 7.5 inputs' size of memory more per call while the graph lives
 
 GOOD_PTXAS = (13, 3)  # the first CUDA whose ptxas compiles every kernel's wgmma code right (wrong from 12.8 to 13.2)
 
@@ -650,10 +652,12 @@ def _state_pass(C, x, P, Q, gl, s_in, s_out, saved, state_vk, reverse, has_ab):
         num_stages=_stages(CHUNK * (N * C.element_size() * (3 if has_ab else 1) + BV * x.element_size())))
 
 
-def _launch_fwd(r, w, k, v, a, b, s0, state_vk):
+def _launch_fwd(r, w, k, v, a, b, s0, state_vk, keep=False):
+    # -> o, the final state, each chunk's X0 and, with keep, the chunk matrices for the backward (else None)
     B, T, H, N = r.shape
     NT, BF16 = _num_chunks(T), r.dtype == torch.bfloat16
-    R, A, K, W, Bt, gl, _, _ = _prep(r, w, k, a, b)
+    prep = _prep(r, w, k, a, b, keep=keep)
+    R, A, K, W, Bt, gl, _, _ = prep
     sT = r.new_empty(B, H, N, N, dtype=torch.float32)
     states = r.new_empty(B * H, int(NT), N, N, dtype=R.dtype)  # each chunk's X0 [key, value]
     _state_pass(K, v, Bt, W, gl, s0, sT, states, state_vk, reverse=False, has_ab=a is not None)
@@ -661,13 +665,13 @@ def _launch_fwd(r, w, k, v, a, b, s0, state_vk):
     BV = min(BLOCK_V, N)
     _out_kernel[(N // BV, int(NT), B * H)](R, A, v, states, o, T, NT, H=H, N=N, BT=CHUNK, BV=BV, BF16=BF16,
                                           num_warps=WARPS["out"])
-    return o, sT, states
+    return o, sT, states, prep if keep else None
 
 
-def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk):
+def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk, prep=None):
     B, T, H, N = r.shape
     NT, BF16 = _num_chunks(T), r.dtype == torch.bfloat16
-    R, A, K, W, Bt, gl, AH, mats = _prep(r, w, k, a, b, keep=True)
+    R, A, K, W, Bt, gl, AH, mats = prep or _prep(r, w, k, a, b, keep=True)
     dstates = torch.empty_like(states)  # dL/dX at each chunk's end
     ds0 = r.new_empty(B, H, N, N, dtype=torch.float32)
     _state_pass(R, do, W, Bt, gl, dsT, ds0, dstates, state_vk, reverse=True, has_ab=a is not None)
@@ -697,18 +701,21 @@ class _WKV(torch.autograd.Function):
         a, b = (None if x is None else x.contiguous() for x in (a, b))
         s0_dtype = None if s0 is None else s0.dtype
         s0 = None if s0 is None else s0.float().contiguous()
-        o, sT, states = _launch_fwd(r, w, k, v, a, b, s0, state_vk)
-        ctx.save_for_backward(r, w, k, v, a, b, states if save else None)
+        keep = save and KEEP_PREP
+        o, sT, states, prep = _launch_fwd(r, w, k, v, a, b, s0, state_vk, keep)
+        prep = (*prep[:-1], *prep[-1]) if keep else ()  # R, A, K, W, Bt, gl, AH, T, M, Arb, Lak
+        ctx.save_for_backward(r, w, k, v, a, b, states if save else None, *prep)
         ctx.state_vk, ctx.s0_dtype = state_vk, s0_dtype
         ctx.set_materialize_grads(False)
         return o, sT
 
     @staticmethod
     def backward(ctx, do, dsT):
-        r, w, k, v, a, b, states = ctx.saved_tensors
+        r, w, k, v, a, b, states, *prep = ctx.saved_tensors
+        prep = (*prep[:7], prep[7:]) if prep else None
         do = torch.zeros_like(r) if do is None else do.contiguous()
         dsT = None if dsT is None else dsT.float().contiguous()
-        dr, dw, dk, dv, da, db, ds0 = _launch_bwd(r, w, k, v, a, b, states, do, dsT, ctx.state_vk)
+        dr, dw, dk, dv, da, db, ds0 = _launch_bwd(r, w, k, v, a, b, states, do, dsT, ctx.state_vk, prep)
         ds0 = None if ctx.s0_dtype is None else ds0.to(ctx.s0_dtype)
         return dr, dw, dk, dv, da, db, ds0, None, None
 

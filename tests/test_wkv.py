@@ -283,6 +283,19 @@ def test_kernel_prefill_in_pieces(kind):
     assert rel_rms(torch.cat(outs, 1), o_full) < TOL and rel_rms(s, s_full) < TOL
 
 
+@needs_interpreter
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
+def test_kernel_backward_recomputes_like_it_keeps(kind, monkeypatch):
+    # the backward from the forward's kept chunk matrices (KEEP_PREP) and from its own recomputation: both
+    # run the same kernels on the same inputs, so everything but rounding order agrees exactly
+    args, state = make_inputs(kind, 1, 130, 2, 32, True, keys="alike")
+    kept = run_with_grads(getattr(W, kind), args, state)
+    monkeypatch.setattr(W, "KEEP_PREP", False)
+    again = run_with_grads(getattr(W, kind), args, state)
+    for name, x, y in zip(NAMES[kind] + ["dstate"], kept, again):
+        assert torch.equal(x, y), f"{kind} {name}: differs by {rel_rms(x, y):.1e}"
+
+
 def test_kernels_under_interpreter():
     # the kernel tests above, in a child process where Triton interprets every kernel
     if INTERPRETED:

@@ -12,6 +12,7 @@ Sections: config -> distributed init -> data -> models -> sharding -> optimizer 
 """
 import dataclasses
 import fcntl
+import functools
 import glob
 import itertools
 import json
@@ -308,6 +309,12 @@ def ce_only(h, weight, y):
     return torch.stack([ce, ce.detach()])
 
 
+@functools.cache
+def compiled(fn):
+    # --compile: the loss chunks too (the KL's half-dozen passes over [chunk, vocab] float32 become one or two)
+    return torch.compile(fn)
+
+
 def step_loss(cfg, teacher, student, batch, hooks):
     """-> (loss to minimise, [objective, student cross-entropy]) averaged over this micro-batch."""
     x, y = batch[:, :-1], batch[:, 1:]
@@ -328,9 +335,11 @@ def step_loss(cfg, teacher, student, batch, hooks):
     if cfg.stage == 2:
         with torch.no_grad():
             t_logits = teacher(x)  # (B, T, V) in the compute dtype; float32 only chunk by chunk
-        out = student(x, head=lambda h, w: chunked(kl_and_ce, cfg.loss_chunk, h, w, t_logits, y))
+        fn = compiled(kl_and_ce) if cfg.compile else kl_and_ce
+        out = student(x, head=lambda h, w: chunked(fn, cfg.loss_chunk, h, w, t_logits, y))
     else:
-        out = student(x, head=lambda h, w: chunked(ce_only, cfg.loss_chunk, h, w, y))
+        fn = compiled(ce_only) if cfg.compile else ce_only
+        out = student(x, head=lambda h, w: chunked(fn, cfg.loss_chunk, h, w, y))
     return out[0], out.detach()
 
 
@@ -365,6 +374,16 @@ def peak_flops(cfg, device):
 
 # ----------------------------------------------------------------------------- steps
 
+def fill_grads(opt):
+    # parameters the forward never reaches (RAD-RWKV7's r_k, k_k, k_a; layer 0's value mix) get a zero gradient, so
+    # checkpoints always hold every Adam state (and the fused step sees one list of tensors each time) -> the params
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return params
+
+
 def train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, world, device):
     """The gradients of one optimizer step over cfg.batch_size sequences (get_batch(i): this process's i-th
     micro-batch) -> [objective, student cross-entropy], gradient norm. The caller steps the optimizer."""
@@ -378,11 +397,7 @@ def train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, w
         loss, parts = step_loss(cfg, teacher, student, batch.to(device), hooks)
         (loss / accum).backward()
         tot += parts / accum
-    params = [p for g in opt.param_groups for p in g["params"]]
-    for p in params:
-        if p.grad is None:  # parameters the forward never reaches (RAD-RWKV7's r_k, k_k, k_a; layer 0's value
-            p.grad = torch.zeros_like(p)  # mix) get a zero gradient, so checkpoints always hold every Adam state
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(fill_grads(opt), cfg.grad_clip)
     norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
     dist.all_reduce(tot)
     return tot / world, norm

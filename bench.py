@@ -253,7 +253,7 @@ class DistillBench:
     seq_len: int = 512  # tokens per sequence
     micro_batch: int = 16  # sequences per forward
     activation_checkpointing: bool = False  # recompute blocks in the backward (steps 2 and 3)
-    compile: bool = False  # torch.compile each student block, as distill.py --compile
+    compile: bool = True  # torch.compile as distill.py --compile (GPU only, as there)
     steps: int = 10  # timed steps, after 3 warm-up steps
     dtype: str = "bfloat16"  # compute dtype, as distill.py --dtype
     profile: int = 0  # then print the N GPU kernels that took longest over two more steps (torch.profiler; 0 = none)
@@ -270,6 +270,7 @@ def distill_step(cfg):
     dcfg = distill.Config(**distill.STAGES[cfg.stage])
     for k in ("stage", "student", "seq_len", "micro_batch", "activation_checkpointing", "compile", "dtype"):
         setattr(dcfg, k, getattr(cfg, k))
+    dcfg.compile = cfg.compile = cfg.compile and device.type == "cuda"
     dcfg.batch_size, dcfg.init_from, dcfg.warmup_steps = cfg.micro_batch * world, "teacher", 1
     mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
     teacher, student = distill.build(dcfg, device, mp, teacher_cfg=tcfg)

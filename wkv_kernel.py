@@ -769,6 +769,7 @@ def _needs_grad(*xs):
     return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
 
 
+@torch.compiler.disable  # compiled callers (distill --compile) run this as it is, not traced into
 def wkv6(r, k, v, logw, state=None):
     """RAD-RWKV6 recurrence. r, k, v, logw: [B, T, H, N] (any float dtype; logw in [-5, 0]);
     state: [B, H, N, N] [key, value] or None (zeros). Returns o [B, T, H, N] in r's dtype and the
@@ -782,6 +783,7 @@ def wkv6(r, k, v, logw, state=None):
     return _WKV.apply(r, logw, k, v, None, None, state, False, grad)
 
 
+@torch.compiler.disable  # compiled callers (distill --compile) run this as it is, not traced into
 def wkv7(r, logw, k, v, a, b, state=None):
     """RAD-RWKV7 recurrence. r, logw, k, v, a, b: [B, T, H, N] (logw in [-5, 0]; the model's lies in
     [-0.61, 0)); state: [B, H, N, N] [value, key] or None. Returns o [B, T, H, N] in r's dtype and

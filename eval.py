@@ -12,6 +12,9 @@ state buys: long-context retrieval. (Inference speed: bench.py decode.)
                    each document) or binidx set, cut into non-overlapping --val_window windows; each
                    window scores its window-1 next-token predictions.
   --passkey        a 5-digit key at a seeded depth of filler text, 1k..32k tokens, greedy generation.
+  --agree N        generation beside log-likelihood: each model continues the same N prompts from --val_data
+                   greedily for --max_new_tokens tokens; against the reference model's continuations: the mean
+                   common prefix (tokens), the identical continuations and the tokens equal at their position (%).
   --rank_layers    which layers a hybrid should keep as attention, by measurement: the mean KL(teacher ||
                    student) per --val_data prediction, with each student layer in turn given back its teacher
                    attention (the others unchanged, nothing trained), ranked by how far it falls; ranking.json.
@@ -56,7 +59,9 @@ class EvalConfig:
     passkey_lengths: str = "1024,2048,4096,8192,16384,32768"  # prompt lengths, counted by the model's tokenizer
     passkey_trials: int = 10  # prompts per length; keys and depths are drawn from --seed
     generate: str = ""  # a prompt every model continues greedily, printed side by side ("" = none)
-    max_new_tokens: int = 48  # tokens generated for --generate
+    max_new_tokens: int = 48  # tokens generated for --generate and --agree
+    agree: int = 0  # every model continues N --val_data prompts greedily; compared with the reference's (0 = none)
+    agree_prompt: int = 64  # tokens per --agree prompt (the starts of --val_window windows)
     prefill_chunk: int = 2048  # tokens per forward when prefilling a cache: bounds attention's mask memory
     batch_size: int = 32  # sequences per forward when scoring
     max_len: int = 2048  # longer scored inputs keep their last max_len tokens (lm-eval's max_length)
@@ -391,6 +396,17 @@ def markdown_table(header, rows):
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+def agreement(outs, refs):
+    """Greedy continuations (lists of ids) against the reference's of the same prompts -> the number of prompts, the
+    mean common prefix, the fraction identical, the fraction of tokens equal at their position."""
+    if len(outs) != len(refs):
+        raise EvalError(f"--agree: {len(outs)} continuations against the reference's {len(refs)}")
+    prefix = [next((i for i, (a, b) in enumerate(zip(o, r)) if a != b), min(len(o), len(r))) for o, r in zip(outs, refs)]
+    same = sum(a == b for o, r in zip(outs, refs) for a, b in zip(o, r))
+    return {"prompts": len(refs), "prefix": float(np.mean(prefix)), "identical": float(np.mean([o == r for o, r in zip(outs, refs)])),
+            "position": same / max(1, sum(len(r) for r in refs))}
+
+
 def report(results, ref):
     """Markdown: scores (%) one row per model, then scores relative to the reference model."""
     rel = relative_scores(results, ref)
@@ -408,6 +424,12 @@ def report(results, ref):
             row += [f"{r['val']['loss']:.4f}", f"{r['val']['ppl']:.2f}"] if "val" in r else ["-", "-"]
         rows.append(row + [f"{100 * r['passkey'][L]:.0f}" if L in r.get("passkey", {}) else "-" for L in keys])
     md = "## Scores (%)\n\n" + markdown_table(header, rows)
+    agree = {n: r["agreement"] for n, r in results.items() if "agreement" in r}
+    if agree:
+        md += (f"\n\n## Greedy continuations against {ref}'s\n\n" + markdown_table(
+            ["model", "prompts", "common prefix (tokens)", "identical (%)", "same token at its position (%)"],
+            [[n, a["prompts"], f"{a['prefix']:.1f}", f"{100 * a['identical']:.1f}", f"{100 * a['position']:.1f}"]
+             for n, a in agree.items()]))
     if any(rel.values()):
         cols = [t for t in tasks if t in rel[ref]] + ["avg"]
         md += (f"\n\n## Relative to {ref}: (s - random) / ({ref} - random)\n\n" + markdown_table(
@@ -439,7 +461,7 @@ def parse_models(specs):
 def evaluate(cfg):
     """Run everything cfg asks for; returns the results dict (also written under cfg.out)."""
     data.validate(cfg, positive=("batch_size", "max_len", "val_tokens", "passkey_trials", "max_new_tokens",
-                                 "prefill_chunk"), non_negative=("limit",),
+                                 "prefill_chunk", "agree_prompt"), non_negative=("limit", "agree"),
                   choices=dict(dtype=("auto", "float32", "bfloat16", "float16")))
     if cfg.val_window < 2:
         raise data.UsageError(f"--val_window must be at least 2 (a window predicts its tokens after the first), "
@@ -463,6 +485,8 @@ def evaluate(cfg):
         return write_ranking(cfg, dict(models), device, dtype)
     tasks = {t: load_task(cfg.eval_dir, t, cfg.limit) for t in (x.strip() for x in cfg.tasks.split(",")) if t}
     lengths = ints(cfg.passkey_lengths, "passkey_lengths")
+    if cfg.agree and not (cfg.val_data and 0 < cfg.agree_prompt < cfg.val_window):
+        raise data.UsageError("--agree needs --val_data, and --agree_prompt below --val_window")
     if cfg.val_data and not (os.path.isfile(cfg.val_data) or os.path.isfile(cfg.val_data + ".bin")):
         raise EvalError(f"{cfg.val_data}: no such file or binidx prefix")
     results = {}
@@ -485,6 +509,9 @@ def evaluate(cfg):
         if cfg.passkey:
             res["passkey"] = run_passkey(model, enc, lengths, cfg.passkey_trials, cfg.seed, cfg.prefill_chunk)
             print(f"{name} | passkey | " + " | ".join(f"{L} {a:.2f}" for L, a in res["passkey"].items()))
+        if cfg.agree:  # no EOS: every continuation runs its full length
+            prompts = windows(text_tokens(cfg.val_data, enc, cfg.agree * cfg.val_window), cfg.val_window)
+            res["greedy"] = M.generate(model, prompts[:, :cfg.agree_prompt].tolist(), cfg.max_new_tokens)
         if cfg.generate:
             out = M.generate(model, [enc.encode(cfg.generate)], cfg.max_new_tokens, eos_id=enc.eos_id)[0]
             res["sample"] = enc.decode(out)
@@ -540,6 +567,9 @@ def merged_results(paths):
 
 def write_report(cfg, results, device, dtype):
     ref = "teacher" if "teacher" in results else next(iter(results))
+    for name, res in results.items():
+        if name != ref and "greedy" in res and "greedy" in results[ref]:
+            res["agreement"] = agreement(res["greedy"], results[ref]["greedy"])
     md, rel = report(results, ref)
     os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "report.json"), "w") as fh:

@@ -379,3 +379,30 @@ def test_end_to_end(shared, tmp_path):
     assert rep["results"]["teacher"]["val"]["tokens"] == 512
     assert 11.0 < rep["results"]["teacher"]["val"]["loss"] < 13.0  # ~ln(151936) = 11.93 for a random model
     assert "## Relative to teacher" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_agreement_by_hand():
+    got = E.agreement([[1, 2, 3], [4, 5, 6], [7, 8, 9]], [[1, 2, 4], [4, 5, 6], [0, 8, 9]])
+    assert got == {"prompts": 3, "prefix": pytest.approx(5 / 3), "identical": pytest.approx(1 / 3),
+                   "position": pytest.approx(7 / 9)}
+    with pytest.raises(E.EvalError, match="2 continuations against the reference's 3"):
+        E.agreement([[1], [2]], [[1], [2], [3]])
+
+
+def test_agree_end_to_end(shared, tmp_path):
+    # the teacher against itself under another name (every continuation identical) and against another random model
+    cfg = M.ModelConfig(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    for name, seed in (("t", 0), ("o", 1)):
+        convert.save_model(M.Model(cfg).init_weights(seed=seed, std=0.2).state_dict(), cfg, str(tmp_path / name),
+                           tokenizer_dir=str(shared / "tokenizers" / "qwen2"), dtype=torch.float32)
+    E.main(["--models", f"teacher={tmp_path / 't'}", f"same={tmp_path / 't'}", f"other={tmp_path / 'o'}",
+            "--tasks", "", "--agree", "3", "--agree_prompt", "20", "--max_new_tokens", "6", "--val_window", "64", "--val_tokens", "128",
+            "--val_data", str(shared / "data/gutenberg/val-00.jsonl.xz"), "--device", "cpu", "--out", str(tmp_path / "out")])
+    res = json.loads((tmp_path / "out" / "report.json").read_text())["results"]
+    assert [len(g) for g in res["teacher"]["greedy"]] == [6, 6, 6] and "agreement" not in res["teacher"]
+    assert res["same"]["agreement"] == {"prompts": 3, "prefix": 6.0, "identical": 1.0, "position": 1.0}
+    assert res["other"]["agreement"]["identical"] < 1 and res["other"]["agreement"]["prefix"] < 6
+    assert "## Greedy continuations against teacher's" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(data.UsageError, match="--agree needs --val_data"):
+        E.main(["--models", f"teacher={tmp_path / 't'}", "--tasks", "", "--agree", "2"])

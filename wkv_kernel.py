@@ -37,8 +37,9 @@ with TRITON_INTERPRET=1 (its interpreter: float32, slow); otherwise on the CPU t
 version, so the model runs anywhere. USE_REFERENCE = True selects the loops. When gradients are
 needed the forward keeps each chunk's starting state, B * H * ceil(T / 64) * N * N values in the
 input's precision (bfloat16 or float32; for N = 128 and bfloat16: 512 bytes per token and head).
-The backward's scratch lives only during the backward: R, K, W, Bt, a e^gp, Y, dY (each the size of one
-input) and eight [BT, BT] matrices per chunk (each 64 / N of an input's size).
+With KEEP_PREP the forward also keeps what the backward needs of its chunk pass: R, K, W, Bt, a e^gp (each the
+size of one input) and five [BT, BT] matrices per chunk (each 64 / N of an input's size); the backward's own
+scratch, Y, dY and four more [BT, BT] matrices per chunk, lives only during the backward.
 Every kernel fits the 227 KiB of shared memory per block of an H100 (sm_90) for N up to 256, except the wkv7
 backward with inputs other than bfloat16 (float32 products): there N <= 128, which _check enforces on the GPU.
 Hopper (sm_90): every kernel uses the wgmma instructions when Triton's ptxas is from CUDA 13.3 or later. Older
@@ -71,7 +72,7 @@ BLOCK_K = dict(prep=32, prep6=64, dmat=64, dinput=32)  # key columns per step of
 # tiles and warps by a one-at-a-time sweep on an H200 (B8 T4096 H28 N128 bf16, wgmma): dinput 32 columns instead of 16
 # took forward+backward from 8.56 to 7.15 ms (wkv6) and 21.46 to 20.97 (wkv7); dmat 8 warps 21.46 to 20.82 (wkv7)
 KEEP_PREP = True  # the forward keeps its chunk matrices for the backward (one _prep_kernel less per step, 16% of
-# wkv7's forward+backward) at about 7.5 inputs' size of memory more per call while the graph lives
+# forward+backward at N = 128 on an H200) for about 7.5 inputs' size more per wkv7 call (2.5 per wkv6) while kept
 
 GOOD_PTXAS = (13, 3)  # the first CUDA whose ptxas compiles every kernel's wgmma code right (wrong from 12.8 to 13.2)
 

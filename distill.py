@@ -267,10 +267,27 @@ def build(cfg, device, mp, teacher_cfg=None):
         if not scfg.student:
             raise ValueError(f"--init_from {src} is not a student model")
         tensors = convert.iter_checkpoint(src)
+        if att and att != scfg.attention_layers:
+            scfg, tensors = restore_attention(cfg, src, scfg, att, tensors)
     if teacher is not None and teacher.cfg.vocab_size != scfg.vocab_size:
         raise ValueError(f"vocab mismatch: teacher {teacher.cfg.vocab_size}, student {scfg.vocab_size}")
     student = sharded(scfg, torch.float32, device, mp, tensors, src, cfg.stage == 1, lambda m: prepare_student(cfg, m))
     return teacher, student
+
+
+def restore_attention(cfg, src, scfg, att, tensors):
+    """A hybrid from a student: step 1 trains each layer alone, so one step-1 run serves every choice of attention
+    layers; the layers named by --attention_layers get the teacher's attention weights back, the rest stay."""
+    lost = sorted(set(scfg.attention_layers) - set(att))
+    if lost:
+        raise ValueError(f"--attention_layers {cfg.attention_layers}: layers {lost} are attention in {src}, and "
+                         f"a recurrent layer needs step 1; name them too")
+    if not cfg.teacher:
+        raise ValueError(f"--attention_layers on the student {src} needs --teacher (for its attention weights)")
+    hcfg = M.student_config(convert.read_config(cfg.teacher), scfg.student, att)
+    back = tuple(f"model.layers.{i}.self_attn." for i in sorted(set(att) - set(scfg.attention_layers)))
+    return hcfg, itertools.chain(((k, t) for k, t in tensors if not k.startswith(back)),
+                                 ((k, t) for k, t in convert.iter_checkpoint(cfg.teacher) if k.startswith(back)))
 
 
 def make_optimizer(cfg, student, device):

@@ -65,6 +65,26 @@ def test_steps_1_and_2_on_qwen3_and_llama3_teachers(setup, name):
     assert name != "qwen3" or not torch.equal(s2.get_parameter(w), teacher.get_parameter(w))
 
 
+def test_hybrid_from_a_student_gets_the_teachers_attention_back(setup):
+    # step 2 from a recurrent student with --attention_layers: those layers are the teacher's attention again, every
+    # other weight the student's (LR 0, so the final student is the start); a layer it cannot make is an error
+    src = setup / "pure"
+    convert.fresh_student(str(setup / "teacher"), str(src), "rwkv7", attention_layers=[0])
+    common = ["--stage", "2", "--init_from", str(src), "--tokens", str(8 * 32), "--lr", "0", "--lr_final", "0"]
+    run(setup, "hyb", *common, "--attention_layers", "0,2")
+    got, s, t = (convert.load_model(str(p)) for p in (setup / "hyb" / "stage2" / "final", src, setup / "teacher"))
+    assert got.cfg == M.student_config(t.cfg, "rwkv7", [0, 2]) and got.cfg.mixer(2) == "attention"
+    want = {**{k: v for k, v in s.named_parameters() if ".2.self_attn." not in k},
+            **{k: v for k, v in t.named_parameters() if ".2.self_attn." in k}}
+    assert dict(got.named_parameters()).keys() == want.keys()
+    for k, v in got.named_parameters():
+        assert torch.equal(v, want[k]), k
+    assert not torch.equal(s.get_parameter("model.layers.2.self_attn.q_proj.weight"),
+                           t.get_parameter("model.layers.2.self_attn.q_proj.weight"))  # (or the test proves nothing)
+    code, out = run(setup, "hyb-bad", *common, "--attention_layers", "2", check=False)
+    assert code != 0 and "layers [0] are attention" in out and "Traceback" not in out, out
+
+
 def test_two_processes_match_one(setup):
     args = ["--stage", "2", "--init_from", "teacher", "--tokens", str(6 * 8 * 32), "--lr", "1e-3"]
     run(setup, "one", *args)

@@ -153,11 +153,11 @@ def setup_distributed():
 _lock = None  # the open lock file of this run's stage directory, held until the process ends
 
 
-def lock_stage_dir(stage_dir, rank):
+def lock_stage_dir(stage_dir, rank, device):
     """One run per stage directory: rank 0 holds an exclusive lock on stage_dir/.lock (the operating system
     releases it when the process ends, however it ends); then stale partial checkpoints are removed."""
     global _lock
-    held = torch.zeros(1)
+    held = torch.zeros(1, device=device)  # (NCCL broadcasts GPU tensors only)
     if rank == 0:
         os.makedirs(stage_dir, exist_ok=True)
         _lock = open(os.path.join(stage_dir, ".lock"), "a+")
@@ -504,7 +504,7 @@ def main(argv):
     train_ds = data.BinIdx(cfg.data)
     val_ds = data.BinIdx(cfg.val_data) if cfg.val_data else None
     prime = data.magic_prime(train_ds.n_tokens, cfg.seq_len)
-    lock_stage_dir(stage_dir, rank)
+    lock_stage_dir(stage_dir, rank, device)
     mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
     teacher, student = build(cfg, device, mp)
     for ds in filter(None, (train_ds, val_ds)):  # data made for another model fails here, not mid-run

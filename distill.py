@@ -285,6 +285,8 @@ def restore_attention(cfg, src, scfg, att, tensors):
     if not cfg.teacher:
         raise ValueError(f"--attention_layers on the student {src} needs --teacher (for its attention weights)")
     hcfg = M.student_config(convert.read_config(cfg.teacher), scfg.student, att)
+    if dataclasses.replace(hcfg, attention_layers=scfg.attention_layers, model_type=scfg.model_type) != scfg:
+        raise ValueError(f"--attention_layers: {src} is not a student of --teacher {cfg.teacher}")
     back = tuple(f"model.layers.{i}.self_attn." for i in sorted(set(att) - set(scfg.attention_layers)))
     return hcfg, itertools.chain(((k, t) for k, t in tensors if not k.startswith(back)),
                                  ((k, t) for k, t in convert.iter_checkpoint(cfg.teacher) if k.startswith(back)))

@@ -4,6 +4,7 @@ step losses and the LR schedule against their definitions."""
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +84,12 @@ def test_hybrid_from_a_student_gets_the_teachers_attention_back(setup):
                            t.get_parameter("model.layers.2.self_attn.q_proj.weight"))  # (or the test proves nothing)
     code, out = run(setup, "hyb-bad", *common, "--attention_layers", "2", check=False)
     assert code != 0 and "layers [0] are attention" in out and "Traceback" not in out, out
+    other = setup / "other-teacher"  # the same shapes, another RoPE base: not the teacher the student came from
+    shutil.copytree(setup / "teacher", other)
+    text = (other / "config.json").read_text()
+    (other / "config.json").write_text(text.replace('"rope_theta": 10000.0', '"rope_theta": 5000.0'))
+    code, out = run(setup, "hyb-other", *common, "--attention_layers", "0,2", "--teacher", str(other), check=False)
+    assert code != 0 and "is not a student of" in out and "Traceback" not in out, out
 
 
 def test_two_processes_match_one(setup):

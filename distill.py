@@ -267,7 +267,7 @@ def build(cfg, device, mp, teacher_cfg=None):
         if not scfg.student:
             raise ValueError(f"--init_from {src} is not a student model")
         tensors = convert.iter_checkpoint(src)
-        if att and att != scfg.attention_layers:
+        if att and set(att) != set(scfg.attention_layers):
             scfg, tensors = restore_attention(cfg, src, scfg, att, tensors)
     if teacher is not None and teacher.cfg.vocab_size != scfg.vocab_size:
         raise ValueError(f"vocab mismatch: teacher {teacher.cfg.vocab_size}, student {scfg.vocab_size}")

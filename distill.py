@@ -200,13 +200,14 @@ def resume(cfg, ckpt_root, student, opt, rank):
 
 # ----------------------------------------------------------------------------- models and sharding
 
-def shard(model, mp, split_mixers=False):
-    # FSDP2: each block (and in step 1 each time mixer on its own) then the root
+def shard(model, mp, split_mixers=False, frozen=False):
+    # FSDP2: each block (and in step 1 each time mixer on its own) then the root, whose embedding and head stay
+    # gathered from the forward to the backward; a frozen model has no backward, so its root is freed after forward
     for block in model.model.layers:
         if split_mixers:
             fully_shard(block.self_attn, mp_policy=mp)
         fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp, reshard_after_forward=False)
+    fully_shard(model, mp_policy=mp, reshard_after_forward=frozen)
 
 
 def init_source(cfg):
@@ -228,13 +229,13 @@ def prepare_student(cfg, student):
             block.self_attn.requires_grad_(True)
 
 
-def sharded(model_cfg, dtype, device, mp, tensors, what, split_mixers=False, prepare=None):
+def sharded(model_cfg, dtype, device, mp, tensors, what, split_mixers=False, prepare=None, frozen=False):
     # built on the meta device, sharded, then filled from (key, tensor) pairs (None: random, for benchmarks)
     with torch.device("meta"):
         model = M.Model(model_cfg).to(dtype)
     if prepare:
         prepare(model)
-    shard(model, mp, split_mixers)
+    shard(model, mp, split_mixers, frozen)
     model.to_empty(device=device)
     return model.init_weights() if tensors is None else convert.load_into(model, tensors, what)
 
@@ -251,7 +252,7 @@ def build(cfg, device, mp, teacher_cfg=None):
         if tcfg.student:
             raise ValueError(f"--teacher {cfg.teacher} is a student model ({tcfg.model_type})")
         tensors = None if teacher_cfg else convert.iter_checkpoint(cfg.teacher)
-        teacher = sharded(tcfg, dtype, device, mp, tensors, cfg.teacher).requires_grad_(False).eval()
+        teacher = sharded(tcfg, dtype, device, mp, tensors, cfg.teacher, frozen=True).requires_grad_(False).eval()
     src = init_source(cfg)
     if src == "teacher":
         if teacher is None:

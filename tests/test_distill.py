@@ -104,6 +104,28 @@ def test_two_processes_match_one(setup):
         assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]) + 1e-7, (k, a[k], b[k])
 
 
+def test_the_frozen_teacher_is_sharded_again_after_its_forward():
+    # the teacher has no backward: its root (embedding, head) must not stay gathered after a forward, as the
+    # student's does until its backward (a 7B teacher's would hold 2.2 GB on every GPU for the whole run)
+    code = """if True:
+        import torch, distill, model as M
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+        from torch.distributed.tensor import DTensor
+        distill.setup_distributed()
+        mp = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+        for frozen in (True, False):
+            m = distill.sharded(M.ModelConfig(**M.PRESETS["tiny"]), torch.float32, torch.device("cpu"), mp, None,
+                                "tiny", frozen=frozen)
+            with torch.no_grad():
+                m(torch.zeros(1, 4, dtype=torch.long))
+            print(frozen, [isinstance(p, DTensor) for p in (m.lm_head.weight, m.model.embed_tokens.weight)])
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["True [True, True]", "False [False, False]"], out.stdout
+
+
 def process_tree(pid):
     # pid and all its descendants, from /proc (Linux)
     children = {}

@@ -111,17 +111,16 @@ def test_the_frozen_teacher_is_sharded_again_after_its_forward():
         import torch, distill, model as M
         from torch.distributed.fsdp import MixedPrecisionPolicy
         from torch.distributed.tensor import DTensor
-        distill.setup_distributed()
+        device = distill.setup_distributed()[2]  # (NCCL on a GPU: the model must live there)
         mp = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
         for frozen in (True, False):
-            m = distill.sharded(M.ModelConfig(**M.PRESETS["tiny"]), torch.float32, torch.device("cpu"), mp, None,
-                                "tiny", frozen=frozen)
+            m = distill.sharded(M.ModelConfig(**M.PRESETS["tiny"]), torch.float32, device, mp, None, "tiny",
+                                frozen=frozen)
             with torch.no_grad():
-                m(torch.zeros(1, 4, dtype=torch.long))
+                m(torch.zeros(1, 4, dtype=torch.long, device=device))
             print(frozen, [isinstance(p, DTensor) for p in (m.lm_head.weight, m.model.embed_tokens.weight)])
     """
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[:2] == ["True [True, True]", "False [False, False]"], out.stdout
 

@@ -13,6 +13,7 @@ Benchmarks. Each prints a table and writes it as JSON (a list of rows) under res
 Timings are medians after warm-up (triton.testing.do_bench for kernels); a GPU is needed for numbers
 worth reporting, a CPU runs the tiny preset as a smoke test.
 """
+import functools
 import itertools
 import json
 import os
@@ -64,6 +65,7 @@ class KernelBench:
     kv_heads: int = 4  # KVH of the SDPA baseline (grouped-query attention, Qwen2.5-7B: 28/4)
     head_sizes: str = "128"  # N list, comma separated
     fla_shapes: str = ""  # BxT list at which flash-linear-attention is timed ("" = every shape; its autotuning is slow)
+    wkv7_logw_min: float = W.RWKV7_LOGW_MIN  # the decay floor wkv7 is told (RAD-RWKV7's; -5: the kernels for any decay)
     out: str = ""  # JSON file ("" = results/kernels_<gpu>.json)
 
 
@@ -109,9 +111,11 @@ def kernels(cfg):
         for op in ("wkv6", "wkv7"):
             xs, _ = W.example_inputs(op, B, T, H, N, dtype=torch.bfloat16, device=dev)
             xs = [x.requires_grad_() for x in xs]
-            fwd, fb = time_op(getattr(W, op), xs)
+            fn = functools.partial(W.wkv7, logw_min=cfg.wkv7_logw_min) if op == "wkv7" else W.wkv6
+            fwd, fb = time_op(fn, xs)
             io = nbytes(xs) + nbytes(xs[:1]) + B * H * N * N * 4  # inputs, o, final state
             row = dict(gpu=gpu, date=date, op=op, B=B, T=T, H=H, N=N, ptxas=ptxas, grad_mma=mma,
+                       logw_min=cfg.wkv7_logw_min if op == "wkv7" else -5.0,
                        fwd_ms=fwd, fwdbwd_ms=fb, fla_fwd_ms=None, fla_fwdbwd_ms=None, sdpa_fwdbwd_ms=None,
                        floor_fwd_ms=io / bw * 1e3, floor_fwdbwd_ms=(2 * io + nbytes(xs)) / bw * 1e3)
             if chunk_gla is not None and (fla_at is None or shape in fla_at):

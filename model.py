@@ -271,7 +271,8 @@ class RWKV7Attention(nn.Module):
         logw = -math.exp(-0.5) * torch.sigmoid(d).view(B, T, H, N)  # w = exp(logw) in (0.545, 1)
         k = (k.float() * (1 - logw.exp() + a.float())).to(k.dtype)  # state balancing: k * (1 - w + a)
         state = cache["state"] if cache is not None else None
-        o, state = wkv_kernel.wkv7(r, logw, k, v, (-kk).to(r.dtype), (kk * a.float()).to(r.dtype), state)
+        o, state = wkv_kernel.wkv7(r, logw, k, v, (-kk).to(r.dtype), (kk * a.float()).to(r.dtype), state,
+                                   wkv_kernel.RWKV7_LOGW_MIN)
         if cache is not None:
             cache["state"].copy_(state)
         return self.o_proj((o * N ** -0.5).reshape(B, T, H * N) * g), v_first

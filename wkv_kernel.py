@@ -27,10 +27,12 @@ computes O. The backward mirrors it: a serial pass carries dL/dX backwards
 (dX0 = e^gL dX1 + W^T (Bt dX1) + R^T dO), then two parallel passes differentiate each chunk given X0 and
 dX1: the gradients of its [BT, BT] matrices (sums over values), then the inputs' (one key block at a time).
 BT = 64. Inside the triangular products each row and the columns it meets are scaled relative to the
-middle row gm of the row's 16-row block: the row factors e^(g - gm) stay under e^(5 * 9), the column
-factors e^(gm - gc) under e^(5 * 8) in the row's own block and under 1 left of it, so nothing leaves
-float32 (or bfloat16) range for logw >= -5 (RAD-RWKV6 clamps there; RAD-RWKV7's logw lies in [-0.61, 0)).
-Domain: logw in [-5, 0]; smaller values may overflow and are not checked on the GPU path.
+middle row gm of the row's BC-row block: the row factors e^(g - gm) stay under e^(|logw| (BC / 2 + 1)), the
+column factors e^(gm - gc) under e^(|logw| BC / 2) in the row's own block and under 1 left of it. BC = 16 keeps
+them under e^45 for logw >= -5 (RAD-RWKV6 clamps there), so nothing leaves float32 (or bfloat16) range. A caller
+that guarantees logw >= -45 / 33 (logw_min; RAD-RWKV7's lies in (-0.61, 0)) gets BC = 64, one reference per
+chunk: a quarter of the products and no [BT, BT] matrix split by row block (RAD-RWKV7's factors: under e^20).
+Domain: logw in [max(-5, logw_min), 0]; smaller values may overflow and are not checked on the GPU path.
 
 Dispatch: wkv6 / wkv7 run the Triton kernels on CUDA tensors, and on the CPU when Triton was imported
 with TRITON_INTERPRET=1 (its interpreter: float32, slow); otherwise on the CPU the chunked PyTorch
@@ -65,7 +67,9 @@ from triton.runtime.interpreter import InterpretedFunction
 
 USE_REFERENCE = False  # True: wkv6 / wkv7 run the per-timestep float32 loops (slow, the ground truth)
 CHUNK = 64  # BT: timesteps per chunk, one saved state each
-SUB = 16  # BC: rows per block of one decay reference; e^(5 * (BC / 2 + 1)) stays in float32 range for logw >= -5
+SUB = 16  # rows per block of the triangular solve, and of one decay reference (BC) for logw down to -5
+FACTOR_LOG = 45  # decay factors inside a chunk stay under e^45: a BC-row reference allows logw >= -45 / (BC / 2 + 1)
+RWKV7_LOGW_MIN = -0.61  # RAD-RWKV7's log decay, -e^-0.5 sigmoid(.) > -0.6066, lies above it
 WARPS = dict(prep=4, state=8, out=4, dmat=8, dinput=4)  # num_warps of each kernel
 BLOCK_V = 64  # value columns per program of the serial passes and the output
 BLOCK_K = dict(prep=32, prep6=64, dmat=64, dinput=32)  # key columns per step of the parallel kernels (prep6: wkv6's)
@@ -175,7 +179,12 @@ def _intra(x, gx, y, gc, diag, BC=SUB):
     return torch.cat(blocks, -2).tril(0 if diag else -1)
 
 
-def _chunked(r, w, k, v, a, b, X, BT=CHUNK):
+def _ref_rows(logw_min):
+    # BC: rows of one decay reference, the most that keeps the factors under e^FACTOR_LOG for logw >= logw_min
+    return CHUNK if logw_min >= -FACTOR_LOG / (CHUNK // 2 + 1) else SUB
+
+
+def _chunked(r, w, k, v, a, b, X, BT=CHUNK, BC=SUB):
     # r, w, k, v, a, b: [B, H, T, N] float32; X: [B, H, N(key), N(value)]; a, b may be None (wkv6)
     B, H, T, N = r.shape
     pad = (-T) % BT
@@ -185,13 +194,13 @@ def _chunked(r, w, k, v, a, b, X, BT=CHUNK):
     r, w, k, v = xs[:4]
     gc = w.cumsum(-2)
     gL = gc[..., -1:, :]  # [B, H, NT, 1, N]
-    R, A, K = r * gc.exp(), _intra(r, gc, k, gc, True), k * (gL - gc).exp()  # the wkv6 coefficients
+    R, A, K = r * gc.exp(), _intra(r, gc, k, gc, True, BC), k * (gL - gc).exp()  # the wkv6 coefficients
     if a is not None:
         a, b = xs[4:]
         gp = gc - w
-        Bt, Arb = b * (gL - gc).exp(), _intra(r, gc, b, gc, True)
-        Tm = _tri_inverse(_intra(a, gp, b, gc, False))  # [B, H, NT, BT, BT]
-        W, M = Tm @ (a * gp.exp()), Tm @ _intra(a, gp, k, gc, False)
+        Bt, Arb = b * (gL - gc).exp(), _intra(r, gc, b, gc, True, BC)
+        Tm = _tri_inverse(_intra(a, gp, b, gc, False, BC))  # [B, H, NT, BT, BT]
+        W, M = Tm @ (a * gp.exp()), Tm @ _intra(a, gp, k, gc, False, BC)
         R, A, K = R + Arb @ W, A + Arb @ M, K + M.transpose(-1, -2) @ Bt
     X0s = []
     for c in range(r.shape[2]):  # the serial part: X1 = e^gL X0 (+ Bt^T W X0) + K^T V
@@ -213,12 +222,12 @@ def wkv6_chunked(r, k, v, logw, state=None):
     return o.transpose(1, 2).to(dtype), X
 
 
-def wkv7_chunked(r, logw, k, v, a, b, state=None):
+def wkv7_chunked(r, logw, k, v, a, b, state=None, logw_min=-5.0):
     dtype = r.dtype
     r, w, k, v, a, b = (x.float().transpose(1, 2) for x in (r, logw, k, v, a, b))  # [B, H, T, N]
     B, H, T, N = r.shape
     X = r.new_zeros(B, H, N, N) if state is None else state.float().transpose(-1, -2)  # [key, value]
-    o, X = _chunked(r, w, k, v, a, b, X)
+    o, X = _chunked(r, w, k, v, a, b, X, BC=_ref_rows(logw_min))
     return o.transpose(1, 2).to(dtype), X.transpose(-1, -2)
 
 
@@ -309,7 +318,8 @@ def _tri_mats(r, w, k, a, b, p_t, m_x, N: tl.constexpr, BK: tl.constexpr, BT: tl
 @triton.jit
 def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, BC: tl.constexpr, HAS_AB: tl.constexpr,
            BF16: tl.constexpr):
-    # T = (I - Lab)^-1 by forward substitution as in _tri_inverse, M = T Lak, A = Ark + Arb M  # [BT, BT]
+    # T = (I - Lab)^-1 by forward substitution as in _tri_inverse (BC: its block rows, SUB), M = T Lak,
+    # A = Ark + Arb M  # [BT, BT]
     b_T, b_M, b_A = b_Ark, b_Ark, b_Ark
     if HAS_AB:
         NB: tl.constexpr = BT // BC
@@ -344,14 +354,14 @@ def _chunk_ptrs(T, i_t, i_bh, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr
 
 @triton.jit
 def _prep_kernel(r, w, k, a, b, R, A, K, W, Bt, gl, AH, Tm, Mm, Arbm, Lakm, T, NT,
-                 H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                 HAS_AB: tl.constexpr, BF16: tl.constexpr, KEEP: tl.constexpr):
+                 H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
+                 BK: tl.constexpr, HAS_AB: tl.constexpr, BF16: tl.constexpr, KEEP: tl.constexpr):
     # KEEP (wkv7's backward): also AH = a e^gp and the chunk's T, M, Arb, Lak for the gradient kernels
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
     r, w, k, a, b, R, K, W, Bt = r + p_0, w + p_0, k + p_0, a + p_0, b + p_0, R + p_0, K + p_0, W + p_0, Bt + p_0
     b_Ark, b_Arb, b_Lak, b_Lab = _tri_mats(r, w, k, a, b, p_t, m_x, N, BK, BT, BC, HAS_AB, BF16)
-    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, BC, HAS_AB, BF16)
+    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, BS, HAS_AB, BF16)
     tl.store(A + p_0 // N * BT + p_t // N * BT + tl.arange(0, BT)[None, :], b_A.to(A.dtype.element_ty), mask=m_x)
     if KEEP:
         o_t = tl.arange(0, BT)
@@ -433,7 +443,8 @@ def _tri_grads(dAm, dArbm, dLakm, dLabm, p_mb, b_r, b_k, b_a, b_b, b_gc, b_gp, b
     BK: tl.constexpr = b_r.shape[1]
     o_i, o_c, o_t = tl.arange(0, NB), tl.arange(0, BC), tl.arange(0, BT)
     b_rm = b_r * tl.exp(b_gc - b_gm)  # [BT, BK]
-    if HAS_AB:
+    b_am = b_a * tl.exp(b_gp - b_gm)
+    if HAS_AB and NB > 1:
         # eight products: batched over the row blocks, [NB, BC, BT] x [NB, BT, BK] and [NB, BT, BC] x [NB, BC, BK]
         p_rows = p_mb + (o_i[:, None, None] * BC + o_c[None, :, None]) * BT + o_t[None, None, :]  # [NB, BC, BT]
         p_cols = p_mb + (o_i[:, None, None] * BC + o_c[None, None, :]) * BT + o_t[None, :, None]  # [NB, BT, BC]
@@ -445,7 +456,7 @@ def _tri_grads(dAm, dArbm, dLakm, dLabm, p_mb, b_r, b_k, b_a, b_b, b_gc, b_gp, b
         b_kc = b_k[None, :, :] * b_e
         b_dr = _mm(tl.load(dAm + p_rows), b_kc, BF16)  # [NB, BC, BK]
         b_dk = b_e * _mm(tl.load(dAm + p_cols), b_rm3, BF16)  # [NB, BT, BK]
-        b_am3 = tl.reshape(b_a * tl.exp(b_gp - b_gm), (NB, BC, BK))
+        b_am3 = tl.reshape(b_am, (NB, BC, BK))
         b_bc = b_b[None, :, :] * b_e
         b_dr += _mm(tl.load(dArbm + p_rows), b_bc, BF16)
         b_da = _mm(tl.load(dLakm + p_rows), b_kc, BF16) + _mm(tl.load(dLabm + p_rows), b_bc, BF16)
@@ -453,17 +464,27 @@ def _tri_grads(dAm, dArbm, dLakm, dLabm, p_mb, b_r, b_k, b_a, b_b, b_gc, b_gp, b
         b_db = b_e * (_mm(tl.load(dArbm + p_cols), b_rm3, BF16) + _mm(tl.load(dLabm + p_cols), b_am3, BF16))
         return tl.reshape(b_dr, (BT, BK)), tl.sum(b_dk, 0), tl.reshape(b_da, (BT, BK)), tl.sum(b_db, 0)
     else:
-        # two products a block, [BT, BT] x [BT, BK], the mask "t in block i" on the [BT, BK] side (faster here
-        # than batching: the whole [BT, BT] matrix stays in registers)
-        b_dA = tl.load(dAm + p_mb + o_t[:, None] * BT + o_t[None, :])  # [BT, BT]
+        # [BT, BT] x [BT, BK] products a block, the mask "t in block i" on the [BT, BK] side: wkv6 (faster here than
+        # batching: the whole [BT, BT] matrix stays in registers), and wkv7 with one reference per chunk (NB = 1)
+        p_m = p_mb + o_t[:, None] * BT + o_t[None, :]
+        b_dA = tl.load(dAm + p_m)  # [BT, BT]
         b_dr = tl.zeros_like(b_r)
-        b_dk = b_dr
+        b_dk, b_da, b_db = b_dr, b_dr, b_dr
+        if HAS_AB:
+            b_dArb, b_dLak, b_dLab = tl.load(dArbm + p_m), tl.load(dLakm + p_m), tl.load(dLabm + p_m)
         for i in tl.static_range(NB):
             m_i = (o_t // BC == i)[:, None]
             b_e = _col_factor(b_gc, i, BT, BC)
-            b_dr += tl.where(m_i, _mm(b_dA, b_k * b_e, BF16), 0)
-            b_dk += b_e * _mm(tl.trans(b_dA), tl.where(m_i, b_rm, 0), BF16)
-        return b_dr, b_dk, b_dr, b_dk
+            b_kc, b_ri = b_k * b_e, tl.where(m_i, b_rm, 0)
+            b_dr += tl.where(m_i, _mm(b_dA, b_kc, BF16), 0)
+            b_dk += b_e * _mm(tl.trans(b_dA), b_ri, BF16)
+            if HAS_AB:
+                b_bc, b_ai = b_b * b_e, tl.where(m_i, b_am, 0)
+                b_dr += tl.where(m_i, _mm(b_dArb, b_bc, BF16), 0)
+                b_da += tl.where(m_i, _mm(b_dLak, b_kc, BF16) + _mm(b_dLab, b_bc, BF16), 0)
+                b_dk += b_e * _mm(tl.trans(b_dLak), b_ai, BF16)
+                b_db += b_e * (_mm(tl.trans(b_dArb), b_ri, BF16) + _mm(tl.trans(b_dLab), b_ai, BF16))
+        return b_dr, b_dk, b_da, b_db
 
 
 @triton.jit
@@ -622,9 +643,9 @@ def _block_v(N, programs):
     return min(BLOCK_V, N) if programs >= 256 else max(16, min(BLOCK_V // 2, N // 2))
 
 
-def _prep(r, w, k, a, b, keep=False):
+def _prep(r, w, k, a, b, BC, keep=False):
     # R, A, K (and W, Bt) of every chunk in the inputs' precision (bfloat16 or float32), gL in float32; with keep
-    # (wkv7's backward) also AH = a e^gp and each chunk's T, M, Arb, Lak [B * H, NT, BT, BT]
+    # (wkv7's backward) also AH = a e^gp and each chunk's T, M, Arb, Lak [B * H, NT, BT, BT]. BC: _ref_rows
     B, T, H, N = r.shape
     NT = _num_chunks(T)
     dtype = torch.bfloat16 if r.dtype == torch.bfloat16 else torch.float32
@@ -637,8 +658,8 @@ def _prep(r, w, k, a, b, keep=False):
     mats = [r.new_empty(B * H, int(NT), CHUNK, CHUNK, dtype=dtype) if keep else A for _ in range(4)]
     _prep_kernel[(int(NT), B * H)](
         r, w, k, r if a is None else a, r if b is None else b, R, A, K, W, Bt, gl, AH, *mats, T, NT,
-        H=H, N=N, BT=CHUNK, BC=SUB, BK=min(BLOCK_K["prep" if a is not None else "prep6"], N), HAS_AB=a is not None, BF16=r.dtype == torch.bfloat16,
-        KEEP=keep, num_warps=WARPS["prep"])
+        H=H, N=N, BT=CHUNK, BC=BC, BS=SUB, BK=min(BLOCK_K["prep" if a is not None else "prep6"], N),
+        HAS_AB=a is not None, BF16=r.dtype == torch.bfloat16, KEEP=keep, num_warps=WARPS["prep"])
     return R, A, K, W, Bt, gl, AH, mats
 
 
@@ -655,11 +676,11 @@ def _state_pass(C, x, P, Q, gl, s_in, s_out, saved, state_vk, reverse, has_ab):
         num_stages=_stages(CHUNK * (N * C.element_size() * (3 if has_ab else 1) + BV * x.element_size())))
 
 
-def _launch_fwd(r, w, k, v, a, b, s0, state_vk, keep=False):
+def _launch_fwd(r, w, k, v, a, b, s0, state_vk, BC, keep=False):
     # -> o, the final state, each chunk's X0 and, with keep, the chunk matrices for the backward (else None)
     B, T, H, N = r.shape
     NT, BF16 = _num_chunks(T), r.dtype == torch.bfloat16
-    prep = _prep(r, w, k, a, b, keep=keep)
+    prep = _prep(r, w, k, a, b, BC, keep=keep)
     R, A, K, W, Bt, gl, _, _ = prep
     sT = r.new_empty(B, H, N, N, dtype=torch.float32)
     states = r.new_empty(B * H, int(NT), N, N, dtype=R.dtype)  # each chunk's X0 [key, value]
@@ -671,10 +692,10 @@ def _launch_fwd(r, w, k, v, a, b, s0, state_vk, keep=False):
     return o, sT, states, prep if keep else None
 
 
-def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk, prep=None):
+def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk, BC, prep=None):
     B, T, H, N = r.shape
     NT, BF16 = _num_chunks(T), r.dtype == torch.bfloat16
-    R, A, K, W, Bt, gl, AH, mats = prep or _prep(r, w, k, a, b, keep=True)
+    R, A, K, W, Bt, gl, AH, mats = prep or _prep(r, w, k, a, b, BC, keep=True)
     dstates = torch.empty_like(states)  # dL/dX at each chunk's end
     ds0 = r.new_empty(B, H, N, N, dtype=torch.float32)
     _state_pass(R, do, W, Bt, gl, dsT, ds0, dstates, state_vk, reverse=True, has_ab=a is not None)
@@ -692,23 +713,23 @@ def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk, prep=None):
     with _mma_v2("dinput"):
         _dinput_kernel[(N // min(BLOCK_K["dinput"], N), int(NT), B * H)](
             r, w, k, v, r if a is None else a, r if b is None else b, do, states, dstates, Y, dY, *mats[:3],
-            *dmats, dr, dw, dk, da, db, T, NT, H=H, N=N, BT=CHUNK, BC=SUB, BK=min(BLOCK_K["dinput"], N),
+            *dmats, dr, dw, dk, da, db, T, NT, H=H, N=N, BT=CHUNK, BC=BC, BK=min(BLOCK_K["dinput"], N),
             HAS_AB=a is not None, BF16=BF16, num_warps=WARPS["dinput"])
     return dr, dw, dk, dv, (da if a is not None else None), (db if b is not None else None), ds0
 
 
 class _WKV(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, w, k, v, a, b, s0, state_vk, save):
+    def forward(ctx, r, w, k, v, a, b, s0, state_vk, save, BC):
         r, w, k, v = (x.contiguous() for x in (r, w, k, v))
         a, b = (None if x is None else x.contiguous() for x in (a, b))
         s0_dtype = None if s0 is None else s0.dtype
         s0 = None if s0 is None else s0.float().contiguous()
         keep = save and KEEP_PREP
-        o, sT, states, prep = _launch_fwd(r, w, k, v, a, b, s0, state_vk, keep)
+        o, sT, states, prep = _launch_fwd(r, w, k, v, a, b, s0, state_vk, BC, keep)
         prep = (*prep[:-1], *prep[-1]) if keep else ()  # R, A, K, W, Bt, gl, AH, T, M, Arb, Lak
         ctx.save_for_backward(r, w, k, v, a, b, states if save else None, *prep)
-        ctx.state_vk, ctx.s0_dtype = state_vk, s0_dtype
+        ctx.state_vk, ctx.s0_dtype, ctx.BC = state_vk, s0_dtype, BC
         ctx.set_materialize_grads(False)
         return o, sT
 
@@ -718,16 +739,16 @@ class _WKV(torch.autograd.Function):
         prep = (*prep[:7], prep[7:]) if prep else None
         do = torch.zeros_like(r) if do is None else do.contiguous()
         dsT = None if dsT is None else dsT.float().contiguous()
-        dr, dw, dk, dv, da, db, ds0 = _launch_bwd(r, w, k, v, a, b, states, do, dsT, ctx.state_vk, prep)
+        dr, dw, dk, dv, da, db, ds0 = _launch_bwd(r, w, k, v, a, b, states, do, dsT, ctx.state_vk, ctx.BC, prep)
         ds0 = None if ctx.s0_dtype is None else ds0.to(ctx.s0_dtype)
-        return dr, dw, dk, dv, da, db, ds0, None, None
+        return dr, dw, dk, dv, da, db, ds0, None, None, None
 
 
 # -----------------------------------------------------------------------------
 # public functions
 
 
-def _check(name, tensors, state, grad=False):
+def _check(name, tensors, state, grad=False, logw_min=-5.0):
     x0 = tensors["r"]
     if x0.dim() != 4:
         raise ValueError(f"{name}: r must be [B, T, H, N], got shape {tuple(x0.shape)}")
@@ -746,6 +767,10 @@ def _check(name, tensors, state, grad=False):
     if grad and name == "wkv7" and x0.is_cuda and not USE_REFERENCE and N > 128 and x0.dtype != torch.bfloat16:
         raise ValueError(f"{name}: gradients on the GPU need N <= 128 for {x0.dtype} inputs (the backward kernel's "
                          f"shared memory), got N = {N}; bfloat16 inputs allow N <= 256")
+    if not -5.0 <= logw_min <= 0.0:
+        raise ValueError(f"{name}: logw_min must lie in [-5, 0], got {logw_min}")
+    if logw_min > -5.0 and not x0.is_cuda and tensors["logw"].min() < logw_min:
+        raise ValueError(f"{name}: logw has {tensors['logw'].min().item():.4g} < logw_min = {logw_min}")
     if state is not None:
         if tuple(state.shape) != (B, H, N, N):
             raise ValueError(f"{name}: state has shape {tuple(state.shape)}, expected {(B, H, N, N)}")
@@ -781,21 +806,23 @@ def wkv6(r, k, v, logw, state=None):
         return wkv6_ref(r, k, v, logw, state, check=USE_REFERENCE)  # (no check: no device sync)
     if not _use_kernels(r):
         return _recomputed(wkv6_chunked, grad, r, k, v, logw, state)
-    return _WKV.apply(r, logw, k, v, None, None, state, False, grad)
+    return _WKV.apply(r, logw, k, v, None, None, state, False, grad, SUB)
 
 
 @torch.compiler.disable  # compiled callers (distill --compile) run this as it is, not traced into
-def wkv7(r, logw, k, v, a, b, state=None):
-    """RAD-RWKV7 recurrence. r, logw, k, v, a, b: [B, T, H, N] (logw in [-5, 0]; the model's lies in
-    [-0.61, 0)); state: [B, H, N, N] [value, key] or None. Returns o [B, T, H, N] in r's dtype and
-    the final state [B, H, N, N] float32 [value, key]. Differentiable in every input."""
+def wkv7(r, logw, k, v, a, b, state=None, logw_min=-5.0):
+    """RAD-RWKV7 recurrence. r, logw, k, v, a, b: [B, T, H, N] (logw in [logw_min, 0]); state: [B, H, N, N]
+    [value, key] or None. logw_min in [-5, 0]: a floor on logw the caller guarantees; RAD-RWKV7 passes
+    RWKV7_LOGW_MIN, which takes the faster kernels (one decay reference per chunk). Checked on the CPU, not
+    on the GPU. Returns o [B, T, H, N] in r's dtype and the final state [B, H, N, N] float32 [value, key].
+    Differentiable in every input."""
     grad = _needs_grad(r, logw, k, v, a, b, state)
-    _check("wkv7", dict(r=r, logw=logw, k=k, v=v, a=a, b=b), state, grad)
+    _check("wkv7", dict(r=r, logw=logw, k=k, v=v, a=a, b=b), state, grad, logw_min)
     if USE_REFERENCE or (r.shape[1] == 1 and not grad):  # decoding
         return wkv7_ref(r, logw, k, v, a, b, state, check=USE_REFERENCE)
     if not _use_kernels(r):
-        return _recomputed(wkv7_chunked, grad, r, logw, k, v, a, b, state)
-    return _WKV.apply(r, logw, k, v, a, b, state, True, grad)
+        return _recomputed(wkv7_chunked, grad, r, logw, k, v, a, b, state, logw_min)
+    return _WKV.apply(r, logw, k, v, a, b, state, True, grad, _ref_rows(logw_min))
 
 
 def example_inputs(kind, B, T, H, N, keys="alike", dtype=torch.float32, device="cpu", seed=0, logw_fill=None,

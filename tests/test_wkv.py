@@ -7,6 +7,7 @@ Triton decides once per process, when it is first imported, whether kernels are 
 module is imported without TRITON_INTERPRET=1 (as in a plain `pytest tests/`), the kernel tests run in a
 child `TRITON_INTERPRET=1 pytest` process instead, so that other test modules keep the ordinary CPU path.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -23,16 +24,24 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TOL = 1e-4  # relative RMS error against the float64 loop, float32 everywhere
 SHAPES = [(1, 1, 2, 16), (2, 15, 3, 16), (1, 16, 2, 32), (2, 63, 2, 16), (1, 100, 2, 16), (1, 150, 2, 32)]  # (B, T, H, N); chunks of 64
 SHAPE_IDS = [f"B{b}-T{t}-H{h}-N{n}" for b, t, h, n in SHAPES]
-KINDS = [("wkv6", "random"), ("wkv7", "random"), ("wkv7", "alike")]  # (recurrence, keys of example_inputs)
+# (recurrence, keys of example_inputs); "wkv7" is told RAD-RWKV7's decay floor (one decay reference per chunk, as the
+# model runs it), "wkv7-any" is not (a reference per 16 rows, for decays down to -5)
+KINDS = [("wkv6", "random"), ("wkv7", "random"), ("wkv7", "alike"), ("wkv7-any", "alike")]
 KIND_IDS = [f"{kind}-{keys}-keys" for kind, keys in KINDS]
+
+
+def impl(kind, chunked=False):
+    # the function under test: wkv6 / wkv7 (kernels or the CPU fallback) or their chunked PyTorch versions
+    fn = getattr(W, kind[:4] + ("_chunked" if chunked else ""))
+    return fn if kind != "wkv7" else functools.partial(fn, logw_min=W.RWKV7_LOGW_MIN)
 
 
 def rel_rms(x, ref):
     return ((x.double() - ref.double()).pow(2).mean().sqrt() / ref.double().pow(2).mean().sqrt()).item()
 
 
-def make_inputs(kind, B, T, H, N, with_state, seed=0, keys="random"):
-    return W.example_inputs(kind, B, T, H, N, keys=keys, seed=seed, state=with_state)
+def make_inputs(kind, B, T, H, N, with_state, seed=0, keys="random", logw_fill=None):
+    return W.example_inputs(kind[:4], B, T, H, N, keys=keys, seed=seed, state=with_state, logw_fill=logw_fill)
 
 
 def run_with_grads(fn, args, state, seed=1, use_o=True, use_state=True):
@@ -55,9 +64,9 @@ NAMES = {"wkv6": ["o", "final_state", "dr", "dk", "dv", "dlogw"],
 def check_against_loop(kind, impl, args, state, tol=TOL, **kw):
     # impl in float32 against the loop in float64, on the same (float32) inputs
     dbl = lambda x: None if x is None else x.double()
-    ref = run_with_grads(getattr(W, f"{kind}_ref"), [dbl(x) for x in args], dbl(state), **kw)
+    ref = run_with_grads(getattr(W, f"{kind[:4]}_ref"), [dbl(x) for x in args], dbl(state), **kw)
     out = run_with_grads(impl, args, state, **kw)
-    names = NAMES[kind] + (["dstate"] if state is not None else [])
+    names = NAMES[kind[:4]] + (["dstate"] if state is not None else [])
     for name, x, y in zip(names, out, ref):
         if y is None:  # no gradient reaches it (unused output)
             continue
@@ -83,7 +92,20 @@ def compare(kind, impl, shape, with_state, keys="random", tol=TOL, **kw):
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("kind,keys", KINDS, ids=KIND_IDS)
 def test_chunked_matches_reference(kind, keys, shape, with_state):
-    compare(kind, getattr(W, f"{kind}_chunked"), shape, with_state, keys)
+    compare(kind, impl(kind, chunked=True), shape, with_state, keys)
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "fallback"])
+def test_decay_floor(chunked):
+    # one reference per chunk holds to the floor it allows (-45/33: factors up to e^45, products up to e^87 where
+    # the mask drops them); a decay below the promised floor is an error on the CPU
+    floor = -W.FACTOR_LOG / (W.CHUNK // 2 + 1)
+    args, state = make_inputs("wkv7", 1, 130, 2, 16, True, keys="alike", logw_fill=floor)
+    fn = W.wkv7_chunked if chunked else W.wkv7
+    check_against_loop("wkv7", functools.partial(fn, logw_min=floor), args, state)
+    if not chunked:
+        with pytest.raises(ValueError, match="logw_min"):
+            W.wkv7(*args, state, logw_min=W.RWKV7_LOGW_MIN)
 
 
 @pytest.mark.parametrize("entries", ["normal", "near-one"])
@@ -183,6 +205,8 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="T >= 1"):
         y = torch.randn(1, 0, 2, 16)
         W.wkv6(y, y, y, y)
+    with pytest.raises(ValueError, match="logw_min must lie in \\[-5, 0\\]"):
+        W.wkv7(x, -x.abs(), x, x, x, x, logw_min=-6.0)
 
 
 # -----------------------------------------------------------------------------
@@ -229,10 +253,11 @@ def test_real_activations_have_alike_keys(real_inputs):
     assert min(cos) > 0.4 and sum(cos) / len(cos) > 0.7, cos
 
 
-def test_chunked_on_real_activations(real_inputs):
+@pytest.mark.parametrize("kind", ["wkv7", "wkv7-any"])
+def test_chunked_on_real_activations(real_inputs, kind):
     for i, args in enumerate(real_inputs):
         try:
-            check_against_loop("wkv7", W.wkv7_chunked, args, None)
+            check_against_loop("wkv7", impl(kind, chunked=True), args, None)
         except AssertionError as e:
             raise AssertionError(f"layer {i}: {e}") from None
 
@@ -243,7 +268,7 @@ def test_kernel_on_real_activations(real_inputs):
     worst = sorted(range(len(real_inputs)), key=lambda i: -alike(-real_inputs[i][4]))[:2]
     for i in worst:
         try:
-            check_against_loop("wkv7", W.wkv7, [x[:1, :, :3] for x in real_inputs[i]], None)
+            check_against_loop("wkv7", impl("wkv7"), [x[:1, :, :3] for x in real_inputs[i]], None)
         except AssertionError as e:
             raise AssertionError(f"layer {i}: {e}") from None
 
@@ -259,14 +284,19 @@ needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="runs in a TRITON
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("kind,keys", KINDS, ids=KIND_IDS)
 def test_kernel_matches_reference(kind, keys, shape, with_state):
-    compare(kind, getattr(W, kind), shape, with_state, keys)
+    compare(kind, impl(kind), shape, with_state, keys)
 
 
 @needs_interpreter
 @pytest.mark.parametrize("use", ["o-only", "state-only"])
-@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7", "wkv7-any"])
 def test_kernel_gradient_through_one_output(kind, use):
-    compare(kind, getattr(W, kind), (1, 20, 2, 32), True, keys="alike", use_o=use == "o-only", use_state=use == "state-only")
+    compare(kind, impl(kind), (1, 20, 2, 32), True, keys="alike", use_o=use == "o-only", use_state=use == "state-only")
+
+
+@needs_interpreter
+def test_kernel_decay_floor():
+    test_decay_floor(chunked=False)
 
 
 @needs_interpreter
@@ -274,7 +304,7 @@ def test_kernel_gradient_through_one_output(kind, use):
 def test_kernel_prefill_in_pieces(kind):
     # carrying the state across calls equals one long call
     args, state = make_inputs(kind, 2, 150, 2, 16, True, keys="alike")
-    fn = getattr(W, kind)
+    fn = impl(kind)
     o_full, s_full = fn(*args, state)
     outs, s = [], state
     for t0, t1 in [(0, 7), (7, 70), (70, 71), (71, 150)]:
@@ -284,15 +314,15 @@ def test_kernel_prefill_in_pieces(kind):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7", "wkv7-any"])
 def test_kernel_backward_recomputes_like_it_keeps(kind, monkeypatch):
     # the backward from the forward's kept chunk matrices (KEEP_PREP) and from its own recomputation: both
     # run the same kernels on the same inputs, so everything but rounding order agrees exactly
     args, state = make_inputs(kind, 1, 130, 2, 32, True, keys="alike")
-    kept = run_with_grads(getattr(W, kind), args, state)
+    kept = run_with_grads(impl(kind), args, state)
     monkeypatch.setattr(W, "KEEP_PREP", False)
-    again = run_with_grads(getattr(W, kind), args, state)
-    for name, x, y in zip(NAMES[kind] + ["dstate"], kept, again):
+    again = run_with_grads(impl(kind), args, state)
+    for name, x, y in zip(NAMES[kind[:4]] + ["dstate"], kept, again):
         assert torch.equal(x, y), f"{kind} {name}: differs by {rel_rms(x, y):.1e}"
 
 

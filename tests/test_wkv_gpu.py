@@ -1,8 +1,10 @@
 """wkv_kernel's Triton kernels on a GPU, at the shapes the students train at: bfloat16 inputs against the
 chunked PyTorch version in float32 (the per-timestep loop is too slow at T = 16384; tests/test_wkv.py
 ties the chunked version to the loop at 1e-4), float32 and bfloat16 against the loop in float64, and decays at
-the edges; wkv7 on independent keys and on keys alike from step to step as on real text.
+the edges; wkv7 on independent keys and on keys alike from step to step as on real text, told RAD-RWKV7's decay
+floor (one decay reference per chunk, as the model runs it) and not told ("wkv7-any": a reference per 16 rows).
 Tolerances (relative RMS error): 2e-2 for bfloat16 inputs, 5e-3 for float32 inputs (TF32 products)."""
+import functools
 import sys
 from pathlib import Path
 
@@ -14,8 +16,12 @@ import wkv_kernel as W  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL = {torch.bfloat16: 2e-2, torch.float32: 5e-3}
-KINDS = [("wkv6", "random"), ("wkv7", "random"), ("wkv7", "alike")]  # (recurrence, keys of example_inputs)
+KINDS = [("wkv6", "random"), ("wkv7", "random"), ("wkv7", "alike"), ("wkv7-any", "alike")]  # (recurrence, keys)
 KIND_IDS = [f"{kind}-{keys}-keys" for kind, keys in KINDS]
+
+
+def impl(kind, logw_min=W.RWKV7_LOGW_MIN):
+    return functools.partial(W.wkv7, logw_min=logw_min) if kind == "wkv7" else getattr(W, kind[:4])
 
 
 def rel_rms(x, ref):
@@ -23,7 +29,7 @@ def rel_rms(x, ref):
 
 
 def make_inputs(kind, B, T, H, N, dtype, logw_fill=None, seed=0, keys="random"):
-    return W.example_inputs(kind, B, T, H, N, keys=keys, dtype=dtype, device="cuda", seed=seed, logw_fill=logw_fill,
+    return W.example_inputs(kind[:4], B, T, H, N, keys=keys, dtype=dtype, device="cuda", seed=seed, logw_fill=logw_fill,
                             state=True)
 
 
@@ -37,9 +43,9 @@ def outputs_and_grads(fn, args, state):
     return [o.detach(), sT.detach()] + [x.grad for x in args] + [state.grad]
 
 
-def compare(kind, args, state, ref_fn, tol, dlogw_scale=False, ref_dtype=torch.float32):
+def compare(kind, args, state, ref_fn, tol, dlogw_scale=False, ref_dtype=torch.float32, fn=None):
     ref = outputs_and_grads(ref_fn, [x.to(ref_dtype) for x in args], state.to(ref_dtype))
-    out = outputs_and_grads(getattr(W, kind), args, state)
+    out = outputs_and_grads(fn or impl(kind), args, state)
     names = ["o", "final_state"] + (["dr", "dk", "dv", "dlogw"] if kind == "wkv6" else ["dr", "dlogw", "dk", "dv", "da", "db"])
     dtypes = [args[0].dtype, torch.float32] + [x.dtype for x in args] + [torch.float32]
     errs = {}
@@ -62,21 +68,27 @@ def compare(kind, args, state, ref_fn, tol, dlogw_scale=False, ref_dtype=torch.f
 @pytest.mark.parametrize("kind,keys", KINDS, ids=KIND_IDS)
 def test_bf16_matches_chunked_float32(kind, keys, shape):
     args, state = make_inputs(kind, *shape, torch.bfloat16, keys=keys)
-    compare(kind, args, state, getattr(W, f"{kind}_chunked"), TOL[torch.bfloat16])
+    compare(kind, args, state, getattr(W, f"{kind[:4]}_chunked"), TOL[torch.bfloat16])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("kind,keys", KINDS, ids=KIND_IDS)
 def test_matches_float64_loop(kind, keys, dtype):
     args, state = make_inputs(kind, 2, 300, 2, 64, dtype, keys=keys)
-    compare(kind, args, state, getattr(W, f"{kind}_ref"), TOL[dtype], ref_dtype=torch.float64)
+    compare(kind, args, state, getattr(W, f"{kind[:4]}_ref"), TOL[dtype], ref_dtype=torch.float64)
 
 
-@pytest.mark.parametrize("fill", [-5.0, -1e-6], ids=["logw=-5", "logw=0-"])
-@pytest.mark.parametrize("kind,keys", [("wkv6", "random"), ("wkv7", "alike")], ids=["wkv6", "wkv7-alike-keys"])
+FLOOR = -W.FACTOR_LOG / (W.CHUNK // 2 + 1)  # the lowest decay floor that takes one reference per chunk (-1.36)
+EDGES = [("wkv6", "random", -5.0), ("wkv6", "random", -1e-6), ("wkv7-any", "alike", -5.0),
+         ("wkv7-any", "alike", -1e-6), ("wkv7", "alike", FLOOR), ("wkv7", "alike", -1e-6)]
+
+
+@pytest.mark.parametrize("kind,keys,fill", EDGES, ids=[f"{k}-{keys}-keys-logw={f:.3g}" for k, keys, f in EDGES])
 def test_decays_at_the_edges(kind, keys, fill):
+    # wkv7 is told the floor FLOOR here: its decays at that floor are the largest its kernels' factors allow
     args, state = make_inputs(kind, 1, 2048, 2, 128, torch.bfloat16, logw_fill=fill, keys=keys)
-    compare(kind, args, state, getattr(W, f"{kind}_chunked"), TOL[torch.bfloat16], dlogw_scale=True)
+    compare(kind, args, state, getattr(W, f"{kind[:4]}_chunked"), TOL[torch.bfloat16], dlogw_scale=True,
+            fn=impl(kind, logw_min=FLOOR))
 
 
 SWEEP = [(kind, keys, N, dtype) for kind, keys in KINDS for dtype in (torch.bfloat16, torch.float32)
@@ -88,4 +100,4 @@ SWEEP = [(kind, keys, N, dtype) for kind, keys in KINDS for dtype in (torch.bflo
 def test_head_sizes(kind, keys, N, dtype):
     # every head size the kernels take, each compiled for itself (tiles, warps and wgmma or mma.sync differ)
     args, state = make_inputs(kind, 2, 200, 2, N, dtype, keys=keys)
-    compare(kind, args, state, getattr(W, f"{kind}_ref"), TOL[dtype], ref_dtype=torch.float64)
+    compare(kind, args, state, getattr(W, f"{kind[:4]}_ref"), TOL[dtype], ref_dtype=torch.float64)

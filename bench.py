@@ -42,11 +42,13 @@ def sync(device):
 
 
 def write_rows(name, rows, out):
+    # appended to the file's rows (each row carries its date and GPU), so runs of one session add up
     path = out or os.path.join(RESULTS, f"{name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    old = json.load(open(path)) if os.path.isfile(path) else []
     with open(path, "w") as fh:
-        json.dump(rows, fh, indent=2)
-    print(f"wrote {path}")
+        json.dump(old + rows, fh, indent=2)
+    print(f"added {len(rows)} rows to {path}")
 
 
 table = E.markdown_table  # a Markdown table, as eval.py's reports
@@ -66,7 +68,7 @@ class KernelBench:
     head_sizes: str = "128"  # N list, comma separated
     fla_shapes: str = ""  # BxT list at which flash-linear-attention is timed ("" = every shape; its autotuning is slow)
     wkv7_logw_min: float = W.RWKV7_LOGW_MIN  # the decay floor wkv7 is told (RAD-RWKV7's; -5: the kernels for any decay)
-    out: str = ""  # JSON file ("" = results/kernels_<gpu>.json)
+    out: str = ""  # JSON file ("" = results/kernels_<gpu>.json), rows appended
 
 
 def copy_bandwidth(dev, n=2**30):
@@ -161,7 +163,7 @@ class DecodeBench:
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "bfloat16"  # weights and compute
     seed: int = 0  # weights and prompt token ids
-    out: str = ""  # JSON file ("" = results/decode_<preset or models>.json)
+    out: str = ""  # JSON file ("" = results/decode_<preset or models>.json), rows appended
 
 
 @torch.no_grad()
@@ -320,9 +322,7 @@ def distill_step(cfg):
                       fmt(row["peak_mem_gib"], ".1f"), f"{row['step_ms']:.1f}"]]))
         print("split of one step with a synchronisation between parts (ms): " +
               ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
-        path = cfg.out or os.path.join(RESULTS, f"distill_speed_{row['gpu'].split()[-1].lower()}.json")
-        rows = json.load(open(path)) if os.path.isfile(path) else []
-        write_rows("", rows + [row], path)
+        write_rows(f"distill_speed_{row['gpu'].split()[-1].lower()}", [row], cfg.out)
     torch.distributed.destroy_process_group()
     return row
 

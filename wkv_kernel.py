@@ -47,7 +47,8 @@ backward with inputs other than bfloat16 (float32 products): there N <= 128, whi
 Hopper (sm_90): every kernel uses the wgmma instructions when Triton's ptxas is from CUDA 13.3 or later. Older
 ptxas (Triton 3.6 bundles 12.8's) miscompiles wgmma code that reuses a product's registers (wrong gradients, reads
 out of bounds), so with it the two gradient kernels use mma.sync (MMA_V2). Measured on an H200 (B8 T4096 H28 N128
-bf16, forward+backward): wgmma 10.3 / 25.9 ms (wkv6 / wkv7), mma.sync in the gradient kernels 10.9 / 28.7 ms.
+bf16, forward+backward, wkv7 told RAD-RWKV7's floor): wgmma 7.06 / 15.6 ms (wkv6 / wkv7), mma.sync in the gradient
+kernels 8.29 / 24.2 ms.
 requirements-gpu.txt installs CUDA 13's ptxas; _ptxas hands it to Triton at import, for every Triton kernel of the
 process (torch.compile's too), unless TRITON_PTXAS_PATH is already set.
 """
@@ -613,7 +614,7 @@ def _mma_v2(name):
             _TOLD = True
             if os.environ.get("RANK", "0") == "0":
                 print(f"wkv_kernel: ptxas {'.'.join(map(str, PTXAS_VERSION or '?'))} compiles wgmma wrong, so the "
-                      "gradient kernels use mma.sync (5-10% slower); CUDA 13.3's or later is right: "
+                      "gradient kernels use mma.sync (wkv7 1.5x slower); CUDA 13.3's or later is right: "
                       "pip install --no-deps -r requirements-gpu.txt")
         os.environ["DISABLE_MMA_V3"] = "1"
     try:

@@ -30,3 +30,11 @@ def test_distill_step_smoke(stage, tmp_path, monkeypatch):
                                     "wkv_backward"}
     assert row["split_ms"]["wkv_forward"] > 0 and row["split_ms"]["wkv_backward"] > 0
     assert json.loads(out.read_text()) == [row]
+
+
+def test_rows_are_appended(tmp_path):
+    # a second benchmark run into the same file adds its rows to the first's
+    out = tmp_path / "rows.json"
+    bench.write_rows("rows", [{"run": 1}], str(out))
+    bench.write_rows("rows", [{"run": 2}, {"run": 3}], str(out))
+    assert json.loads(out.read_text()) == [{"run": 1}, {"run": 2}, {"run": 3}]

@@ -770,8 +770,6 @@ def _check(name, tensors, state, grad=False, logw_min=-5.0):
                          f"shared memory), got N = {N}; bfloat16 inputs allow N <= 256")
     if not -5.0 <= logw_min <= 0.0:
         raise ValueError(f"{name}: logw_min must lie in [-5, 0], got {logw_min}")
-    if logw_min > -5.0 and not x0.is_cuda and tensors["logw"].min() < logw_min:
-        raise ValueError(f"{name}: logw has {tensors['logw'].min().item():.4g} < logw_min = {logw_min}")
     if state is not None:
         if tuple(state.shape) != (B, H, N, N):
             raise ValueError(f"{name}: state has shape {tuple(state.shape)}, expected {(B, H, N, N)}")
@@ -821,6 +819,8 @@ def wkv7(r, logw, k, v, a, b, state=None, logw_min=-5.0):
     _check("wkv7", dict(r=r, logw=logw, k=k, v=v, a=a, b=b), state, grad, logw_min)
     if USE_REFERENCE or (r.shape[1] == 1 and not grad):  # decoding
         return wkv7_ref(r, logw, k, v, a, b, state, check=USE_REFERENCE)
+    if logw_min > -5.0 and not r.is_cuda and logw.min() < logw_min:  # (on a GPU the check would wait for it)
+        raise ValueError(f"wkv7: logw has {logw.min().item():.4g} < logw_min = {logw_min}")
     if not _use_kernels(r):
         return _recomputed(wkv7_chunked, grad, r, logw, k, v, a, b, state, logw_min)
     return _WKV.apply(r, logw, k, v, a, b, state, True, grad, _ref_rows(logw_min))

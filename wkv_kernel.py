@@ -70,6 +70,7 @@ USE_REFERENCE = False  # True: wkv6 / wkv7 run the per-timestep float32 loops (s
 CHUNK = 64  # BT: timesteps per chunk, one saved state each
 SUB = 16  # rows per block of the triangular solve, and of one decay reference (BC) for logw down to -5
 FACTOR_LOG = 45  # decay factors inside a chunk stay under e^45: a BC-row reference allows logw >= -45 / (BC / 2 + 1)
+CHUNK_REF_FLOOR = -FACTOR_LOG / (CHUNK // 2 + 1)  # -1.36: the lowest decay floor that takes one reference per chunk
 RWKV7_LOGW_MIN = -0.61  # RAD-RWKV7's log decay, -e^-0.5 sigmoid(.) > -0.6066, lies above it
 WARPS = dict(prep=4, state=8, out=4, dmat=8, dinput=4)  # num_warps of each kernel
 BLOCK_V = 64  # value columns per program of the serial passes and the output
@@ -182,7 +183,7 @@ def _intra(x, gx, y, gc, diag, BC=SUB):
 
 def _ref_rows(logw_min):
     # BC: rows of one decay reference, the most that keeps the factors under e^FACTOR_LOG for logw >= logw_min
-    return CHUNK if logw_min >= -FACTOR_LOG / (CHUNK // 2 + 1) else SUB
+    return CHUNK if logw_min >= CHUNK_REF_FLOOR else SUB
 
 
 def _chunked(r, w, k, v, a, b, X, BT=CHUNK, BC=SUB):
@@ -317,27 +318,26 @@ def _tri_mats(r, w, k, a, b, p_t, m_x, N: tl.constexpr, BK: tl.constexpr, BT: tl
 
 
 @triton.jit
-def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, BC: tl.constexpr, HAS_AB: tl.constexpr,
+def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, BS: tl.constexpr, HAS_AB: tl.constexpr,
            BF16: tl.constexpr):
-    # T = (I - Lab)^-1 by forward substitution as in _tri_inverse (BC: its block rows, SUB), M = T Lak,
-    # A = Ark + Arb M  # [BT, BT]
+    # T = (I - Lab)^-1 by forward substitution in BS-row blocks as in _tri_inverse, M = T Lak, A = Ark + Arb M
     b_T, b_M, b_A = b_Ark, b_Ark, b_Ark
     if HAS_AB:
-        NB: tl.constexpr = BT // BC
-        o_t, o_c, o_i = tl.arange(0, BT), tl.arange(0, BC), tl.arange(0, NB)
-        # the diagonal blocks [NB, BC, BC]: block i of rows and columns of [NB, BC, NB, BC]
+        NB: tl.constexpr = BT // BS
+        o_t, o_c, o_i = tl.arange(0, BT), tl.arange(0, BS), tl.arange(0, NB)
+        # the diagonal blocks [NB, BS, BS]: block i of rows and columns of [NB, BS, NB, BS]
         m_d = (o_i[:, None] == o_i[None, :])[:, None, :, None]  # [NB, 1, NB, 1]
-        b_L3 = tl.sum(tl.where(m_d, tl.reshape(b_Lab, (NB, BC, NB, BC)), 0), 2)
-        b_D3 = tl.where((o_c[:, None] == o_c[None, :])[None, :, :], 1.0, 0.0) + tl.zeros([NB, BC, BC], tl.float32)
-        for j in tl.static_range(1, BC):  # row j of every block, in float32 on the CUDA cores
-            m_j = (o_c == j)[None, :, None]  # [1, BC, 1]
-            b_l = tl.sum(tl.where(m_j, b_L3, 0), 1)  # [NB, BC] row j of L's blocks
+        b_L3 = tl.sum(tl.where(m_d, tl.reshape(b_Lab, (NB, BS, NB, BS)), 0), 2)
+        b_D3 = tl.where((o_c[:, None] == o_c[None, :])[None, :, :], 1.0, 0.0) + tl.zeros([NB, BS, BS], tl.float32)
+        for j in tl.static_range(1, BS):  # row j of every block, in float32 on the CUDA cores
+            m_j = (o_c == j)[None, :, None]  # [1, BS, 1]
+            b_l = tl.sum(tl.where(m_j, b_L3, 0), 1)  # [NB, BS] row j of L's blocks
             b_D3 = tl.where(m_j, b_D3 + tl.sum(b_l[:, :, None] * b_D3, 1)[:, None, :], b_D3)
         b_D = tl.reshape(tl.where(m_d, b_D3[:, :, None, :], 0), (BT, BT))  # block diagonal  # [BT, BT]
-        b_Lo = tl.where((o_t[:, None] // BC) != (o_t[None, :] // BC), b_Lab, 0)  # below the diagonal blocks
+        b_Lo = tl.where((o_t[:, None] // BS) != (o_t[None, :] // BS), b_Lab, 0)  # below the diagonal blocks
         b_T = b_D
         for i in tl.static_range(1, NB):  # row block i from the finished ones above it
-            b_Li = tl.where((o_t // BC == i)[:, None], b_Lo, 0)
+            b_Li = tl.where((o_t // BS == i)[:, None], b_Lo, 0)
             b_T += _mmx(b_D, _mmx(b_Li, b_T, BF16), BF16)
         b_M = _mmx(b_T, b_Lak, BF16)
         b_A = b_Ark + _mmx(b_Arb, b_M, BF16)

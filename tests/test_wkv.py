@@ -99,7 +99,7 @@ def test_chunked_matches_reference(kind, keys, shape, with_state):
 def test_decay_floor(chunked):
     # one reference per chunk holds to the floor it allows (-45/33: factors up to e^45, products up to e^87 where
     # the mask drops them); a decay below the promised floor is an error on the CPU
-    floor = -W.FACTOR_LOG / (W.CHUNK // 2 + 1)
+    floor = W.CHUNK_REF_FLOOR
     args, state = make_inputs("wkv7", 1, 130, 2, 16, True, keys="alike", logw_fill=floor)
     fn = W.wkv7_chunked if chunked else W.wkv7
     check_against_loop("wkv7", functools.partial(fn, logw_min=floor), args, state)

@@ -78,7 +78,7 @@ def test_matches_float64_loop(kind, keys, dtype):
     compare(kind, args, state, getattr(W, f"{kind[:4]}_ref"), TOL[dtype], ref_dtype=torch.float64)
 
 
-FLOOR = -W.FACTOR_LOG / (W.CHUNK // 2 + 1)  # the lowest decay floor that takes one reference per chunk (-1.36)
+FLOOR = W.CHUNK_REF_FLOOR  # the lowest decay floor that takes one reference per chunk (-1.36)
 EDGES = [("wkv6", "random", -5.0), ("wkv6", "random", -1e-6), ("wkv7-any", "alike", -5.0),
          ("wkv7-any", "alike", -1e-6), ("wkv7", "alike", FLOOR), ("wkv7", "alike", -1e-6)]
 

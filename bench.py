@@ -258,6 +258,8 @@ class DistillBench:
     student: str = "rwkv7"  # time mixer of the student
     seq_len: int = 512  # tokens per sequence
     micro_batch: int = 16  # sequences per forward
+    batch_size: int = 0  # sequences per optimizer step, all processes (0 = the step's distill.py default, at least
+    #                      one micro-batch per process): the optimizer's share of a step is as in a real run
     activation_checkpointing: bool = False  # recompute blocks in the backward (steps 2 and 3)
     compile: bool = True  # torch.compile as distill.py --compile (GPU only, as there)
     steps: int = 10  # timed steps, after 3 warm-up steps
@@ -277,11 +279,15 @@ def distill_step(cfg):
     for k in ("stage", "student", "seq_len", "micro_batch", "activation_checkpointing", "compile", "dtype"):
         setattr(dcfg, k, getattr(cfg, k))
     dcfg.compile = cfg.compile = cfg.compile and device.type == "cuda"
-    dcfg.batch_size, dcfg.init_from, dcfg.warmup_steps = cfg.micro_batch * world, "teacher", 1
+    dcfg.batch_size = cfg.batch_size or max(dcfg.batch_size, cfg.micro_batch * world)
+    if dcfg.batch_size % (cfg.micro_batch * world):
+        raise data.UsageError(f"--batch_size {dcfg.batch_size} is not a multiple of --micro_batch {cfg.micro_batch} "
+                              f"x {world} processes")
+    accum, dcfg.init_from, dcfg.warmup_steps = dcfg.batch_size // (cfg.micro_batch * world), "teacher", 1
     mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
     teacher, student = distill.build(dcfg, device, mp, teacher_cfg=tcfg)
     teacher = teacher if cfg.stage < 3 else None
-    hooks = distill.attention_hooks(teacher) if cfg.stage == 1 else None
+    hooks = distill.AttentionHooks(teacher) if cfg.stage == 1 else None
     opt, lrs = distill.make_optimizer(dcfg, student, device)
     gen = torch.Generator().manual_seed(rank)
     batch = torch.randint(0, tcfg.vocab_size, (cfg.micro_batch, cfg.seq_len + 1), generator=gen).to(device)
@@ -301,35 +307,38 @@ def distill_step(cfg):
         step(i)
     sync(device)
     dt = (time.perf_counter() - t0) / cfg.steps
-    split = split_step(dcfg, teacher, student, hooks, opt, batch, device, distill)
+    split = split_step(dcfg, teacher, student, hooks, opt, batch, device, distill, accum)
     if cfg.profile:  # every process steps (collectives), the first prints
         with torch.profiler.profile() as prof:
             step(0), step(1), sync(device)
         rank == 0 and print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=cfg.profile, max_name_column_width=60))
-    tokens = cfg.micro_batch * cfg.seq_len
+    tokens = accum * cfg.micro_batch * cfg.seq_len
     flops = distill.flops_per_token(dcfg, teacher, student)
     peak = distill.peak_flops(dcfg, device)
     row = dict(gpu=device_name(device), date=time.strftime("%Y-%m-%d"), model=cfg.preset,
                layers=tcfg.num_hidden_layers, stage=cfg.stage, student=cfg.student, seq_len=cfg.seq_len,
-               micro_batch=cfg.micro_batch, activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
+               micro_batch=cfg.micro_batch, batch_size=dcfg.batch_size, activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
                tokens_per_s_per_gpu=tokens / dt, mfu=flops * tokens / dt / peak if peak else None,
                peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
                world_size=world, step_ms=dt * 1e3, split_ms=split)
     if rank == 0:
-        print(table(["model", "layers", "step", "micro-batch", "ckpt", "tokens/s/device", "MFU", "peak GiB", "ms"],
-                    [[row["model"], row["layers"], row["stage"], row["micro_batch"], row["activation_checkpointing"],
+        print(table(["model", "layers", "step", "batch", "micro-batch", "ckpt", "tokens/s/device", "MFU", "peak GiB",
+                     "ms"],
+                    [[row["model"], row["layers"], row["stage"], row["batch_size"], row["micro_batch"],
+                      row["activation_checkpointing"],
                       f"{row['tokens_per_s_per_gpu']:,.0f}", fmt(row["mfu"] and 100 * row["mfu"], ".1f") + "%",
                       fmt(row["peak_mem_gib"], ".1f"), f"{row['step_ms']:.1f}"]]))
-        print("split of one step with a synchronisation between parts (ms): " +
+        print("split of one micro-batch with a synchronisation between parts, the optimizer's step divided by the "
+              f"{accum} micro-batches of a step (ms): " +
               ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
         write_rows(f"distill_speed_{row['gpu'].split()[-1].lower()}", [row], cfg.out)
     torch.distributed.destroy_process_group()
     return row
 
 
-def split_step(dcfg, teacher, student, hooks, opt, batch, device, distill):
-    # where a step's time goes: the teacher's forward alone, the student's forward and loss (with the teacher's
-    # forward inside it, subtracted), the backward, the optimizer; and every WKV call (forward and backward)
+def split_step(dcfg, teacher, student, hooks, opt, batch, device, distill, accum):
+    # where a micro-batch's time goes: the teacher's forward alone, the student's forward and loss (with the teacher's
+    # forward inside it, subtracted), the backward, the optimizer's step over accum; and every WKV call
     wkv = dict(forward=0.0, backward=0.0)
     grad_at = {}
 
@@ -379,7 +388,7 @@ def split_step(dcfg, teacher, student, hooks, opt, batch, device, distill):
     opt.zero_grad(set_to_none=True)
     mark()
     ms = [1e3 * (b - a) for a, b in zip(marks, marks[1:])]
-    return dict(teacher_forward=ms[0], student_forward=ms[1] - ms[0], backward=ms[2], optimizer=ms[3],
+    return dict(teacher_forward=ms[0], student_forward=ms[1] - ms[0], backward=ms[2], optimizer=ms[3] / accum,
                 **({} if dcfg.compile else dict(wkv_forward=1e3 * wkv["forward"], wkv_backward=1e3 * wkv["backward"])))
 
 

@@ -229,6 +229,15 @@ def prepare_student(cfg, student):
             block.self_attn.requires_grad_(True)
 
 
+def prepare_teacher(cfg, teacher):
+    # step 1 reads each layer's attention input and output only, so the last block stops after its attention (its
+    # logits would be wrong: step 1 only); compiled blocks fuse the norms, RoPE and SwiGLU
+    teacher.model.layers[-1].attention_only = cfg.stage == 1
+    if cfg.compile:
+        for block in teacher.model.layers:
+            block.compile()
+
+
 def sharded(model_cfg, dtype, device, mp, tensors, what, split_mixers=False, prepare=None, frozen=False):
     # built on the meta device, sharded, then filled from (key, tensor) pairs (None: random, for benchmarks)
     with torch.device("meta"):
@@ -252,7 +261,8 @@ def build(cfg, device, mp, teacher_cfg=None):
         if tcfg.student:
             raise ValueError(f"--teacher {cfg.teacher} is a student model ({tcfg.model_type})")
         tensors = None if teacher_cfg else convert.iter_checkpoint(cfg.teacher)
-        teacher = sharded(tcfg, dtype, device, mp, tensors, cfg.teacher, frozen=True).requires_grad_(False).eval()
+        teacher = sharded(tcfg, dtype, device, mp, tensors, cfg.teacher, prepare=lambda m: prepare_teacher(cfg, m),
+                          frozen=True).requires_grad_(False).eval()
     src = init_source(cfg)
     if src == "teacher":
         if teacher is None:
@@ -324,6 +334,11 @@ def kl_and_ce(h, weight, t_logits, y):
     return torch.stack([kl, F.nll_loss(logp_s, y, reduction="sum")])
 
 
+def align_loss(t_out, s_out):
+    # step 1, one layer: ||teacher attention out - student mixer out||_2 / sqrt(C), mean over tokens
+    return (t_out.float() - s_out.float()).norm(dim=-1).mean() / math.sqrt(t_out.shape[-1])
+
+
 def ce_only(h, weight, y):
     ce = F.cross_entropy(F.linear(h, weight).float(), y, reduction="sum")
     return torch.stack([ce, ce.detach()])
@@ -345,11 +360,11 @@ def step_loss(cfg, teacher, student, batch, hooks):
         with torch.no_grad():
             teacher(x, hidden=True)
         cos, sin = student.rope(torch.arange(x.shape[1], device=x.device)[None])
-        v_first, loss = None, 0.0
+        v_first, loss, fn = None, 0.0, compiled(align_loss) if cfg.compile else align_loss
         for i, block in enumerate(student.model.layers):
             h, t_out = hooks[i]
             s_out, v_first = block.self_attn(h, cos, sin, v_first)
-            loss = loss + (t_out.float() - s_out.float()).norm(dim=-1).mean() / math.sqrt(h.shape[-1])
+            loss = loss + fn(t_out, s_out)
         loss = loss / len(student.model.layers)
         return loss, torch.stack([loss.detach(), torch.zeros_like(loss.detach())])
     if cfg.stage == 2:
@@ -363,26 +378,47 @@ def step_loss(cfg, teacher, student, batch, hooks):
     return out[0], out.detach()
 
 
-def attention_hooks(teacher):
-    # step 1: capture (input, output) of every teacher attention
-    store = {}
-    for i, block in enumerate(teacher.model.layers):
-        block.self_attn.register_forward_hook(lambda m, a, o, i=i: store.__setitem__(i, (a[0], o[0])))
-    return store
+class AttentionHooks:
+    """Step 1: hooks[i] is (input, output) of teacher layer i's attention in the last teacher forward. One hook for
+    all layers that keeps them on the module itself: a compiled teacher block then needs one graph, not one per
+    layer (a hook closing over the layer's number, or a dict filling up, would differ from layer to layer)."""
+
+    def __init__(self, teacher):
+        self.modules = [block.self_attn for block in teacher.model.layers]
+        for m in self.modules:
+            m.captured = None
+            m.register_forward_hook(self.capture)
+
+    @staticmethod
+    def capture(module, args, out):
+        module.captured = (args[0], out[0])
+
+    def clear(self):
+        for m in self.modules:
+            m.captured = None
+
+    def __getitem__(self, i):
+        return self.modules[i].captured
 
 
 def flops_per_token(cfg, teacher, student):
-    # matmul FLOPs: 2 per weight per token forward, x3 with backward (+1 forward when recomputing);
-    # softmax attention adds 2*T*D per layer forward (causal half of QK^T and AV)
-    def mats(model, attn_only=False):
+    # matmul FLOPs: 2 per weight per token forward, x3 with backward (+1 forward when recomputing: checkpointed
+    # blocks, and always the head inside the chunked loss); softmax attention adds 2*T*D per layer forward (causal
+    # half of QK^T and AV). The head counts also when tied to the embedding (a lookup, not counted). Step 1 trains
+    # the student's time mixers only, and its teacher runs neither the head nor the last layer's MLP.
+    def mats(model, keep=lambda n: True):
         return sum(p.numel() for n, p in model.named_parameters()
-                   if p.dim() >= 2 and "embed_tokens" not in n and (not attn_only or ".self_attn." in n))
-    T = cfg.seq_len
-    train = 8 if cfg.activation_checkpointing and cfg.stage > 1 else 6
-    f = train * mats(student, attn_only=cfg.stage == 1)
+                   if p.dim() >= 2 and n.startswith("model.layers.") and keep(n))
+    T, s1 = cfg.seq_len, cfg.stage == 1
+    train = 8 if cfg.activation_checkpointing and not s1 else 6
+    f = train * mats(student, lambda n: ".self_attn." in n) if s1 else \
+        train * mats(student) + 8 * student.lm_head.weight.numel()
     if teacher is not None:
         tc = teacher.cfg
-        f += 2 * mats(teacher) + 2 * tc.num_hidden_layers * T * tc.num_attention_heads * tc.head_dim
+        last = f"model.layers.{tc.num_hidden_layers - 1}.mlp."
+        f += 2 * (mats(teacher, lambda n: not n.startswith(last)) if s1 else
+                  mats(teacher) + teacher.lm_head.weight.numel())
+        f += 2 * tc.num_hidden_layers * T * tc.num_attention_heads * tc.head_dim
     return f
 
 
@@ -515,7 +551,7 @@ def main(argv):
         if note:
             print0(note)
         data.check_tokens(ds, student.cfg.vocab_size)
-    hooks = attention_hooks(teacher) if cfg.stage == 1 else None
+    hooks = AttentionHooks(teacher) if cfg.stage == 1 else None
     opt, lrs = make_optimizer(cfg, student, device)
     start = resume(cfg, ckpt_root, student, opt, rank)
     log_path = os.path.join(stage_dir, "log.txt")

@@ -295,6 +295,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     checkpointing = False  # activation checkpointing: recompute this block in the backward pass
+    attention_only = False  # stop after the attention (step 1's teacher, last layer: nothing uses its MLP)
 
     def forward(self, x, cos, sin, v_first=None, cache=None):
         if self.checkpointing and torch.is_grad_enabled():
@@ -305,6 +306,8 @@ class Block(nn.Module):
     def _forward(self, x, cos, sin, v_first, cache):
         h, v_first = self.self_attn(self.input_layernorm(x), cos, sin, v_first, cache)
         x = x + h
+        if self.attention_only:
+            return x, v_first
         return x + self.mlp(self.post_attention_layernorm(x)), v_first
 
 

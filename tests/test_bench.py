@@ -23,9 +23,11 @@ def test_distill_step_smoke(stage, tmp_path, monkeypatch):
                      MASTER_PORT=str(29400 + (os.getpid() + stage) % 500)).items():
         monkeypatch.setenv(k, v)
     out = tmp_path / "distill.json"
-    row = bench.distill_step(bench.DistillBench(preset="tiny", stage=stage, seq_len=32, micro_batch=2, steps=2,
-                                                dtype="float32", activation_checkpointing=stage > 1, out=str(out)))
+    row = bench.distill_step(bench.DistillBench(preset="tiny", stage=stage, seq_len=32, micro_batch=2, batch_size=4,
+                                                steps=2, dtype="float32", activation_checkpointing=stage > 1,
+                                                out=str(out)))
     assert row["tokens_per_s_per_gpu"] > 0 and row["world_size"] == 1 and row["layers"] == 3
+    assert row["batch_size"] == 4 and row["step_ms"] > 0  # two micro-batches per optimizer step
     assert set(row["split_ms"]) == {"teacher_forward", "student_forward", "backward", "optimizer", "wkv_forward",
                                     "wkv_backward"}
     assert row["split_ms"]["wkv_forward"] > 0 and row["split_ms"]["wkv_backward"] > 0

@@ -199,9 +199,8 @@ def test_step_losses_match_their_definitions():
                 p.add_(torch.randn_like(p) * 0.1)
     batch = torch.randint(0, V, (2, 10))
     x = batch[:, :-1]
-    hooks = distill.attention_hooks(teacher)
+    hooks = distill.AttentionHooks(teacher)
     with torch.no_grad():
-        got1 = distill.step_loss(distill.Config(stage=1, compile=False), teacher, student, batch, hooks)[0]
         got2 = distill.step_loss(distill.Config(stage=2, loss_chunk=5, compile=False), teacher, student, batch, hooks)[0]
         cos, sin = teacher.rope(torch.arange(x.shape[1])[None])
         h, v_first, per_layer = teacher.model.embed_tokens(x), None, []
@@ -215,26 +214,53 @@ def test_step_losses_match_their_definitions():
         want1 = torch.stack(per_layer).mean()
         logp_t, logp_s = teacher(x).log_softmax(-1), student(x).log_softmax(-1)
         want2 = (logp_t.exp() * (logp_t - logp_s)).sum(-1).mean()
+        cfg1 = distill.Config(stage=1, compile=False)
+        distill.prepare_teacher(cfg1, teacher)  # as step 1 builds it: the last block stops after its attention
+        got1 = distill.step_loss(cfg1, teacher, student, batch, hooks)[0]
+    assert teacher.model.layers[-1].attention_only and not teacher.model.layers[0].attention_only
     assert got1.item() == pytest.approx(want1.item(), rel=1e-5)
     assert got2.item() == pytest.approx(want2.item(), rel=1e-5)
 
 
+def test_compiled_teacher_has_one_graph_per_kind_of_block():
+    # step 1's compiled teacher with its attention hooks: a graph for the blocks and one for the last (it stops after
+    # its attention), the same for every layer; past torch.compile's recompile limit (8) a graph per layer would
+    # leave the deeper layers uncompiled
+    import distill
+    cfg = M.ModelConfig(**M.PRESETS["tiny"])
+    cfg.num_hidden_layers = 12
+    teacher = M.Model(cfg).init_weights(seed=1)
+    distill.prepare_teacher(distill.Config(stage=1, compile=True), teacher)
+    hooks = distill.AttentionHooks(teacher)
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    x = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        hooks.clear()
+        with torch.no_grad():
+            teacher(x, hidden=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2
+    assert all(hooks[i][0].shape == (2, 16, cfg.hidden_size) for i in range(12))
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_compiled_step_matches_eager(stage):
-    # --compile (the default on a GPU): step 1's time mixers, step 2's blocks (recomputed in the backward) and the
-    # loss chunks through torch.compile, here its CPU code; the loss and every gradient as the eager step's, float32
+    # --compile (the default on a GPU): the teacher's blocks, step 1's time mixers, step 2's blocks (recomputed in the
+    # backward) and the loss chunks through torch.compile, here its CPU code; the loss and every gradient as the
+    # eager step's, float32
     import distill
-    teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1)
     batch = torch.randint(0, V, (2, 41), generator=torch.Generator().manual_seed(0))
-    hooks = distill.attention_hooks(teacher)
     got, graphs = [], torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for compile in (False, True):
+        cfg = distill.Config(stage=stage, compile=compile, loss_chunk=24, activation_checkpointing=True)
+        teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1)
+        distill.prepare_teacher(cfg, teacher)
+        hooks = distill.AttentionHooks(teacher)
         student = M.make_student(teacher, "rwkv7")
         with torch.no_grad():  # away from the init, where several LoRA gradients are exactly zero
             for name, p in student.named_parameters():
                 if ".self_attn." in name and "_proj" not in name:
                     p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
-        cfg = distill.Config(stage=stage, compile=compile, loss_chunk=24, activation_checkpointing=True)
         distill.prepare_student(cfg, student)
         loss = distill.step_loss(cfg, teacher, student, batch, hooks)[0]
         loss.backward()

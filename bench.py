@@ -287,7 +287,7 @@ def distill_step(cfg):
     mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
     teacher, student = distill.build(dcfg, device, mp, teacher_cfg=tcfg)
     teacher = teacher if cfg.stage < 3 else None
-    hooks = distill.AttentionHooks(teacher) if cfg.stage == 1 else None
+    hooks = distill.attention_hooks(teacher) if cfg.stage == 1 else None
     opt, lrs = distill.make_optimizer(dcfg, student, device)
     gen = torch.Generator().manual_seed(rank)
     batch = torch.randint(0, tcfg.vocab_size, (cfg.micro_batch, cfg.seq_len + 1), generator=gen).to(device)

@@ -230,8 +230,8 @@ def prepare_student(cfg, student):
 
 
 def prepare_teacher(cfg, teacher):
-    # step 1 reads each layer's attention input and output only, so the last block stops after its attention (its
-    # logits would be wrong: step 1 only); compiled blocks fuse the norms, RoPE and SwiGLU
+    # step 1 uses each layer's attention input and output only: the last block stops after its attention (so the
+    # teacher's logits are wrong in step 1); compiled blocks fuse the norms, RoPE and SwiGLU
     teacher.model.layers[-1].attention_only = cfg.stage == 1
     if cfg.compile:
         for block in teacher.model.layers:
@@ -356,13 +356,12 @@ def step_loss(cfg, teacher, student, batch, hooks):
     if cfg.stage == 1:
         # teacher-forced alignment: the teacher's forward supplies each layer's normed input and
         # attention output (captured by hooks); each student mixer runs on that same input
-        hooks.clear()
         with torch.no_grad():
             teacher(x, hidden=True)
         cos, sin = student.rope(torch.arange(x.shape[1], device=x.device)[None])
         v_first, loss, fn = None, 0.0, compiled(align_loss) if cfg.compile else align_loss
         for i, block in enumerate(student.model.layers):
-            h, t_out = hooks[i]
+            h, t_out = hooks[i].captured
             s_out, v_first = block.self_attn(h, cos, sin, v_first)
             loss = loss + fn(t_out, s_out)
         loss = loss / len(student.model.layers)
@@ -378,47 +377,35 @@ def step_loss(cfg, teacher, student, batch, hooks):
     return out[0], out.detach()
 
 
-class AttentionHooks:
-    """Step 1: hooks[i] is (input, output) of teacher layer i's attention in the last teacher forward. One hook for
-    all layers that keeps them on the module itself: a compiled teacher block then needs one graph, not one per
-    layer (a hook closing over the layer's number, or a dict filling up, would differ from layer to layer)."""
+def capture_attention(module, args, out):
+    # step 1: each teacher attention keeps its (input, output) on itself. One hook for every layer: a hook closing over
+    # the layer's number would make torch.compile build a graph per teacher block, and run those past 8 eager
+    module.captured = (args[0], out[0])
 
-    def __init__(self, teacher):
-        self.modules = [block.self_attn for block in teacher.model.layers]
-        for m in self.modules:
-            m.captured = None
-            m.register_forward_hook(self.capture)
 
-    @staticmethod
-    def capture(module, args, out):
-        module.captured = (args[0], out[0])
-
-    def clear(self):
-        for m in self.modules:
-            m.captured = None
-
-    def __getitem__(self, i):
-        return self.modules[i].captured
+def attention_hooks(teacher):
+    # -> the teacher's attention modules; after each teacher forward, module.captured holds (input, output)
+    mods = [block.self_attn for block in teacher.model.layers]
+    for m in mods:
+        m.register_forward_hook(capture_attention)
+    return mods
 
 
 def flops_per_token(cfg, teacher, student):
-    # matmul FLOPs: 2 per weight per token forward, x3 with backward (+1 forward when recomputing: checkpointed
-    # blocks, and always the head inside the chunked loss); softmax attention adds 2*T*D per layer forward (causal
-    # half of QK^T and AV). The head counts also when tied to the embedding (a lookup, not counted). Step 1 trains
-    # the student's time mixers only, and its teacher runs neither the head nor the last layer's MLP.
-    def mats(model, keep=lambda n: True):
+    # matmul FLOPs: 2 per weight per token forward, x3 with backward (+1 forward when recomputed: checkpointed blocks,
+    # the head in the chunked loss); softmax attention adds 2*T*D per layer forward (causal half of QK^T and AV). The
+    # head counts when tied too; step 1 trains the time mixers only, and its teacher skips the head and last MLP.
+    def mats(model, keep="", skip="-"):  # the blocks' matrices whose names hold keep, not skip
         return sum(p.numel() for n, p in model.named_parameters()
-                   if p.dim() >= 2 and n.startswith("model.layers.") and keep(n))
-    T, s1 = cfg.seq_len, cfg.stage == 1
-    train = 8 if cfg.activation_checkpointing and not s1 else 6
-    f = train * mats(student, lambda n: ".self_attn." in n) if s1 else \
+                   if p.dim() >= 2 and n.startswith("model.layers.") and keep in n and skip not in n)
+    s1, train = cfg.stage == 1, 8 if cfg.activation_checkpointing and cfg.stage > 1 else 6
+    f = 6 * mats(student, keep=".self_attn.") if s1 else \
         train * mats(student) + 8 * student.lm_head.weight.numel()
     if teacher is not None:
         tc = teacher.cfg
-        last = f"model.layers.{tc.num_hidden_layers - 1}.mlp."
-        f += 2 * (mats(teacher, lambda n: not n.startswith(last)) if s1 else
+        f += 2 * (mats(teacher, skip=f"layers.{tc.num_hidden_layers - 1}.mlp.") if s1 else
                   mats(teacher) + teacher.lm_head.weight.numel())
-        f += 2 * tc.num_hidden_layers * T * tc.num_attention_heads * tc.head_dim
+        f += 2 * tc.num_hidden_layers * cfg.seq_len * tc.num_attention_heads * tc.head_dim
     return f
 
 
@@ -551,7 +538,7 @@ def main(argv):
         if note:
             print0(note)
         data.check_tokens(ds, student.cfg.vocab_size)
-    hooks = AttentionHooks(teacher) if cfg.stage == 1 else None
+    hooks = attention_hooks(teacher) if cfg.stage == 1 else None
     opt, lrs = make_optimizer(cfg, student, device)
     start = resume(cfg, ckpt_root, student, opt, rank)
     log_path = os.path.join(stage_dir, "log.txt")

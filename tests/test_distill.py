@@ -199,7 +199,7 @@ def test_step_losses_match_their_definitions():
                 p.add_(torch.randn_like(p) * 0.1)
     batch = torch.randint(0, V, (2, 10))
     x = batch[:, :-1]
-    hooks = distill.AttentionHooks(teacher)
+    hooks = distill.attention_hooks(teacher)
     with torch.no_grad():
         got2 = distill.step_loss(distill.Config(stage=2, loss_chunk=5, compile=False), teacher, student, batch, hooks)[0]
         cos, sin = teacher.rope(torch.arange(x.shape[1])[None])
@@ -222,6 +222,26 @@ def test_step_losses_match_their_definitions():
     assert got2.item() == pytest.approx(want2.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_flops_count_what_runs(tied):
+    # MFU's numerator per token, counted by hand from the shapes: step 1 = 6 x the student's time-mixer matrices
+    # + 2 x the teacher's blocks without the last MLP (no head: it stops there) + attention; step 2 with
+    # checkpointing = 8 x the student's blocks and head (recomputed) + 2 x the teacher's blocks and head + attention
+    import distill
+    tcfg = M.ModelConfig(**M.PRESETS["tiny"], tie_word_embeddings=tied)
+    teacher, student = M.Model(tcfg).tie_weights(), M.make_student(M.Model(tcfg).tie_weights(), "rwkv7")
+    C, F_, L, V_, D, KD = 64, 160, 3, 512, 4 * 16, 2 * 16
+    attn, mlp, T = 2 * C * D + 2 * C * KD, 3 * C * F_, 50
+    mixers = sum(p.numel() for n, p in student.named_parameters() if ".self_attn." in n and p.dim() >= 2)
+    blocks = sum(p.numel() for n, p in student.named_parameters() if n.startswith("model.layers.") and p.dim() >= 2)
+    sdpa = 2 * L * T * D
+    want1 = 6 * mixers + 2 * (L * (attn + mlp) - mlp) + sdpa
+    want2 = 8 * (blocks + C * V_) + 2 * (L * (attn + mlp) + C * V_) + sdpa
+    for stage, want in ((1, want1), (2, want2)):
+        cfg = distill.Config(stage=stage, seq_len=T, activation_checkpointing=True)
+        assert distill.flops_per_token(cfg, teacher, student) == want, stage
+
+
 def test_compiled_teacher_has_one_graph_per_kind_of_block():
     # step 1's compiled teacher with its attention hooks: a graph for the blocks and one for the last (it stops after
     # its attention), the same for every layer; past torch.compile's recompile limit (8) a graph per layer would
@@ -231,16 +251,15 @@ def test_compiled_teacher_has_one_graph_per_kind_of_block():
     cfg.num_hidden_layers = 12
     teacher = M.Model(cfg).init_weights(seed=1)
     distill.prepare_teacher(distill.Config(stage=1, compile=True), teacher)
-    hooks = distill.AttentionHooks(teacher)
+    hooks = distill.attention_hooks(teacher)
     torch._dynamo.reset()
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     x = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
     for _ in range(2):
-        hooks.clear()
         with torch.no_grad():
             teacher(x, hidden=True)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2
-    assert all(hooks[i][0].shape == (2, 16, cfg.hidden_size) for i in range(12))
+    assert all(hooks[i].captured[0].shape == (2, 16, cfg.hidden_size) for i in range(12))
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -255,7 +274,7 @@ def test_compiled_step_matches_eager(stage):
         cfg = distill.Config(stage=stage, compile=compile, loss_chunk=24, activation_checkpointing=True)
         teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1)
         distill.prepare_teacher(cfg, teacher)
-        hooks = distill.AttentionHooks(teacher)
+        hooks = distill.attention_hooks(teacher)
         student = M.make_student(teacher, "rwkv7")
         with torch.no_grad():  # away from the init, where several LoRA gradients are exactly zero
             for name, p in student.named_parameters():

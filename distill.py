@@ -221,8 +221,11 @@ def prepare_student(cfg, student):
     # what trains (step 1: the time mixers only; the teacher runs the rest), recomputation, compilation
     for block in student.model.layers:
         block.checkpointing = cfg.activation_checkpointing and cfg.stage > 1
-        if cfg.compile:  # step 1 calls the time mixers alone
-            (block.self_attn if cfg.stage == 1 else block).compile()
+        if cfg.compile and cfg.stage == 1:  # step 1 calls the time mixers alone
+            block.self_attn.compile()
+        elif cfg.compile:  # the block's computation inside the checkpoint: the WKV call (not traced) breaks the
+            # graph, and a graph break inside a compiled checkpoint would run the whole checkpointed block eager
+            block._forward = torch.compile(block._forward)
     if cfg.stage == 1:
         student.requires_grad_(False)
         for block in student.model.layers:

@@ -262,6 +262,24 @@ def test_compiled_teacher_has_one_graph_per_kind_of_block():
     assert all(hooks[i].captured[0].shape == (2, 16, cfg.hidden_size) for i in range(12))
 
 
+def test_checkpointed_blocks_stay_compiled():
+    # step 2's compiled student with and without activation checkpointing compiles the same graphs: the WKV call (run
+    # as is, not traced) breaks the block's graph, which inside a compiled checkpoint ran the whole block eager
+    import distill
+    teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1)
+    batch = torch.randint(0, V, (2, 41), generator=torch.Generator().manual_seed(0))
+    graphs = []
+    for ckpt in (False, True):
+        cfg = distill.Config(stage=2, compile=True, loss_chunk=24, activation_checkpointing=ckpt)
+        student = M.make_student(teacher, "rwkv7")
+        distill.prepare_student(cfg, student)
+        torch._dynamo.reset()
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        distill.step_loss(cfg, teacher, student, batch, None)[0].backward()
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
+    assert graphs[1] == graphs[0] > 2, graphs
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_compiled_step_matches_eager(stage):
     # --compile (the default on a GPU): the teacher's blocks, step 1's time mixers, step 2's blocks (recomputed in the

@@ -317,7 +317,8 @@ def distill_step(cfg):
     peak = distill.peak_flops(dcfg, device)
     row = dict(gpu=device_name(device), date=time.strftime("%Y-%m-%d"), model=cfg.preset,
                layers=tcfg.num_hidden_layers, stage=cfg.stage, student=cfg.student, seq_len=cfg.seq_len,
-               micro_batch=cfg.micro_batch, batch_size=dcfg.batch_size, activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
+               micro_batch=cfg.micro_batch, batch_size=dcfg.batch_size,
+               activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
                tokens_per_s_per_gpu=tokens / dt, mfu=flops * tokens / dt / peak if peak else None,
                peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
                world_size=world, step_ms=dt * 1e3, split_ms=split)

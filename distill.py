@@ -76,7 +76,7 @@ class Config:
     # float32: [choice] over SPEC's bf16 weights, whose updates at lr 1e-5 would round away; exports are bf16)
     loss_chunk: int = 2048  # tokens per chunk of the KL / cross-entropy, so [tokens, vocab] float32 never exists
     activation_checkpointing: bool = False  # recompute blocks in the backward (steps 2/3)
-    compile: bool = True  # torch.compile each student block (step 1: each time mixer) and the loss; GPU only
+    compile: bool = True  # torch.compile teacher and student blocks (step 1: time mixers) and the loss; GPU only
     ckpt_every: int = 200  # optimizer steps between checkpoints (always one at the end)
     keep_ckpts: int = 2  # complete checkpoints kept on disk
     val_every: int = 100  # optimizer steps between validation passes

@@ -280,10 +280,7 @@ def distill_step(cfg):
         setattr(dcfg, k, getattr(cfg, k))
     dcfg.compile = cfg.compile = cfg.compile and device.type == "cuda"
     dcfg.batch_size = cfg.batch_size or max(dcfg.batch_size, cfg.micro_batch * world)
-    if dcfg.batch_size % (cfg.micro_batch * world):
-        raise data.UsageError(f"--batch_size {dcfg.batch_size} is not a multiple of --micro_batch {cfg.micro_batch} "
-                              f"x {world} processes")
-    accum, dcfg.init_from, dcfg.warmup_steps = dcfg.batch_size // (cfg.micro_batch * world), "teacher", 1
+    accum, dcfg.init_from, dcfg.warmup_steps = distill.accumulation(dcfg, world), "teacher", 1
     mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
     teacher, student = distill.build(dcfg, device, mp, teacher_cfg=tcfg)
     teacher = teacher if cfg.stage < 3 else None

@@ -430,10 +430,18 @@ def fill_grads(opt):
     return params
 
 
+def accumulation(cfg, world):
+    # micro-batches per process in one optimizer step
+    if cfg.batch_size % (cfg.micro_batch * world):
+        raise data.UsageError(f"--batch_size {cfg.batch_size} is not a multiple of --micro_batch {cfg.micro_batch} "
+                              f"x {world} processes")
+    return cfg.batch_size // (cfg.micro_batch * world)
+
+
 def train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, world, device):
     """The gradients of one optimizer step over cfg.batch_size sequences (get_batch(i): this process's i-th
     micro-batch) -> [objective, student cross-entropy], gradient norm. The caller steps the optimizer."""
-    accum = cfg.batch_size // (cfg.micro_batch * world)
+    accum = accumulation(cfg, world)
     for g, (lr0, lr1) in zip(opt.param_groups, lrs):
         g["lr"] = get_lr(step, total, lr0, lr1, cfg.warmup_steps)
     tot = torch.zeros(2, device=device)
@@ -521,9 +529,7 @@ def main(argv):
     cfg.compile = cfg.compile and device.type == "cuda"
     stage_dir = os.path.join(cfg.out_dir, f"stage{cfg.stage}")
     ckpt_root = os.path.join(stage_dir, "ckpt")
-    if cfg.batch_size % (cfg.micro_batch * world):
-        raise data.UsageError(f"--batch_size {cfg.batch_size} is not a multiple of --micro_batch {cfg.micro_batch} "
-                              f"x {world} processes")
+    accum = accumulation(cfg, world)
     total = cfg.tokens // (cfg.batch_size * cfg.seq_len)
     steps = min(total, cfg.max_steps) if cfg.max_steps else total
     if steps < 1:
@@ -553,7 +559,7 @@ def main(argv):
     n_total, n_new = M.param_count(student)
     print0(f"step {cfg.stage}: {student.cfg.model_type} student, {n_total / 1e6:.1f}M params ({n_new / 1e6:.2f}M new), "
            f"{world} processes, {steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens, accumulation "
-           f"{cfg.batch_size // (cfg.micro_batch * world)}, data {train_ds.n_tokens:,} tokens (magic prime {prime})")
+           f"{accum}, data {train_ds.n_tokens:,} tokens (magic prime {prime})")
     fpt, peak = flops_per_token(cfg, teacher, student), peak_flops(cfg, device)
 
     # loop: validation, the gradients, a checkpoint of the weights that just gave them, the update, a log line

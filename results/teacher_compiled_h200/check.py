@@ -16,7 +16,7 @@ for dtype in ("float32", "bfloat16"):
             cfg = distill.Config(**distill.STAGES[stage]); cfg.stage, cfg.init_from, cfg.compile, cfg.dtype = stage, "teacher", compile, dtype
             mp = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
             teacher, student = distill.build(cfg, device, mp, teacher_cfg=tcfg)
-            hooks = distill.AttentionHooks(teacher) if stage == 1 else None
+            hooks = distill.attention_hooks(teacher) if stage == 1 else None
             with torch.no_grad():
                 got.append(distill.step_loss(cfg, teacher, student, batch, hooks)[1][0].item())
             print(f"{dtype} step {stage} compile={compile}: objective {got[-1]:.6f} ({time.time() - t:.0f} s)", flush=True)

@@ -5,7 +5,6 @@ sys.path.insert(0, ".")
 import torch
 import distill, model as M
 from torch.distributed.fsdp import MixedPrecisionPolicy
-from torch.distributed.tensor import DTensor
 
 rank, world, device = distill.setup_distributed()
 cfg = distill.Config(stage=1, compile=False)

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
-from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 import convert
@@ -320,21 +319,50 @@ def make_optimizer(cfg, student, device):
 
 # ----------------------------------------------------------------------------- losses
 
+class ChunkedHead(torch.autograd.Function):
+    """The loss on the head's logits a chunk of tokens at a time, so [tokens, vocab] float32 never exists. fn(h,
+    weight, *targets) -> (the chunk's sums [trained objective, reported], the objective's gradient in the logits). The
+    gradients of h and the head are formed here in the forward and only scaled in the backward: the head's products
+    run three times per chunk instead of four (nothing recomputed) and the softmaxes once; the head's gradient sums in
+    float32 while the loss runs (4 bytes x vocab x C). out[1] has no gradient."""
+
+    @staticmethod
+    def forward(ctx, fn, chunk, grad, h, weight, *targets):
+        shape, h, targets = h.shape, h.flatten(0, 1), [t.flatten(0, 1) for t in targets]
+        n, sums = h.shape[0], 0.0
+        dh = torch.empty_like(h) if grad else None
+        dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if grad else None
+        for s in range(0, n, chunk):
+            part, dlogits = fn(h[s:s + chunk], weight, *[t[s:s + chunk] for t in targets])
+            sums = sums + part
+            if grad:
+                dh[s:s + chunk] = dlogits @ weight
+                dw += dlogits.t() @ h[s:s + chunk]
+        if grad:
+            ctx.save_for_backward(dh.view(shape) / n, (dw / n).to(weight.dtype))
+        ctx.targets = len(targets)
+        return sums / n
+
+    @staticmethod
+    def backward(ctx, g):
+        dh, dw = ctx.saved_tensors
+        return None, None, None, dh * g[0].to(dh.dtype), dw * g[0].to(dw.dtype), *[None] * ctx.targets
+
+
 def chunked(fn, chunk, h, weight, *targets):
-    # h (B, T, C) hidden states, targets (B, T, ...) -> mean over tokens of fn's per-chunk sums; each
-    # chunk is recomputed in the backward (checkpoint), so one chunk of float32 logits lives at a time
-    h, targets = h.flatten(0, 1), [t.flatten(0, 1) for t in targets]
-    sums = [checkpoint(fn, h[s:s + chunk], weight, *[t[s:s + chunk] for t in targets], use_reentrant=False)
-            for s in range(0, h.shape[0], chunk)]
-    return torch.stack(sums).sum(0) / h.shape[0]
+    # h (B, T, C) hidden states, targets (B, T, ...) -> mean over tokens of fn's sums (ChunkedHead)
+    grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    return ChunkedHead.apply(fn, chunk, grad, h, weight, *targets)
 
 
 def kl_and_ce(h, weight, t_logits, y):
-    # -> [sum of KL(teacher || student) at temperature 1, sum of the student's cross-entropy]
+    # -> [sum of KL(teacher || student) at temperature 1, sum of the student's cross-entropy], and the KL's gradient
+    # in the student's logits: softmax(student) - softmax(teacher)
     logp_s = F.log_softmax(F.linear(h, weight).float(), dim=-1)
     logp_t = F.log_softmax(t_logits.float(), dim=-1)
-    kl = (logp_t.exp() * (logp_t - logp_s)).sum()
-    return torch.stack([kl, F.nll_loss(logp_s, y, reduction="sum")])
+    p_t = logp_t.exp()
+    kl = (p_t * (logp_t - logp_s)).sum()
+    return torch.stack([kl, F.nll_loss(logp_s, y, reduction="sum")]), (logp_s.exp() - p_t).to(h.dtype)
 
 
 def align_loss(t_out, s_out):
@@ -343,8 +371,12 @@ def align_loss(t_out, s_out):
 
 
 def ce_only(h, weight, y):
-    ce = F.cross_entropy(F.linear(h, weight).float(), y, reduction="sum")
-    return torch.stack([ce, ce.detach()])
+    # -> [sum of the cross-entropy] twice, and its gradient in the logits: softmax - one-hot(y)
+    logp = F.log_softmax(F.linear(h, weight).float(), dim=-1)
+    ce = F.nll_loss(logp, y, reduction="sum")
+    dlogits = logp.exp()
+    dlogits[torch.arange(y.shape[0], device=y.device), y] -= 1.0
+    return torch.stack([ce, ce]), dlogits.to(h.dtype)
 
 
 @functools.cache
@@ -395,15 +427,15 @@ def attention_hooks(teacher):
 
 
 def flops_per_token(cfg, teacher, student):
-    # matmul FLOPs: 2 per weight per token forward, x3 with backward (+1 forward when recomputed: checkpointed blocks,
-    # the head in the chunked loss); softmax attention adds 2*T*D per layer forward (causal half of QK^T and AV). The
+    # matmul FLOPs: 2 per weight per token forward, x3 with backward (+1 forward when recomputed: checkpointed
+    # blocks); softmax attention adds 2*T*D per layer forward (causal half of QK^T and AV). The
     # head counts when tied too; step 1 trains the time mixers only, and its teacher skips the head and last MLP.
     def mats(model, keep="", skip="-"):  # the blocks' matrices whose names hold keep, not skip
         return sum(p.numel() for n, p in model.named_parameters()
                    if p.dim() >= 2 and n.startswith("model.layers.") and keep in n and skip not in n)
     s1, train = cfg.stage == 1, 8 if cfg.activation_checkpointing and cfg.stage > 1 else 6
     f = 6 * mats(student, keep=".self_attn.") if s1 else \
-        train * mats(student) + 8 * student.lm_head.weight.numel()
+        train * mats(student) + 6 * student.lm_head.weight.numel()
     if teacher is not None:
         tc = teacher.cfg
         f += 2 * (mats(teacher, skip=f"layers.{tc.num_hidden_layers - 1}.mlp.") if s1 else

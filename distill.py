@@ -339,7 +339,7 @@ class ChunkedHead(torch.autograd.Function):
                 dh[s:s + chunk] = dlogits @ weight
                 dw += dlogits.t() @ h[s:s + chunk]
         if grad:
-            ctx.save_for_backward(dh.view(shape) / n, (dw / n).to(weight.dtype))
+            ctx.save_for_backward(dh.view(shape).div_(n), dw.div_(n).to(weight.dtype))
         ctx.targets = len(targets)
         return sums / n
 

@@ -99,6 +99,6 @@ def run(setup, out, *args, nproc=1, wait=True, check=True):
     return outp
 
 
-def losses(setup, out, stage):
+def losses(setup, out, stage, key="loss"):
     rows = [json.loads(line) for line in open(setup / out / f"stage{stage}" / "metrics.jsonl")]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+    return {r["step"]: r[key] for r in rows if key in r}

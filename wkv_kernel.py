@@ -72,11 +72,14 @@ SUB = 16  # rows per block of the triangular solve, and of one decay reference (
 FACTOR_LOG = 45  # decay factors inside a chunk stay under e^45: a BC-row reference allows logw >= -45 / (BC / 2 + 1)
 CHUNK_REF_FLOOR = -FACTOR_LOG / (CHUNK // 2 + 1)  # -1.36: the lowest decay floor that takes one reference per chunk
 RWKV7_LOGW_MIN = -0.61  # RAD-RWKV7's log decay, -e^-0.5 sigmoid(.) > -0.6066, lies above it
-WARPS = dict(prep=4, state=8, out=4, dmat=8, dinput=4)  # num_warps of each kernel
+WARPS = dict(prep=4, mats6=4, coef6=4, state=8, out=4, dmat=8, dinput=4)  # num_warps of each kernel
 BLOCK_V = 64  # value columns per program of the serial passes and the output
-BLOCK_K = dict(prep=32, prep6=64, dmat=64, dinput=32)  # key columns per step of the parallel kernels (prep6: wkv6's)
+BLOCK_K = dict(prep=32, mats6=128, coef6=64, dmat=64, dinput=32)  # key columns per step of the parallel kernels
 # tiles and warps by a one-at-a-time sweep on an H200 (B8 T4096 H28 N128 bf16, wgmma): dinput 32 columns instead of 16
-# took forward+backward from 8.56 to 7.15 ms (wkv6) and 21.46 to 20.97 (wkv7); dmat 8 warps 21.46 to 20.82 (wkv7)
+# took forward+backward from 8.56 to 7.15 ms (wkv6) and 21.46 to 20.97 (wkv7); dmat 8 warps 21.46 to 20.82 (wkv7).
+# wkv6's chunk pass as two kernels (_mats6 128 columns, _coef6 64) instead of one: 1.41 -> 1.07 ms, its forward 2.14
+# -> 1.81. wkv7's stays one kernel: split (its T, M, Arb handed over in float32) it took 3.27-3.47 ms against 3.01;
+# with 8 warps 5.1-5.3 ms; decay sums as 0/1 matrix products instead of cumsum: spills, 4.9 ms (results/prep_h200_1203e)
 KEEP_PREP = True  # the forward keeps its chunk matrices for the backward (one _prep_kernel less per step, 16% of
 # forward+backward at N = 128 on an H200) for about 7.5 inputs' size more per wkv7 call (2.5 per wkv6) while kept
 
@@ -234,10 +237,10 @@ def wkv7_chunked(r, logw, k, v, a, b, state=None, logw_min=-5.0):
 
 
 # -----------------------------------------------------------------------------
-# Triton kernels. Parallel over (chunk, batch * head): _prep_kernel (R, A, K, W, Bt, gL), _out_kernel (O),
-# _dmat_kernel (dV and the gradients of the chunk's [BT, BT] matrices), _dinput_kernel (the input gradients,
-# also parallel over key blocks). Serial over chunks, parallel over (value block, batch * head): _state_kernel,
-# forwards for X and backwards for dL/dX.
+# Triton kernels. Parallel over (chunk, batch * head): _prep_kernel (R, A, K, W, Bt, gL; wkv6's: _mats6_kernel for
+# A, then _coef6_kernel for R, K, gL per key block), _out_kernel (O), _dmat_kernel (dV and the gradients of the
+# chunk's [BT, BT] matrices), _dinput_kernel (the input gradients, also parallel over key blocks). Serial over
+# chunks, parallel over (value block, batch * head): _state_kernel, forwards for X and backwards for dL/dX.
 
 
 @triton.jit
@@ -354,15 +357,38 @@ def _chunk_ptrs(T, i_t, i_bh, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr
 
 
 @triton.jit
+def _coefs(r, w, k, a, b, R, K, W, Bt, gl, AH, b_T, b_M, b_Arb, p_0, p_t, m_x, i_k, i_bh, i_t, NT,
+           N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, HAS_AB: tl.constexpr, BF16: tl.constexpr,
+           KEEP: tl.constexpr):
+    # R, K (and W, Bt, AH) and gL of key block i_k, given the chunk's T, M, Arb (wkv7)
+    o_k = i_k * BK + tl.arange(0, BK)
+    p_x = p_t + o_k[None, :]
+    b_r, b_k, b_a, b_b, b_gc, b_gp, _, b_gl = _load_block(r, w, k, a, b, p_x, m_x, BT, BT, HAS_AB)
+    b_e_l = tl.exp(b_gl[None, :] - b_gc)
+    b_R, b_K = b_r * tl.exp(b_gc), b_k * b_e_l  # [BT, BK]
+    if HAS_AB:
+        b_W, b_Bt = _mmx(b_T, b_a * tl.exp(b_gp), BF16), b_b * b_e_l
+        b_R += _mmx(b_Arb, b_W, BF16)
+        b_K += _mmx(tl.trans(b_M), b_Bt, BF16)
+        tl.store(W + p_x, b_W.to(W.dtype.element_ty), mask=m_x)
+        if KEEP:
+            tl.store(AH + p_0 + p_x, (b_a * tl.exp(b_gp)).to(AH.dtype.element_ty), mask=m_x)
+        tl.store(Bt + p_x, b_Bt.to(Bt.dtype.element_ty), mask=m_x)
+    tl.store(R + p_x, b_R.to(R.dtype.element_ty), mask=m_x)
+    tl.store(K + p_x, b_K.to(K.dtype.element_ty), mask=m_x)
+    tl.store(gl + (i_bh.to(tl.int64) * NT + i_t) * N + o_k, b_gl)
+
+
+@triton.jit
 def _prep_kernel(r, w, k, a, b, R, A, K, W, Bt, gl, AH, Tm, Mm, Arbm, Lakm, T, NT,
                  H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
-                 BK: tl.constexpr, HAS_AB: tl.constexpr, BF16: tl.constexpr, KEEP: tl.constexpr):
-    # KEEP (wkv7's backward): also AH = a e^gp and the chunk's T, M, Arb, Lak for the gradient kernels
+                 BK: tl.constexpr, BF16: tl.constexpr, KEEP: tl.constexpr):
+    # wkv7's chunk pass, one program per chunk. KEEP (the backward): also AH = a e^gp and the chunk's T, M, Arb, Lak
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
     r, w, k, a, b, R, K, W, Bt = r + p_0, w + p_0, k + p_0, a + p_0, b + p_0, R + p_0, K + p_0, W + p_0, Bt + p_0
-    b_Ark, b_Arb, b_Lak, b_Lab = _tri_mats(r, w, k, a, b, p_t, m_x, N, BK, BT, BC, HAS_AB, BF16)
-    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, BS, HAS_AB, BF16)
+    b_Ark, b_Arb, b_Lak, b_Lab = _tri_mats(r, w, k, a, b, p_t, m_x, N, BK, BT, BC, True, BF16)
+    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, BS, True, BF16)
     tl.store(A + p_0 // N * BT + p_t // N * BT + tl.arange(0, BT)[None, :], b_A.to(A.dtype.element_ty), mask=m_x)
     if KEEP:
         o_t = tl.arange(0, BT)
@@ -372,22 +398,29 @@ def _prep_kernel(r, w, k, a, b, R, A, K, W, Bt, gl, AH, Tm, Mm, Arbm, Lakm, T, N
         tl.store(Arbm + p_m, b_Arb.to(Arbm.dtype.element_ty))
         tl.store(Lakm + p_m, b_Lak.to(Lakm.dtype.element_ty))
     for i_k in range(N // BK):
-        o_k = i_k * BK + tl.arange(0, BK)
-        p_x = p_t + o_k[None, :]
-        b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, b_gl = _load_block(r, w, k, a, b, p_x, m_x, BT, BC, HAS_AB)
-        b_e_l = tl.exp(b_gl[None, :] - b_gc)
-        b_R, b_K = b_r * tl.exp(b_gc), b_k * b_e_l  # [BT, BK]
-        if HAS_AB:
-            b_W, b_Bt = _mmx(b_T, b_a * tl.exp(b_gp), BF16), b_b * b_e_l
-            b_R += _mmx(b_Arb, b_W, BF16)
-            b_K += _mmx(tl.trans(b_M), b_Bt, BF16)
-            tl.store(W + p_x, b_W.to(W.dtype.element_ty), mask=m_x)
-            if KEEP:
-                tl.store(AH + p_0 + p_x, (b_a * tl.exp(b_gp)).to(AH.dtype.element_ty), mask=m_x)
-            tl.store(Bt + p_x, b_Bt.to(Bt.dtype.element_ty), mask=m_x)
-        tl.store(R + p_x, b_R.to(R.dtype.element_ty), mask=m_x)
-        tl.store(K + p_x, b_K.to(K.dtype.element_ty), mask=m_x)
-        tl.store(gl + (i_bh.to(tl.int64) * NT + i_t) * N + o_k, b_gl)
+        _coefs(r, w, k, a, b, R, K, W, Bt, gl, AH, b_T, b_M, b_Arb, p_0, p_t, m_x, i_k, i_bh, i_t, NT,
+               N, BT, BK, True, BF16, KEEP)
+
+
+@triton.jit
+def _mats6_kernel(r, w, k, A, T, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                  BK: tl.constexpr, BF16: tl.constexpr):
+    # wkv6's chunk pass in two kernels (no matrix carries over from one key block to the next): A = Ark per chunk
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
+    b_A = _tri_mats(r + p_0, w + p_0, k + p_0, r, k, p_t, m_x, N, BK, BT, BC, False, BF16)[0]
+    tl.store(A + p_0 // N * BT + p_t // N * BT + tl.arange(0, BT)[None, :], b_A.to(A.dtype.element_ty), mask=m_x)
+
+
+@triton.jit
+def _coef6_kernel(r, w, k, R, K, gl, T, NT, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                  BF16: tl.constexpr):
+    # ... and R, K, gL per chunk and key block
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
+    r, w, k = r + p_0, w + p_0, k + p_0
+    _coefs(r, w, k, r, k, R + p_0, K + p_0, R, K, gl, R, r, r, r, p_0, p_t, m_x, i_k, i_bh, i_t, NT,
+           N, BT, BK, False, BF16, False)
 
 
 @triton.jit
@@ -657,10 +690,17 @@ def _prep(r, w, k, a, b, BC, keep=False):
     keep = keep and a is not None
     AH = torch.empty_like(R) if keep else R
     mats = [r.new_empty(B * H, int(NT), CHUNK, CHUNK, dtype=dtype) if keep else A for _ in range(4)]
-    _prep_kernel[(int(NT), B * H)](
-        r, w, k, r if a is None else a, r if b is None else b, R, A, K, W, Bt, gl, AH, *mats, T, NT,
-        H=H, N=N, BT=CHUNK, BC=BC, BS=SUB, BK=min(BLOCK_K["prep" if a is not None else "prep6"], N),
-        HAS_AB=a is not None, BF16=r.dtype == torch.bfloat16, KEEP=keep, num_warps=WARPS["prep"])
+    BF16 = r.dtype == torch.bfloat16
+    if a is None:
+        _mats6_kernel[(int(NT), B * H)](r, w, k, A, T, H=H, N=N, BT=CHUNK, BC=BC, BK=min(BLOCK_K["mats6"], N),
+                                        BF16=BF16, num_warps=WARPS["mats6"])
+        BK = min(BLOCK_K["coef6"], N)
+        _coef6_kernel[(N // BK, int(NT), B * H)](r, w, k, R, K, gl, T, NT, H=H, N=N, BT=CHUNK, BK=BK, BF16=BF16,
+                                                 num_warps=WARPS["coef6"])
+    else:
+        _prep_kernel[(int(NT), B * H)](r, w, k, a, b, R, A, K, W, Bt, gl, AH, *mats, T, NT, H=H, N=N, BT=CHUNK,
+                                       BC=BC, BS=SUB, BK=min(BLOCK_K["prep"], N), BF16=BF16, KEEP=keep,
+                                       num_warps=WARPS["prep"])
     return R, A, K, W, Bt, gl, AH, mats
 
 

@@ -78,8 +78,8 @@ BLOCK_K = dict(prep=32, mats6=128, coef6=64, dmat=64, dinput=32)  # key columns 
 # tiles and warps by a one-at-a-time sweep on an H200 (B8 T4096 H28 N128 bf16, wgmma): dinput 32 columns instead of 16
 # took forward+backward from 8.56 to 7.15 ms (wkv6) and 21.46 to 20.97 (wkv7); dmat 8 warps 21.46 to 20.82 (wkv7).
 # wkv6's chunk pass as two kernels (_mats6 128 columns, _coef6 64) instead of one: 1.41 -> 1.07 ms, its forward 2.14
-# -> 1.81. wkv7's stays one kernel: split (its T, M, Arb handed over in float32) it took 3.27-3.47 ms against 3.01;
-# with 8 warps 5.1-5.3 ms; decay sums as 0/1 matrix products instead of cumsum: spills, 4.9 ms (results/prep_h200_1203e)
+# -> 1.81. wkv7's stays one kernel: split (its T, M, Arb handed over in float32) it took 3.27-4.40 ms against 3.01;
+# with 8 warps 5.1-5.6 ms; decay sums as 0/1 matrix products instead of cumsum: spills, 4.9 ms (results/prep_h200_1203e)
 KEEP_PREP = True  # the forward keeps its chunk matrices for the backward (one _prep_kernel less per step, 16% of
 # forward+backward at N = 128 on an H200) for about 7.5 inputs' size more per wkv7 call (2.5 per wkv6) while kept
 
@@ -405,7 +405,7 @@ def _prep_kernel(r, w, k, a, b, R, A, K, W, Bt, gl, AH, Tm, Mm, Arbm, Lakm, T, N
 @triton.jit
 def _mats6_kernel(r, w, k, A, T, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                   BK: tl.constexpr, BF16: tl.constexpr):
-    # wkv6's chunk pass in two kernels (no matrix carries over from one key block to the next): A = Ark per chunk
+    # wkv6's chunk pass in two kernels (its R, K need none of the chunk's matrices, so they run per key block): A = Ark
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
     b_A = _tri_mats(r + p_0, w + p_0, k + p_0, r, k, p_t, m_x, N, BK, BT, BC, False, BF16)[0]

@@ -76,10 +76,8 @@ WARPS = dict(prep=4, mats6=4, coef6=4, state=8, out=4, dmat=8, dinput=4)  # num_
 BLOCK_V = 64  # value columns per program of the serial passes and the output
 BLOCK_K = dict(prep=32, mats6=128, coef6=64, dmat=64, dinput=32)  # key columns per step of the parallel kernels
 # tiles and warps by a one-at-a-time sweep on an H200 (B8 T4096 H28 N128 bf16, wgmma): dinput 32 columns instead of 16
-# took forward+backward from 8.56 to 7.15 ms (wkv6) and 21.46 to 20.97 (wkv7); dmat 8 warps 21.46 to 20.82 (wkv7).
-# wkv6's chunk pass as two kernels (_mats6 128 columns, _coef6 64) instead of one: 1.41 -> 1.07 ms, its forward 2.14
-# -> 1.81. wkv7's stays one kernel: split (its T, M, Arb handed over in float32) it took 3.27-4.40 ms against 3.01;
-# with 8 warps 5.1-5.6 ms; decay sums as 0/1 matrix products instead of cumsum: spills, 4.9 ms (results/prep_h200_1203e)
+# took forward+backward from 8.56 to 7.15 ms (wkv6) and 21.46 to 20.97 (wkv7); dmat 8 warps 21.46 to 20.82 (wkv7);
+# wkv6's chunk pass in two kernels 1.41 -> 1.07 ms, wkv7's in two slower (results/prep_h200_1203e)
 KEEP_PREP = True  # the forward keeps its chunk matrices for the backward (one _prep_kernel less per step, 16% of
 # forward+backward at N = 128 on an H200) for about 7.5 inputs' size more per wkv7 call (2.5 per wkv6) while kept
 
@@ -321,30 +319,26 @@ def _tri_mats(r, w, k, a, b, p_t, m_x, N: tl.constexpr, BK: tl.constexpr, BT: tl
 
 
 @triton.jit
-def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, BS: tl.constexpr, HAS_AB: tl.constexpr,
-           BF16: tl.constexpr):
-    # T = (I - Lab)^-1 by forward substitution in BS-row blocks as in _tri_inverse, M = T Lak, A = Ark + Arb M
-    b_T, b_M, b_A = b_Ark, b_Ark, b_Ark
-    if HAS_AB:
-        NB: tl.constexpr = BT // BS
-        o_t, o_c, o_i = tl.arange(0, BT), tl.arange(0, BS), tl.arange(0, NB)
-        # the diagonal blocks [NB, BS, BS]: block i of rows and columns of [NB, BS, NB, BS]
-        m_d = (o_i[:, None] == o_i[None, :])[:, None, :, None]  # [NB, 1, NB, 1]
-        b_L3 = tl.sum(tl.where(m_d, tl.reshape(b_Lab, (NB, BS, NB, BS)), 0), 2)
-        b_D3 = tl.where((o_c[:, None] == o_c[None, :])[None, :, :], 1.0, 0.0) + tl.zeros([NB, BS, BS], tl.float32)
-        for j in tl.static_range(1, BS):  # row j of every block, in float32 on the CUDA cores
-            m_j = (o_c == j)[None, :, None]  # [1, BS, 1]
-            b_l = tl.sum(tl.where(m_j, b_L3, 0), 1)  # [NB, BS] row j of L's blocks
-            b_D3 = tl.where(m_j, b_D3 + tl.sum(b_l[:, :, None] * b_D3, 1)[:, None, :], b_D3)
-        b_D = tl.reshape(tl.where(m_d, b_D3[:, :, None, :], 0), (BT, BT))  # block diagonal  # [BT, BT]
-        b_Lo = tl.where((o_t[:, None] // BS) != (o_t[None, :] // BS), b_Lab, 0)  # below the diagonal blocks
-        b_T = b_D
-        for i in tl.static_range(1, NB):  # row block i from the finished ones above it
-            b_Li = tl.where((o_t // BS == i)[:, None], b_Lo, 0)
-            b_T += _mmx(b_D, _mmx(b_Li, b_T, BF16), BF16)
-        b_M = _mmx(b_T, b_Lak, BF16)
-        b_A = b_Ark + _mmx(b_Arb, b_M, BF16)
-    return b_T, b_M, b_A
+def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, BS: tl.constexpr, BF16: tl.constexpr):
+    # (wkv7) T = (I - Lab)^-1 by forward substitution in BS-row blocks as in _tri_inverse, M = T Lak, A = Ark + Arb M
+    NB: tl.constexpr = BT // BS
+    o_t, o_c, o_i = tl.arange(0, BT), tl.arange(0, BS), tl.arange(0, NB)
+    # the diagonal blocks [NB, BS, BS]: block i of rows and columns of [NB, BS, NB, BS]
+    m_d = (o_i[:, None] == o_i[None, :])[:, None, :, None]  # [NB, 1, NB, 1]
+    b_L3 = tl.sum(tl.where(m_d, tl.reshape(b_Lab, (NB, BS, NB, BS)), 0), 2)
+    b_D3 = tl.where((o_c[:, None] == o_c[None, :])[None, :, :], 1.0, 0.0) + tl.zeros([NB, BS, BS], tl.float32)
+    for j in tl.static_range(1, BS):  # row j of every block, in float32 on the CUDA cores
+        m_j = (o_c == j)[None, :, None]  # [1, BS, 1]
+        b_l = tl.sum(tl.where(m_j, b_L3, 0), 1)  # [NB, BS] row j of L's blocks
+        b_D3 = tl.where(m_j, b_D3 + tl.sum(b_l[:, :, None] * b_D3, 1)[:, None, :], b_D3)
+    b_D = tl.reshape(tl.where(m_d, b_D3[:, :, None, :], 0), (BT, BT))  # block diagonal  # [BT, BT]
+    b_Lo = tl.where((o_t[:, None] // BS) != (o_t[None, :] // BS), b_Lab, 0)  # below the diagonal blocks
+    b_T = b_D
+    for i in tl.static_range(1, NB):  # row block i from the finished ones above it
+        b_Li = tl.where((o_t // BS == i)[:, None], b_Lo, 0)
+        b_T += _mmx(b_D, _mmx(b_Li, b_T, BF16), BF16)
+    b_M = _mmx(b_T, b_Lak, BF16)
+    return b_T, b_M, b_Ark + _mmx(b_Arb, b_M, BF16)
 
 
 @triton.jit
@@ -388,7 +382,7 @@ def _prep_kernel(r, w, k, a, b, R, A, K, W, Bt, gl, AH, Tm, Mm, Arbm, Lakm, T, N
     p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
     r, w, k, a, b, R, K, W, Bt = r + p_0, w + p_0, k + p_0, a + p_0, b + p_0, R + p_0, K + p_0, W + p_0, Bt + p_0
     b_Ark, b_Arb, b_Lak, b_Lab = _tri_mats(r, w, k, a, b, p_t, m_x, N, BK, BT, BC, True, BF16)
-    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, BS, True, BF16)
+    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, BS, BF16)
     tl.store(A + p_0 // N * BT + p_t // N * BT + tl.arange(0, BT)[None, :], b_A.to(A.dtype.element_ty), mask=m_x)
     if KEEP:
         o_t = tl.arange(0, BT)

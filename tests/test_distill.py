@@ -97,7 +97,8 @@ def test_hybrid_from_a_student_gets_the_teachers_attention_back(setup):
 
 def test_two_processes_match_one(setup):
     # with --grad_clip 0.002 the clip acts at every step (the norms here are ~0.01): the global norm must match too
-    args = ["--stage", "2", "--init_from", "teacher", "--tokens", str(6 * 8 * 32), "--lr", "1e-3", "--grad_clip", "0.002"]
+    args = ["--stage", "2", "--init_from", "teacher", "--tokens", str(6 * 8 * 32), "--lr", "1e-3",
+            "--grad_clip", "0.002"]
     run(setup, "one", *args)
     run(setup, "two", *args, nproc=2)
     for key in ("loss", "norm"):

@@ -326,6 +326,14 @@ def test_kernel_backward_recomputes_like_it_keeps(kind, monkeypatch):
         assert torch.equal(x, y), f"{kind} {name}: differs by {rel_rms(x, y):.1e}"
 
 
+@needs_interpreter
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7", "wkv7-any"])
+def test_kernel_key_blocks(kind, monkeypatch):
+    # 16 key columns per step at N = 32: every kernel's loop (or grid) over key blocks takes two blocks
+    monkeypatch.setattr(W, "BLOCK_K", {name: 16 for name in W.BLOCK_K})
+    compare(kind, impl(kind), (1, 100, 2, 32), True, keys="alike")
+
+
 def test_kernels_under_interpreter():
     # the kernel tests above, in a child process where Triton interprets every kernel
     if INTERPRETED:

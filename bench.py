@@ -291,7 +291,7 @@ def distill_step(cfg):
 
     def step(i):
         distill.train_step(dcfg, teacher, student, hooks, opt, lrs, i, 1000, lambda _: batch, world, device)
-        opt.step()
+        distill.optimizer_step(opt)
         opt.zero_grad(set_to_none=True)
 
     for i in range(3):  # warm-up: compilation, autotuning, the allocator
@@ -306,9 +306,14 @@ def distill_step(cfg):
     dt = (time.perf_counter() - t0) / cfg.steps
     split = split_step(dcfg, teacher, student, hooks, opt, batch, device, distill, accum)
     if cfg.profile:  # every process steps (collectives), the first prints
+        t0 = time.perf_counter()
         with torch.profiler.profile() as prof:
             step(0), step(1), sync(device)
-        rank == 0 and print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=cfg.profile, max_name_column_width=60))
+        wall, kernels = time.perf_counter() - t0, prof.key_averages()
+        busy = sum(e.self_device_time_total for e in kernels) / 1e3  # ms (profiled: both slower than unprofiled)
+        if rank == 0:
+            print(kernels.table(sort_by="self_device_time_total", row_limit=cfg.profile, max_name_column_width=60))
+            print(f"two profiled steps: {1e3 * wall:.0f} ms, the device's kernels {busy:.0f} ms of it")
     tokens = accum * cfg.micro_batch * cfg.seq_len
     flops = distill.flops_per_token(dcfg, teacher, student)
     peak = distill.peak_flops(dcfg, device)
@@ -382,7 +387,7 @@ def split_step(dcfg, teacher, student, hooks, opt, batch, device, distill, accum
     finally:
         W.wkv6, W.wkv7 = kernels
     distill.fill_grads(opt)
-    opt.step()
+    distill.optimizer_step(opt)
     opt.zero_grad(set_to_none=True)
     mark()
     ms = [1e3 * (b - a) for a, b in zip(marks, marks[1:])]

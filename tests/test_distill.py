@@ -130,6 +130,34 @@ def test_the_frozen_teacher_is_sharded_again_after_its_forward():
     assert out.stdout.split("\n")[:2] == ["True [True, True]", "False [False, False]"], out.stdout
 
 
+def test_optimizer_step_is_adamw_on_the_shards():
+    # distill.optimizer_step (AdamW's fused step on local shards) against torch's own step on the DTensors: two LR
+    # groups, weight decay, parameters without a gradient; parameters and every Adam state bit for bit
+    code = """if True:
+        import torch, distill, model as M
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+        device = distill.setup_distributed()[2]
+        mp = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+        cfg = distill.Config(stage=2, lr=1e-2, attn_lr=3e-2, weight_decay=0.1)
+        runs = []
+        for step in (lambda o: o.step(), distill.optimizer_step):
+            torch.manual_seed(0)
+            m = distill.sharded(M.ModelConfig(**M.PRESETS["tiny"]), torch.float32, device, mp, None, "tiny")
+            opt = distill.make_optimizer(cfg, m, device)[0]
+            for i in range(3):
+                for j, p in enumerate(m.parameters()):
+                    p.grad = None if j % 7 == 3 else torch.randn_like(p)
+                step(opt)
+            state = [t for s in opt.state.values() for t in s.values()]
+            runs.append([t.full_tensor() if hasattr(t, "full_tensor") else t for t in [*m.parameters(), *state]])
+        a, b = runs
+        print(len(a) == len(b), all(torch.equal(x, y) for x, y in zip(a, b)), len(a))
+    """
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("True True"), out.stdout
+
+
 def process_tree(pid):
     # pid and all its descendants, from /proc (Linux)
     children = {}

@@ -671,6 +671,12 @@ def _block_v(N, programs):
     return min(BLOCK_V, N) if programs >= 256 else max(16, min(BLOCK_V // 2, N // 2))
 
 
+def _dmat_tiles(N):
+    # _dmat_kernel's key columns per step and warps; at N <= 64 half the keys and 4 warps (wkv7 at SmolLM2's shape,
+    # B96 T512 H9 N64, H200: forward+backward 3.81 -> 3.51 ms; results/kernels_h200_1204)
+    return (min(BLOCK_K["dmat"], N), WARPS["dmat"]) if N > 64 else (min(BLOCK_K["dmat"], max(16, N // 2)), 4)
+
+
 def _prep(r, w, k, a, b, BC, keep=False):
     # R, A, K (and W, Bt) of every chunk in the inputs' precision (bfloat16 or float32), gL in float32; with keep
     # (wkv7's backward) also AH = a e^gp and each chunk's T, M, Arb, Lak [B * H, NT, BT, BT]. BC: _ref_rows
@@ -743,7 +749,7 @@ def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk, BC, prep=None):
     with _mma_v2("dmat"):
         _dmat_kernel[(int(NT), B * H)](
             A, K, W, AH, Bt, v, do, states, dstates, *mats, dv, Y, dY, *dmats, T, NT, H=H, N=N, BT=CHUNK,
-            BK=min(BLOCK_K["dmat"], N), BV=min(BLOCK_V, N), HAS_AB=a is not None, BF16=BF16, num_warps=WARPS["dmat"],
+            BK=_dmat_tiles(N)[0], BV=min(BLOCK_V, N), HAS_AB=a is not None, BF16=BF16, num_warps=_dmat_tiles(N)[1],
             num_stages=3 if BF16 else 1)  # float32 tiles pipelined three deep need 442 KB of shared memory at N = 128
     with _mma_v2("dinput"):
         _dinput_kernel[(N // min(BLOCK_K["dinput"], N), int(NT), B * H)](

@@ -95,6 +95,17 @@ def test_chunked_matches_reference(kind, keys, shape, with_state):
     compare(kind, impl(kind, chunked=True), shape, with_state, keys)
 
 
+@pytest.mark.parametrize("kind,keys", [("wkv6", "random"), ("wkv7", "alike")], ids=["wkv6", "wkv7"])
+def test_chunked_in_groups(kind, keys, monkeypatch):
+    # on the CPU the chunked form runs (batch, head) rows in groups when their chunk matrices would be large: here
+    # 2 x 3 rows of 130 steps (3 chunks) in groups of 4 and 2, against the loop, the state and every gradient
+    calls, chunked = [], W._chunked
+    monkeypatch.setattr(W, "_chunked", lambda *a, **kw: calls.append(a[0].shape) or chunked(*a, **kw))
+    monkeypatch.setattr(W, "CPU_GROUP_BYTES", 4 * 3 * W.CHUNK * W.CHUNK * 4)
+    compare(kind, impl(kind, chunked=True), (2, 130, 3, 16), True, keys)
+    assert [tuple(x[:2]) for x in calls] == [(2, 3), (4, 1), (2, 1)]  # the call, then its two groups
+
+
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "fallback"])
 def test_decay_floor(chunked):
     # one reference per chunk holds to the floor it allows (-45/33: factors up to e^45, products up to e^87 where

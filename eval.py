@@ -539,11 +539,35 @@ def write_ranking(cfg, paths, device, dtype):
     os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "ranking.json"), "w") as fh:
         json.dump(out, fh, indent=2)
+    plot_ranking(out, os.path.join(cfg.out, "ranking.png"))
     print(markdown_table(["rank", "layer given attention", "KL(teacher || student)", "KL as it is"],
                          [[j + 1, r["layer"], f"{r['kl']:.4f}", f"{base:.4f}"] for j, r in enumerate(rows)]))
     print(f"{name}: {len(rows)} layers, {x_all.numel()} tokens, {time.time() - t0:.0f} s; "
           f"wrote {os.path.join(cfg.out, 'ranking.json')} (distill.py --attention_layers THAT:K)")
     return out
+
+
+def plot_ranking(rep, path):
+    """ranking.json's KL per layer given attention as bars, the student's own KL as a line (needs matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no ranking.png")
+        return
+    kl = {r["layer"]: r["kl"] for r in rep["ranking"]}
+    top = [r["layer"] for r in rep["ranking"][:4]]
+    plt.figure(figsize=(8, 3.5))
+    plt.bar(list(kl), list(kl.values()), color=["tab:red" if i in top else "tab:blue" for i in kl])
+    plt.axhline(rep["kl"], color="k", ls="--", lw=1, label=f"as it is ({rep['kl']:.3f}); red: the first four")
+    plt.yscale("log")
+    plt.xlabel("layer given the teacher's attention")
+    plt.ylabel("KL(teacher || student)")
+    plt.legend()
+    plt.title(f"{rep['student']}: {rep['tokens']} tokens")
+    plt.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close()
 
 
 def merged_results(paths):

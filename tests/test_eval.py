@@ -1,5 +1,6 @@
 """eval.py: scores against hand computations (multiple choice, lambada, perplexity), the report's
 relative scores, the passkey prompt and probe, input errors."""
+import importlib.util
 import json
 import lzma
 import math
@@ -226,6 +227,8 @@ def test_rank_layers_end_to_end(shared, tmp_path):
     assert [r["kl"] for r in rep["ranking"]] == sorted(r["kl"] for r in rep["ranking"]) and rep["kl"] > 0
     assert out is None or out["ranking"] == rep["ranking"]
     assert convert.attention_layers(f"{tmp_path / 'out' / 'ranking.json'}:1") == [rep["ranking"][0]["layer"]]
+    if importlib.util.find_spec("matplotlib"):  # an optional extra
+        assert (tmp_path / "out" / "ranking.png").stat().st_size > 0
     with pytest.raises(data.UsageError, match="--rank_layers needs"):
         E.main(["--models", f"student={tmp_path / 's'}", "--rank_layers", "--val_data", val])
 

@@ -627,8 +627,8 @@ def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_p=1.0, eos_
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         tok = sample(logits.float(), temperature, top_p, gen)
-        for b, t in enumerate(tok.tolist()):
-            if not done[b]:
+        for b, (t, d) in enumerate(zip(tok.tolist(), done.tolist())):  # two transfers, not one per row
+            if not d:
                 out[b].append(t)
         if eos_id is not None:
             done |= tok == eos_id

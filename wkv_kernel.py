@@ -156,26 +156,14 @@ def wkv7_ref(r, logw, k, v, a, b, state=None, check=True):
 # the chunked algorithm in plain PyTorch: mirrors the kernels, runs anywhere, autograd differentiates it
 
 
-def _tri_inverse(L, BC=SUB):
-    # (I - L)^-1 for strictly lower-triangular L [..., BT, BT], by forward substitution (T = I + L T, row by
-    # row), which stays accurate whenever the inverse itself is moderate. (Its Neumann-series product
-    # (I + L)(I + L^2)(I + L^4)... is not: when consecutive keys are alike the entries of L are near 1 and
-    # its powers grow like binomial coefficients, up to 1e18 at BT = 64, before they cancel.) First the
-    # BC-row diagonal blocks D, all at once a row at a time; then row block i from the finished blocks above:
-    # T_i = D_i (I_i + L_i,<i T_<i)
-    BT = L.shape[-1]
-    NB, o_t, eye = BT // BC, torch.arange(BT, device=L.device), torch.eye(BC, device=L.device, dtype=L.dtype)
-    L3 = torch.stack([L[..., i * BC : (i + 1) * BC, i * BC : (i + 1) * BC] for i in range(NB)], -3)  # [..., NB, BC, BC]
-    rows = [eye[:1].expand_as(L3[..., :1, :])]
-    for j in range(1, BC):  # row j of every block from the rows above it: D_j = e_j + L_j,<j D_<j
-        rows.append(eye[j : j + 1] + L3[..., j : j + 1, :j] @ torch.cat(rows, -2))
-    D3 = torch.cat(rows, -2)  # [..., NB, BC, BC]
-    D = (D3[..., :, :, None, :] * torch.eye(NB, device=L.device, dtype=L.dtype)[:, None, :, None]).flatten(-4, -3).flatten(-2)
-    below = (o_t[:, None] // BC) > (o_t[None, :] // BC)  # [BT, BT] left of the diagonal blocks
-    Tinv = D
-    for i in range(1, NB):  # row block i from the finished ones above it: T_i = D_i (I_i + L_i,<i T_<i)
-        Tinv = Tinv + D @ ((L * (below & (o_t // BC == i)[:, None])) @ Tinv)
-    return Tinv
+def _tri_inverse(L):
+    # (I - L)^-1 for strictly lower-triangular L [..., BT, BT], by forward substitution (the kernels' _solve goes
+    # in SUB-row blocks; here one batched triangular solve), which stays accurate whenever the inverse itself is
+    # moderate. (Its Neumann-series product (I + L)(I + L^2)(I + L^4)... is not: when consecutive keys are alike
+    # the entries of L are near 1 and its powers grow like binomial coefficients, up to 1e18 at BT = 64, before
+    # they cancel.)
+    eye = torch.eye(L.shape[-1], device=L.device, dtype=L.dtype)
+    return torch.linalg.solve_triangular(eye - L, eye.expand_as(L), upper=False, unitriangular=True)
 
 
 def _intra(x, gx, y, gc, diag, BC=SUB):

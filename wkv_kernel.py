@@ -83,8 +83,8 @@ CPU_GROUP_BYTES = 1 << 19  # the CPU runs the chunked form on groups of (batch, 
 # faults made the quick start's WKV calls 2.4x slower (B8 T128 H9 N64 bf16, forward+backward 365 -> 154 ms, 2 cores);
 # in step 1's heap (distill) ungrouped ones took its peak from 3.5 to 5.6 GB
 CPU_TRIM = True  # ... and gives the heap's free pages back after those groups and their backward (malloc_trim):
-# steps 2 and 3 of the quick start peak at 3.7 GB with it, 4.8 without; step 1 (distill) turns it off, its heap
-# stays near 3.5 GB without, and the trims took 40% of its time (results/README.md)
+# the quick start's step 2 needs it to stay under 4 GB (3.7 GB); step 1 (distill) turns it off: its heap stays near
+# 3.5 GB without, and the trims took 40% of its time (results/README.md)
 WARPS = dict(prep=4, mats6=4, coef6=4, state=8, out=4, dmat=8, dinput=4)  # num_warps of each kernel
 BLOCK_V = 64  # value columns per program of the serial passes and the output
 BLOCK_K = dict(prep=32, mats6=128, coef6=64, dmat=64, dinput=32)  # key columns per step of the parallel kernels
@@ -197,8 +197,8 @@ def _chunked(r, w, k, v, a, b, X, BT=CHUNK, BC=SUB):
                       for x in (r, w, k, v, a, b, X)])
         o, X = zip(*[_chunked(*part, BT=BT, BC=BC) for part in parts])
         o, X = torch.cat(o).view(B, H, T, N), torch.cat(X).view(B, H, N, N)
-        if _LIBC is not None and CPU_TRIM:  # the groups' blocks, freed between ones that live on (autograd's), leave holes in
-            _LIBC.malloc_trim(0)  # glibc's heap that would hold 3 GB over a 30-layer step: their pages go back
+        if _LIBC is not None and CPU_TRIM:  # the groups' blocks, freed between ones that live on (autograd's),
+            _LIBC.malloc_trim(0)  # leave holes in glibc's heap that would hold GBs over a 30-layer step: pages go back
             if r.requires_grad:  # and again once the backward through the groups is done
                 r.register_hook(lambda g: _LIBC.malloc_trim(0) and None)
         return o, X

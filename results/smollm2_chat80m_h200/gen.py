@@ -2,7 +2,8 @@
 python gen.py TEACHER BASE_PREFIX OUT_PREFIX TOKENS SECONDS
 Rows of 512 new tokens, 1024 at a time, from the chat template's system turn and an open user turn, at
 temperature 1 (the teacher's own distribution: it writes a user's request, then answers it, and goes on), until
-TOKENS new tokens or SECONDS have passed; each row is one document with EOS. The first 16 go to OUT_PREFIX.txt."""
+TOKENS new tokens or SECONDS have passed; each row is one document with EOS. The first 16 go to OUT_PREFIX.txt.
+Not model.generate: it prefills each prompt alone and collects tokens row by row; here all rows share one prompt."""
 import os
 import sys
 import time

@@ -86,12 +86,14 @@ CPU_TRIM = True  # ... and gives the heap's free pages back after those groups a
 # the quick start's step 2 needs it to stay under 4 GB (3.7 GB); step 1 (distill) turns it off: its heap stays near
 # 3.5 GB without, and the trims took 40% of its time (results/README.md)
 WARPS = dict(prep=4, mats6=4, coef6=4, state=8, out=4, dmat=8, dinput=4)  # num_warps of each kernel
-BLOCK_V = 64  # value columns per program of the serial passes and the output
+BLOCK_V = dict(state=64, out=128, dmat=64)  # value columns per program (state: the serial passes, unless split)
 BLOCK_K = dict(prep=32, mats6=128, coef6=64, dmat=64, dinput=32)  # key columns per step of the parallel kernels
 # tiles and warps by a one-at-a-time sweep on an H200 (B8 T4096 H28 N128 bf16, wgmma): dinput 32 columns instead of 16
 # took forward+backward from 8.56 to 7.15 ms (wkv6) and 21.46 to 20.97 (wkv7); dmat 8 warps 21.46 to 20.82 (wkv7);
 # wkv6's chunk pass in two kernels 1.41 -> 1.07 ms, wkv7's in two slower (results/prep_h200_1203e)
-FUSE_OUT = True  # the forward's state pass writes O as well (no _out_kernel, which read every chunk's X0 back)
+# the output kernel's 128 value columns instead of 64 and the serial passes unsplit from 128 (batch * heads) instead
+# of 256: forwards 1.80 -> 1.65 ms (wkv6), 4.29 -> 4.00 (wkv7); O written by the serial pass instead: 2.05, 4.53-5.13
+# (results/fuse_out_h200)
 KEEP_PREP = True  # the forward keeps its chunk matrices for the backward (one _prep_kernel less per step, 16% of
 # forward+backward at N = 128 on an H200) for about 7.5 inputs' size more per wkv7 call (2.5 per wkv6) while kept
 
@@ -431,12 +433,11 @@ def _coef6_kernel(r, w, k, R, K, gl, T, NT, H: tl.constexpr, N: tl.constexpr, BT
 
 
 @triton.jit
-def _state_kernel(C, x, P, Q, gl, s_in, s_out, saved, R, A, o, T, NT, s_k, s_v,
+def _state_kernel(C, x, P, Q, gl, s_in, s_out, saved, T, NT, s_k, s_v,
                   H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr,
-                  HAS_AB: tl.constexpr, HAS_IN: tl.constexpr, OUT: tl.constexpr, BF16: tl.constexpr):
+                  HAS_AB: tl.constexpr, HAS_IN: tl.constexpr, BF16: tl.constexpr):
     # S <- e^gL S + C^T x (+ P^T (Q S)) chunk by chunk, S [N, BV] in registers, keeping S before each chunk.
     # Forward: S = X, (C, x, P, Q) = (K, V, Bt, W), first chunk first; backward: S = dL/dX, (R, dO, W, Bt), last first.
-    # OUT (the forward): also each chunk's O = R X0 + A V, as _out_kernel does
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v = tl.arange(0, N), i_v * BV + tl.arange(0, BV)
     p_s = i_bh.to(tl.int64) * N * N + o_k[:, None] * s_k + o_v[None, :] * s_v  # [N, BV], the caller's layout
@@ -453,11 +454,6 @@ def _state_kernel(C, x, P, Q, gl, s_in, s_out, saved, R, A, o, T, NT, s_k, s_v,
         b_C = tl.load(C + p_0 + p_x, mask=m_x, other=0)  # [BT, N]
         b_x = tl.load(x + p_0 + p_xv, mask=m_x, other=0)  # [BT, BV]
         b_sn = tl.exp(tl.load(gl + p_c + o_k))[:, None] * b_s + _mm(tl.trans(b_C), b_x, BF16)
-        if OUT:
-            b_o = _mm(tl.load(R + p_0 + p_x, mask=m_x, other=0), b_s.to(saved.dtype.element_ty), BF16)
-            p_a = p_0 // N * BT + p_t // N * BT + tl.arange(0, BT)[None, :]  # [BT, BT] in [B, T, H, BT]
-            b_o += _mm(tl.load(A + p_a, mask=m_x, other=0), b_x, BF16)
-            tl.store(o + p_0 + p_xv, b_o.to(o.dtype.element_ty), mask=m_x)
         if HAS_AB:
             b_P = tl.load(P + p_0 + p_x, mask=m_x, other=0)
             b_Q = tl.load(Q + p_0 + p_x, mask=m_x, other=0)
@@ -687,7 +683,7 @@ def _stages(tile_bytes):
 def _block_v(N, programs):
     # value columns per program of the serial passes: split the state further when batch * heads alone
     # would leave SMs idle
-    return min(BLOCK_V, N) if programs >= 256 else max(16, min(BLOCK_V // 2, N // 2))
+    return min(BLOCK_V["state"], N) if programs >= 128 else max(16, min(BLOCK_V["state"] // 2, N // 2))
 
 
 def _dmat_tiles(N):
@@ -723,19 +719,17 @@ def _prep(r, w, k, a, b, BC, keep=False):
     return R, A, K, W, Bt, gl, AH, mats
 
 
-def _state_pass(C, x, P, Q, gl, s_in, s_out, saved, state_vk, reverse, has_ab, out=None):
+def _state_pass(C, x, P, Q, gl, s_in, s_out, saved, state_vk, reverse, has_ab):
     # _state_kernel over every chunk (s_in None: from zeros); C in the products' precision; wkv7 keeps its state as
-    # [value, key] (state_vk). out: (R, A, o) to write o as well
+    # [value, key] (state_vk)
     B, T, H, N = x.shape
     BV = _block_v(N, B * H)
     s_k, s_v = (1, N) if state_vk else (N, 1)
-    R, A, o = out or (C, C, C)
-    tile = CHUNK * (N * C.element_size() * (3 if has_ab else 1) + BV * x.element_size())
-    tile += 0 if out is None else CHUNK * (N + CHUNK) * R.element_size()
     _state_kernel[(N // BV, B * H)](
-        C, x, P, Q, gl, s_out if s_in is None else s_in, s_out, saved, R, A, o, T, _num_chunks(T), s_k, s_v, H=H,
-        N=N, BT=CHUNK, BV=BV, REVERSE=reverse, HAS_AB=has_ab, HAS_IN=s_in is not None, OUT=out is not None,
-        BF16=C.dtype == torch.bfloat16, num_warps=WARPS["state"], num_stages=_stages(tile))
+        C, x, P, Q, gl, s_out if s_in is None else s_in, s_out, saved, T, _num_chunks(T), s_k, s_v, H=H, N=N,
+        BT=CHUNK, BV=BV, REVERSE=reverse, HAS_AB=has_ab, HAS_IN=s_in is not None, BF16=C.dtype == torch.bfloat16,
+        num_warps=WARPS["state"],
+        num_stages=_stages(CHUNK * (N * C.element_size() * (3 if has_ab else 1) + BV * x.element_size())))
 
 
 def _launch_fwd(r, w, k, v, a, b, s0, state_vk, BC, keep=False):
@@ -746,13 +740,11 @@ def _launch_fwd(r, w, k, v, a, b, s0, state_vk, BC, keep=False):
     R, A, K, W, Bt, gl, _, _ = prep
     sT = r.new_empty(B, H, N, N, dtype=torch.float32)
     states = r.new_empty(B * H, int(NT), N, N, dtype=R.dtype)  # each chunk's X0 [key, value]
+    _state_pass(K, v, Bt, W, gl, s0, sT, states, state_vk, reverse=False, has_ab=a is not None)
     o = torch.empty_like(r)
-    _state_pass(K, v, Bt, W, gl, s0, sT, states, state_vk, reverse=False, has_ab=a is not None,
-                out=(R, A, o) if FUSE_OUT else None)
-    if not FUSE_OUT:
-        BV = min(BLOCK_V, N)
-        _out_kernel[(N // BV, int(NT), B * H)](R, A, v, states, o, T, NT, H=H, N=N, BT=CHUNK, BV=BV, BF16=BF16,
-                                              num_warps=WARPS["out"])
+    BV = min(BLOCK_V["out"], N) if N <= 128 else 64  # (N = 256 in float32: 128 columns would pass shared memory)
+    _out_kernel[(N // BV, int(NT), B * H)](R, A, v, states, o, T, NT, H=H, N=N, BT=CHUNK, BV=BV, BF16=BF16,
+                                          num_warps=WARPS["out"])
     return o, sT, states, prep if keep else None
 
 
@@ -772,7 +764,8 @@ def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk, BC, prep=None):
     with _mma_v2("dmat"):
         _dmat_kernel[(int(NT), B * H)](
             A, K, W, AH, Bt, v, do, states, dstates, *mats, dv, Y, dY, *dmats, T, NT, H=H, N=N, BT=CHUNK,
-            BK=_dmat_tiles(N)[0], BV=min(BLOCK_V, N), HAS_AB=a is not None, BF16=BF16, num_warps=_dmat_tiles(N)[1],
+            BK=_dmat_tiles(N)[0], BV=min(BLOCK_V["dmat"], N), HAS_AB=a is not None, BF16=BF16,
+            num_warps=_dmat_tiles(N)[1],
             num_stages=3 if BF16 else 1)  # float32 tiles pipelined three deep need 442 KB of shared memory at N = 128
     with _mma_v2("dinput"):
         _dinput_kernel[(N // min(BLOCK_K["dinput"], N), int(NT), B * H)](

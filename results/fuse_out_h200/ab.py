@@ -1,6 +1,7 @@
-"""The forward with O written by the state pass (wkv_kernel.FUSE_OUT) against _out_kernel after it, one process:
-do_bench medians of wkv6 / wkv7 forwards (inputs needing gradients, as bench.py kernels times them) at B8 T4096
-H28 N128 bf16, and the outputs of both forms compared. python results/fuse_out_h200/ab.py"""
+"""Ran on 15c5c1d's wkv_kernel.py (where FUSE_OUT exists; fused.diff is its change). The forward with O written by the
+state pass (wkv_kernel.FUSE_OUT) against _out_kernel after it, one process: do_bench medians of wkv6 / wkv7 forwards
+(inputs needing gradients, as bench.py kernels times them) at B8 T4096 H28 N128 bf16, and the outputs of both forms
+compared. python results/fuse_out_h200/ab.py"""
 import json, os, sys, time
 import torch
 sys.path.insert(0, ".")

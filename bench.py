@@ -1,9 +1,10 @@
 """
 Benchmarks. Each prints a table and writes it as JSON (a list of rows) under results/.
 
-    python bench.py kernels [--shapes 64x512,8x4096,2x16384] [--fla_shapes 8x4096]
+    python bench.py kernels [--shapes 64x512,8x4096,2x16384] [--fla_shapes 8x4096] [--tiles "WARPS.out=8;..."]
         wkv6 / wkv7 forward and forward+backward against flash-linear-attention (when installed), PyTorch
-        SDPA (causal, GQA) and the HBM floor (the bytes of inputs and outputs at the measured copy speed)
+        SDPA (causal, GQA) and the HBM floor (the bytes of inputs and outputs at the measured copy speed);
+        --tiles also times variants of the kernels' tiles and warps beside the defaults
     python bench.py decode --preset qwen2.5-7b | --models NAME=DIR ...
         prefill and decode tokens/s and peak memory: recurrent students against the KV-cache teacher
     python bench.py distill --preset qwen2.5-7b --stage 1 [--layers 8]
@@ -13,6 +14,7 @@ Benchmarks. Each prints a table and writes it as JSON (a list of rows) under res
 Timings are medians after warm-up (triton.testing.do_bench for kernels); a GPU is needed for numbers
 worth reporting, a CPU runs the tiny preset as a smoke test.
 """
+import contextlib
 import functools
 import itertools
 import json
@@ -68,7 +70,38 @@ class KernelBench:
     head_sizes: str = "128"  # N list, comma separated
     fla_shapes: str = ""  # BxT list at which flash-linear-attention is timed ("" = every shape; its autotuning is slow)
     wkv7_logw_min: float = W.RWKV7_LOGW_MIN  # the decay floor wkv7 is told (RAD-RWKV7's; -5: the kernels for any decay)
+    tiles: str = ""  # variants timed beside the defaults, ";" between them: "WARPS.out=8,BLOCK_V.dmat=128;WARPS.dmat=4"
     out: str = ""  # JSON file ("" = results/kernels_<gpu>.json), rows appended
+
+
+def parse_tiles(spec):
+    # "WARPS.out=8,BLOCK_V.dmat=128;BLOCK_K.prep=64" -> [{("WARPS", "out"): 8, ("BLOCK_V", "dmat"): 128}, {...}]
+    variants = []
+    for part in filter(None, spec.split(";")):
+        variant = {}
+        for item in part.split(","):
+            name, _, value = item.strip().partition("=")
+            dict_name, _, kernel = name.partition(".")
+            if dict_name not in ("WARPS", "BLOCK_V", "BLOCK_K") or kernel not in getattr(W, dict_name) \
+                    or not value.isdigit():
+                raise ValueError(f"--tiles: {item.strip()!r} is not TABLE.kernel=N with TABLE one of WARPS "
+                                 f"{sorted(W.WARPS)}, BLOCK_V {sorted(W.BLOCK_V)}, BLOCK_K {sorted(W.BLOCK_K)}")
+            variant[dict_name, kernel] = int(value)
+        variants.append(variant)
+    return variants
+
+
+@contextlib.contextmanager
+def tiles(variant):
+    # wkv_kernel's tile and warp tables with variant's entries set, restored after
+    old = {key: getattr(W, key[0])[key[1]] for key in variant}
+    try:
+        for (dict_name, kernel), value in variant.items():
+            getattr(W, dict_name)[kernel] = value
+        yield
+    finally:
+        for (dict_name, kernel), value in old.items():
+            getattr(W, dict_name)[kernel] = value
 
 
 def copy_bandwidth(dev, n=2**30):
@@ -107,14 +140,14 @@ def kernels(cfg):
                 do_bench(lambda: torch.autograd.backward(first(fn(*xs)), go), return_mode="median"))
 
     fla_at = set(cfg.fla_shapes.split(",")) if cfg.fla_shapes else None
-    rows = []
+    variants, rows, tile_rows = parse_tiles(cfg.tiles), [], []
     for shape, N in itertools.product(cfg.shapes.split(","), map(int, cfg.head_sizes.split(","))):
         B, T = map(int, shape.split("x"))
         for op in ("wkv6", "wkv7"):
             xs, _ = W.example_inputs(op, B, T, H, N, dtype=torch.bfloat16, device=dev)
             xs = [x.requires_grad_() for x in xs]
-            fn = functools.partial(W.wkv7, logw_min=cfg.wkv7_logw_min) if op == "wkv7" else W.wkv6
-            fwd, fb = time_op(fn, xs)
+            ours = functools.partial(W.wkv7, logw_min=cfg.wkv7_logw_min) if op == "wkv7" else W.wkv6
+            fwd, fb = time_op(ours, xs)
             io = nbytes(xs) + nbytes(xs[:1]) + B * H * N * N * 4  # inputs, o, final state
             row = dict(gpu=gpu, date=date, op=op, B=B, T=T, H=H, N=N, ptxas=ptxas, grad_mma=mma,
                        logw_min=cfg.wkv7_logw_min if op == "wkv7" else -5.0,
@@ -126,6 +159,13 @@ def kernels(cfg):
                 fn(*xs).float().sum().backward()  # autotunes at this shape before it is timed
                 row["fla_fwd_ms"], row["fla_fwdbwd_ms"] = time_op(fn, xs)
             rows.append(row)
+            for variant in variants:
+                with tiles(variant):
+                    fwd, fb = time_op(ours, xs)
+                name = ",".join(f"{d}.{k}={v}" for (d, k), v in variant.items())
+                tile_rows.append(dict(row, tiles=name, fwd_ms=fwd, fwdbwd_ms=fb, fla_fwd_ms=None, fla_fwdbwd_ms=None))
+                print(f"  {op} B{B} T{T} N{N} {name}: {fwd:.3f} / {fb:.3f} ms ({fwd / row['fwd_ms']:.3f} / "
+                      f"{fb / row['fwdbwd_ms']:.3f} of the defaults')")
             del xs
         q = torch.randn(B, H, T, N, device=dev, dtype=torch.bfloat16, requires_grad=True)
         kv = [torch.randn(B, KVH, T, N, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
@@ -143,8 +183,15 @@ def kernels(cfg):
                   f"{fmt(r['fla_fwdbwd_ms'] and r['fla_fwdbwd_ms'] / r['fwdbwd_ms'])}",
                   fmt(r["sdpa_fwdbwd_ms"], ".3f"), fmt(r["fwdbwd_ms"] / r["floor_fwdbwd_ms"], ".1f")] for r in rows]))
     print(f"H={H}, bf16 inputs (log-decay float32), wkv7 on keys alike from step to step as on real text")
-    write_rows(f"kernels_{gpu.split()[-1].lower()}", rows, cfg.out)
-    return rows
+    if tile_rows:
+        key = lambda r: (r["op"], r["B"], r["T"], r["N"])
+        default = {key(r): r for r in rows}
+        print(table(["shape", "op", "tiles", "fwd ms", "fwd+bwd ms", "of the defaults' fwd / f+b"],
+                    [[f"B{r['B']} T{r['T']} N{r['N']}", r["op"], r["tiles"], fmt(r["fwd_ms"], ".3f"),
+                      fmt(r["fwdbwd_ms"], ".3f"), f"{r['fwd_ms'] / default[key(r)]['fwd_ms']:.3f} / "
+                      f"{r['fwdbwd_ms'] / default[key(r)]['fwdbwd_ms']:.3f}"] for r in tile_rows]))
+    write_rows(f"kernels_{gpu.split()[-1].lower()}", rows + tile_rows, cfg.out)
+    return rows + tile_rows
 
 
 # ----------------------------------------------------------------------------- decode

@@ -40,3 +40,21 @@ def test_rows_are_appended(tmp_path):
     bench.write_rows("rows", [{"run": 1}], str(out))
     bench.write_rows("rows", [{"run": 2}, {"run": 3}], str(out))
     assert json.loads(out.read_text()) == [{"run": 1}, {"run": 2}, {"run": 3}]
+
+
+def test_tile_variants_are_parsed_set_and_restored():
+    # bench.py kernels --tiles: each variant sets wkv_kernel's tables while it is timed, then the defaults come back
+    W = bench.W
+    variants = bench.parse_tiles("WARPS.out=8,BLOCK_V.dmat=128;BLOCK_K.prep=64")
+    assert variants == [{("WARPS", "out"): 8, ("BLOCK_V", "dmat"): 128}, {("BLOCK_K", "prep"): 64}]
+    before = (dict(W.WARPS), dict(W.BLOCK_V), dict(W.BLOCK_K))
+    with bench.tiles(variants[0]):
+        assert W.WARPS["out"] == 8 and W.BLOCK_V["dmat"] == 128 and W.BLOCK_K == before[2]
+    assert (W.WARPS, W.BLOCK_V, W.BLOCK_K) == before
+    with pytest.raises(RuntimeError), bench.tiles(variants[1]):
+        raise RuntimeError  # restored after a failure too
+    assert (W.WARPS, W.BLOCK_V, W.BLOCK_K) == before
+    assert bench.parse_tiles("") == []
+    for bad in ("WARPS.nothing=4", "TILES.out=4", "WARPS.out=four", "WARPS.out"):
+        with pytest.raises(ValueError, match="--tiles: .* is not TABLE.kernel=N"):
+            bench.parse_tiles(bad)

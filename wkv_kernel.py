@@ -177,6 +177,10 @@ def _intra(x, gx, y, gc, diag, BC=SUB):
     # [..., BT, BT]: sum_n x_tn y_sn e^(gx_tn - gc_sn) for s <= t (diag) or s < t, one BC-row block at a time,
     # its rows and the columns up to its end scaled relative to the block's middle row gm
     BT = x.shape[-2]
+    if BC == BT:  # one reference for the chunk: one product, nothing to pad or join
+        gm = gc[..., BC // 2 : BC // 2 + 1, :]
+        A = (x * (gx - gm).exp()) @ (y * (gm - gc).exp()).transpose(-1, -2)
+        return A.tril(0 if diag else -1)
     blocks = []
     for i in range(0, BT, BC):
         gm = gc[..., i + BC // 2 : i + BC // 2 + 1, :]  # [..., 1, N]
@@ -208,7 +212,7 @@ def _chunked(r, w, k, v, a, b, X, BT=CHUNK, BC=SUB):
     pad = (-T) % BT
     xs = [r, w, k, v] + ([] if a is None else [a, b])
     # padded steps have logw = 0 and zero inputs: they leave the state as it is
-    xs = [torch.nn.functional.pad(x, (0, 0, 0, pad)).view(B, H, -1, BT, N) for x in xs]  # [B, H, NT, BT, N]
+    xs = [(torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x).view(B, H, -1, BT, N) for x in xs]  # [B, H, NT, BT, N]
     r, w, k, v = xs[:4]
     gc = w.cumsum(-2)
     gL = gc[..., -1:, :]  # [B, H, NT, 1, N]
@@ -233,7 +237,8 @@ def _chunked(r, w, k, v, a, b, X, BT=CHUNK, BC=SUB):
 
 def wkv6_chunked(r, k, v, logw, state=None):
     dtype = r.dtype
-    r, k, v, w = (x.float().transpose(1, 2) for x in (r, k, v, logw))  # [B, H, T, N]
+    r, k, v, w = (x.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+                  for x in (r, k, v, logw))  # [B, H, T, N] float32, one copy each
     B, H, T, N = r.shape
     X = r.new_zeros(B, H, N, N) if state is None else state.float()
     o, X = _chunked(r, w, k, v, None, None, X)
@@ -242,7 +247,8 @@ def wkv6_chunked(r, k, v, logw, state=None):
 
 def wkv7_chunked(r, logw, k, v, a, b, state=None, logw_min=-5.0):
     dtype = r.dtype
-    r, w, k, v, a, b = (x.float().transpose(1, 2) for x in (r, logw, k, v, a, b))  # [B, H, T, N]
+    r, w, k, v, a, b = (x.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+                        for x in (r, logw, k, v, a, b))  # [B, H, T, N] float32, one copy each
     B, H, T, N = r.shape
     X = r.new_zeros(B, H, N, N) if state is None else state.float().transpose(-1, -2)  # [key, value]
     o, X = _chunked(r, w, k, v, a, b, X, BC=_ref_rows(logw_min))

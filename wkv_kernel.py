@@ -212,7 +212,8 @@ def _chunked(r, w, k, v, a, b, X, BT=CHUNK, BC=SUB):
     pad = (-T) % BT
     xs = [r, w, k, v] + ([] if a is None else [a, b])
     # padded steps have logw = 0 and zero inputs: they leave the state as it is
-    xs = [(torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x).view(B, H, -1, BT, N) for x in xs]  # [B, H, NT, BT, N]
+    xs = [(torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x).view(B, H, -1, BT, N)
+          for x in xs]  # [B, H, NT, BT, N]
     r, w, k, v = xs[:4]
     gc = w.cumsum(-2)
     gL = gc[..., -1:, :]  # [B, H, NT, 1, N]
@@ -748,7 +749,7 @@ def _launch_fwd(r, w, k, v, a, b, s0, state_vk, BC, keep=False):
     states = r.new_empty(B * H, int(NT), N, N, dtype=R.dtype)  # each chunk's X0 [key, value]
     _state_pass(K, v, Bt, W, gl, s0, sT, states, state_vk, reverse=False, has_ab=a is not None)
     o = torch.empty_like(r)
-    BV = min(BLOCK_V["out"], N) if N <= 128 else 64  # (N = 256 in float32: 128 columns would pass shared memory)
+    BV = min(BLOCK_V["out"], N) if N <= 128 else 64  # (N = 256, float32: 128 columns would exceed shared memory)
     _out_kernel[(N // BV, int(NT), B * H)](R, A, v, states, o, T, NT, H=H, N=N, BT=CHUNK, BV=BV, BF16=BF16,
                                           num_warps=WARPS["out"])
     return o, sT, states, prep if keep else None

@@ -177,17 +177,15 @@ def _intra(x, gx, y, gc, diag, BC=SUB):
     # [..., BT, BT]: sum_n x_tn y_sn e^(gx_tn - gc_sn) for s <= t (diag) or s < t, one BC-row block at a time,
     # its rows and the columns up to its end scaled relative to the block's middle row gm
     BT = x.shape[-2]
-    if BC == BT:  # one reference for the chunk: one product, nothing to pad or join
-        gm = gc[..., BC // 2 : BC // 2 + 1, :]
-        A = (x * (gx - gm).exp()) @ (y * (gm - gc).exp()).transpose(-1, -2)
-        return A.tril(0 if diag else -1)
     blocks = []
     for i in range(0, BT, BC):
         gm = gc[..., i + BC // 2 : i + BC // 2 + 1, :]  # [..., 1, N]
         rows = x[..., i : i + BC, :] * (gx[..., i : i + BC, :] - gm).exp()  # [..., BC, N], factors <= e^(5 (BC/2 + 1))
         cols = y[..., : i + BC, :] * (gm - gc[..., : i + BC, :]).exp()  # [..., i + BC, N], <= 1 left of the block
-        blocks.append(torch.nn.functional.pad(rows @ cols.transpose(-1, -2), (0, BT - i - BC)))
-    return torch.cat(blocks, -2).tril(0 if diag else -1)
+        block = rows @ cols.transpose(-1, -2)  # [..., BC, i + BC]: the last block needs no padding
+        blocks.append(block if i + BC == BT else torch.nn.functional.pad(block, (0, BT - i - BC)))
+    A = blocks[0] if len(blocks) == 1 else torch.cat(blocks, -2)  # one reference per chunk (BC = BT): one block
+    return A.tril(0 if diag else -1)
 
 
 def _ref_rows(logw_min):

@@ -1,19 +1,9 @@
 # SmolLM2 -> pure RAD-RWKV7 at the issue's budget, 100M tokens: smollm2_80m_h200's recipe with a longer step 2 and
 # step 3 (20M of step 1, 60M of step 2 at 3e-4 -> 1e-5, 20M of step 3 at 4096), each student evaluated in full.
 # Started by results/kit/run.sh (about 24 GPU-minutes with the ferry).
-cd /tmp/repo
-export TRITON_PTXAS_PATH=/tmp/ptxas PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
-L=/tmp/logs
-st() { echo "$(date +%T) $*" >> $L/status.txt; }
+. results/kit/prep.sh  # in /tmp/repo: environment, st, teacher, data/gall, data/val, V, E
 cp_logs() { for s in 1 2 3; do for f in log.txt metrics.jsonl; do
   [ -f runs/p/stage$s/$f ] && cp runs/p/stage$s/$f $L/stage${s}_$f; done; done; }
-st start
-python convert.py gguf /tmp/kit/smol.gguf smol > $L/prep.log 2>&1
-python data.py tokenize --tokenizer smol --out data/gall /tmp/shared/data/gutenberg/train-0*.jsonl.xz >> $L/prep.log 2>&1
-python data.py tokenize --tokenizer smol --out data/val /tmp/shared/data/gutenberg/val-00.jsonl.xz >> $L/prep.log 2>&1
-st prep done
-V="--val_data data/val --val_batches 8 --log_every 10"
-E="--eval_dir /tmp/shared/eval --val_data /tmp/shared/data/gutenberg/val-00.jsonl.xz --agree 64 --batch_size 256"
 python distill.py --stage 1 --teacher smol --data data/gall --out_dir runs/p --batch_size 64 --micro_batch 64 \
   --tokens 20000000 $V --val_every 100 > $L/s1.out 2>&1; st step 1 done; cp_logs
 python distill.py --stage 2 --teacher smol --data data/gall --out_dir runs/p --init_from runs/p/stage1/final \

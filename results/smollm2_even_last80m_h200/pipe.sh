@@ -2,19 +2,9 @@
 # step 2 (20M of step 1, 50M of step 2 at 3e-4 -> 1e-5): evenly spaced (6, 12, 18, 24) and the last four (26-29),
 # against the ranked 1, 8, 2, 10 of smollm2_hybrid80m_h200 (step 1 is deterministic: its validation 0.3436 there).
 # Started by results/kit/run.sh (about 25 GPU-minutes with the ferry).
-cd /tmp/repo
-export TRITON_PTXAS_PATH=/tmp/ptxas PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
-L=/tmp/logs
-st() { echo "$(date +%T) $*" >> $L/status.txt; }
+. results/kit/prep.sh  # in /tmp/repo: environment, st, teacher, data/gall, data/val, V, E
 cp_logs() { for r in c even last; do for s in 1 2; do for f in log.txt metrics.jsonl; do
   [ -f runs/$r/stage$s/$f ] && cp runs/$r/stage$s/$f $L/${r}_stage${s}_$f; done; done; done; }
-st start
-python convert.py gguf /tmp/kit/smol.gguf smol > $L/prep.log 2>&1
-python data.py tokenize --tokenizer smol --out data/gall /tmp/shared/data/gutenberg/train-0*.jsonl.xz >> $L/prep.log 2>&1
-python data.py tokenize --tokenizer smol --out data/val /tmp/shared/data/gutenberg/val-00.jsonl.xz >> $L/prep.log 2>&1
-st prep done
-V="--val_data data/val --val_batches 8 --log_every 10"
-E="--eval_dir /tmp/shared/eval --val_data /tmp/shared/data/gutenberg/val-00.jsonl.xz --agree 64 --batch_size 256"
 python distill.py --stage 1 --teacher smol --data data/gall --out_dir runs/c --batch_size 64 --micro_batch 64 \
   --tokens 20000000 $V --val_every 100 > $L/s1.out 2>&1; st step 1 done; cp_logs
 S2="--stage 2 --teacher smol --data data/gall --init_from runs/c/stage1/final --seq_len 512 --batch_size 96

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 import triton
+from triton.runtime.errors import OutOfResources
 
 import data
 import eval as E
@@ -104,6 +105,26 @@ def tiles(variant):
             getattr(W, dict_name)[kernel] = value
 
 
+def time_variants(variants, time_fn, row):
+    """-> a row per tile variant (a copy of the defaults' row with its times), time_fn timed under each; a variant
+    too large for the GPU (Triton's OutOfResources) gets no times and its error, and the sweep goes on."""
+    out, where = [], f"{row['op']} B{row['B']} T{row['T']} N{row['N']}"
+    for variant in variants:
+        name = ",".join(f"{d}.{k}={v}" for (d, k), v in variant.items())
+        try:
+            with tiles(variant):
+                fwd, fb = time_fn()
+        except OutOfResources as e:
+            out.append(dict(row, tiles=name, fwd_ms=None, fwdbwd_ms=None, fla_fwd_ms=None, fla_fwdbwd_ms=None,
+                            error=str(e)))
+            print(f"  {where} {name}: does not fit ({e})")
+            continue
+        out.append(dict(row, tiles=name, fwd_ms=fwd, fwdbwd_ms=fb, fla_fwd_ms=None, fla_fwdbwd_ms=None))
+        print(f"  {where} {name}: {fwd:.3f} / {fb:.3f} ms ({fwd / row['fwd_ms']:.3f} / {fb / row['fwdbwd_ms']:.3f}"
+              " of the defaults')")
+    return out
+
+
 def copy_bandwidth(dev, n=2**30):
     # bytes read + written per second by a device-to-device copy of n bytes
     from triton.testing import do_bench
@@ -159,13 +180,7 @@ def kernels(cfg):
                 fn(*xs).float().sum().backward()  # autotunes at this shape before it is timed
                 row["fla_fwd_ms"], row["fla_fwdbwd_ms"] = time_op(fn, xs)
             rows.append(row)
-            for variant in variants:
-                with tiles(variant):
-                    fwd, fb = time_op(ours, xs)
-                name = ",".join(f"{d}.{k}={v}" for (d, k), v in variant.items())
-                tile_rows.append(dict(row, tiles=name, fwd_ms=fwd, fwdbwd_ms=fb, fla_fwd_ms=None, fla_fwdbwd_ms=None))
-                print(f"  {op} B{B} T{T} N{N} {name}: {fwd:.3f} / {fb:.3f} ms ({fwd / row['fwd_ms']:.3f} / "
-                      f"{fb / row['fwdbwd_ms']:.3f} of the defaults')")
+            tile_rows += time_variants(variants, functools.partial(time_op, ours, xs), row)
             del xs
         q = torch.randn(B, H, T, N, device=dev, dtype=torch.bfloat16, requires_grad=True)
         kv = [torch.randn(B, KVH, T, N, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)]
@@ -188,7 +203,8 @@ def kernels(cfg):
         default = {key(r): r for r in rows}
         print(table(["shape", "op", "tiles", "fwd ms", "fwd+bwd ms", "of the defaults' fwd / f+b"],
                     [[f"B{r['B']} T{r['T']} N{r['N']}", r["op"], r["tiles"], fmt(r["fwd_ms"], ".3f"),
-                      fmt(r["fwdbwd_ms"], ".3f"), f"{r['fwd_ms'] / default[key(r)]['fwd_ms']:.3f} / "
+                      fmt(r["fwdbwd_ms"], ".3f"), "does not fit" if r["fwd_ms"] is None else
+                      f"{r['fwd_ms'] / default[key(r)]['fwd_ms']:.3f} / "
                       f"{r['fwdbwd_ms'] / default[key(r)]['fwdbwd_ms']:.3f}"] for r in tile_rows]))
     write_rows(f"kernels_{gpu.split()[-1].lower()}", rows + tile_rows, cfg.out)
     return rows + tile_rows

@@ -58,3 +58,23 @@ def test_tile_variants_are_parsed_set_and_restored():
     for bad in ("WARPS.nothing=4", "TILES.out=4", "WARPS.out=four", "WARPS.out"):
         with pytest.raises(ValueError, match="--tiles: .* is not TABLE.kernel=N"):
             bench.parse_tiles(bad)
+
+
+def test_a_tile_variant_too_large_is_reported_and_the_sweep_goes_on(capsys):
+    # a variant whose tiles exceed the GPU's shared memory (as 128 value columns in wkv7's gradient-matrix kernel
+    # do on an H200) is a row without times and with its error; the variants after it are still timed
+    W = bench.W
+    row = dict(op="wkv7", B=8, T=4096, N=128, fwd_ms=4.0, fwdbwd_ms=15.0)
+
+    def time_fn():  # stands in for do_bench of the kernels: fails when the tile is too large
+        if W.BLOCK_V["dmat"] > 64:
+            raise bench.OutOfResources(253952, 232448, "shared memory")
+        return 3.0, 16.5
+
+    out = bench.time_variants(bench.parse_tiles("BLOCK_V.dmat=128;WARPS.out=8"), time_fn, row)
+    assert [r["tiles"] for r in out] == ["BLOCK_V.dmat=128", "WARPS.out=8"]
+    assert out[0]["fwd_ms"] is None and out[0]["fwdbwd_ms"] is None and "shared memory" in out[0]["error"]
+    assert (out[1]["fwd_ms"], out[1]["fwdbwd_ms"]) == (3.0, 16.5) and "error" not in out[1]
+    assert W.BLOCK_V["dmat"] == 64
+    text = capsys.readouterr().out
+    assert "BLOCK_V.dmat=128: does not fit" in text and "0.750 / 1.100 of the defaults'" in text

@@ -106,22 +106,21 @@ def tiles(variant):
 
 
 def time_variants(variants, time_fn, row):
-    """-> a row per tile variant (a copy of the defaults' row with its times), time_fn timed under each; a variant
-    too large for the GPU (Triton's OutOfResources) gets no times and its error, and the sweep goes on."""
-    out, where = [], f"{row['op']} B{row['B']} T{row['T']} N{row['N']}"
+    """-> a row per tile variant (the defaults' row with time_fn's times under it); a variant too large for the GPU
+    (Triton's OutOfResources) gets its error instead of times, and the sweep goes on."""
+    out = []
     for variant in variants:
         name = ",".join(f"{d}.{k}={v}" for (d, k), v in variant.items())
+        new = dict(row, tiles=name, fla_fwd_ms=None, fla_fwdbwd_ms=None)
         try:
             with tiles(variant):
-                fwd, fb = time_fn()
+                new["fwd_ms"], new["fwdbwd_ms"] = fwd, fb = time_fn()
+            said = f"{fwd:.3f} / {fb:.3f} ms ({fwd / row['fwd_ms']:.3f} / {fb / row['fwdbwd_ms']:.3f} of the defaults')"
         except OutOfResources as e:
-            out.append(dict(row, tiles=name, fwd_ms=None, fwdbwd_ms=None, fla_fwd_ms=None, fla_fwdbwd_ms=None,
-                            error=str(e)))
-            print(f"  {where} {name}: does not fit ({e})")
-            continue
-        out.append(dict(row, tiles=name, fwd_ms=fwd, fwdbwd_ms=fb, fla_fwd_ms=None, fla_fwdbwd_ms=None))
-        print(f"  {where} {name}: {fwd:.3f} / {fb:.3f} ms ({fwd / row['fwd_ms']:.3f} / {fb / row['fwdbwd_ms']:.3f}"
-              " of the defaults')")
+            new.update(fwd_ms=None, fwdbwd_ms=None, error=str(e))
+            said = f"does not fit ({e})"
+        out.append(new)
+        print(f"  {row['op']} B{row['B']} T{row['T']} N{row['N']} {name}: {said}")
     return out
 
 

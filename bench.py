@@ -49,8 +49,9 @@ def write_rows(name, rows, out):
     path = out or os.path.join(RESULTS, f"{name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     old = json.load(open(path)) if os.path.isfile(path) else []
-    with open(path, "w") as fh:
+    with open(path + ".tmp", "w") as fh:  # then renamed: a run stopped while writing leaves the file as it was
         json.dump(old + rows, fh, indent=2)
+    os.replace(path + ".tmp", path)
     print(f"added {len(rows)} rows to {path}")
 
 
@@ -69,7 +70,7 @@ class KernelBench:
     heads: int = 28  # H, query heads (the kernels see k and v repeated to H heads)
     kv_heads: int = 4  # KVH of the SDPA baseline (grouped-query attention, Qwen2.5-7B: 28/4)
     head_sizes: str = "128"  # N list, comma separated
-    fla_shapes: str = ""  # BxT list at which flash-linear-attention is timed ("" = every shape; its autotuning is slow)
+    fla_shapes: str = ""  # BxT list at which flash-linear-attention is timed ("" = all; autotunes minutes per N)
     wkv7_logw_min: float = W.RWKV7_LOGW_MIN  # the decay floor wkv7 is told (RAD-RWKV7's; -5: the kernels for any decay)
     tiles: str = ""  # variants timed beside the defaults, ";" between them: "WARPS.out=8,BLOCK_V.dmat=128;WARPS.dmat=4"
     out: str = ""  # JSON file ("" = results/kernels_<gpu>.json), rows appended
@@ -188,6 +189,9 @@ def kernels(cfg):
         for row in rows[-2:]:
             row["sdpa_fwdbwd_ms"] = sdpa_ms
         del q, kv
+        # each shape's rows are written when it is done: a long sweep stopped early keeps what it measured
+        write_rows(f"kernels_{gpu.split()[-1].lower()}", rows[-2:] + tile_rows[len(tile_rows) - 2 * len(variants):],
+                   cfg.out)
         print(f"  B{B} T{T} N{N} done")
     print(table(["shape", "op", "fwd ms", "fwd+bwd ms", "fla fwd / f+b ms", "speed-up over fla fwd / f+b",
                  f"SDPA {H}/{KVH} f+b ms", "x floor f+b"],
@@ -205,7 +209,6 @@ def kernels(cfg):
                       fmt(r["fwdbwd_ms"], ".3f"), "does not fit" if r["fwd_ms"] is None else
                       f"{r['fwd_ms'] / default[key(r)]['fwd_ms']:.3f} / "
                       f"{r['fwdbwd_ms'] / default[key(r)]['fwdbwd_ms']:.3f}"] for r in tile_rows]))
-    write_rows(f"kernels_{gpu.split()[-1].lower()}", rows + tile_rows, cfg.out)
     return rows + tile_rows
 
 

@@ -1,0 +1,31 @@
+# The README's kernel table in one hold, flash-linear-attention 0.6.0 beside. Carry .carry/k (CUDA 13.5's ptxas.xz,
+# the fla-core and flash-linear-attention wheels, and fla_autotune.tgz if an earlier hold brought one back), then
+# bash results/kit/kernels.sh [HEAD_SIZES] && bash results/kit/poll.sh 560 (and poll.sh again at once until DONE).
+# 1. fla's autotuning (about 9 minutes per head size), one process per head size at once, timings thrown away;
+#    its results stay in TRITON_CACHE_DIR and come back as fla_autotune.tgz for the next hold.
+# 2. our kernels with CUDA 13.5's ptxas (wgmma in every kernel) at every shape: kernels.json.
+# 3. fla at every shape with Triton's own ptxas, autotuned already (our kernels again, mma.sync): kernels_fla.json.
+L=/tmp/logs
+if [ "$1" != run ]; then
+  set -e
+  mkdir -p $L /tmp/site /tmp/tcache
+  xz -dc .carry/k/ptxas.xz > /tmp/ptxas && chmod +x /tmp/ptxas
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .carry/k/*.whl
+  [ ! -f .carry/k/fla_autotune.tgz ] || tar -xzf .carry/k/fla_autotune.tgz -C /tmp/tcache
+  rm -rf /tmp/repo && mkdir -p /tmp/repo && cp -r $(ls -A | grep -v "^.carry$") /tmp/repo/
+  nvidia-smi --query-gpu=name,driver_version --format=csv > $L/gpu.txt
+  cd /tmp/repo && setsid nohup bash results/kit/kernels.sh run "${1:-64,128,256}" > $L/run.log 2>&1 < /dev/null &
+  exit 0
+fi
+NS=${2//,/ } S=8x4096,64x512,2x16384
+st() { echo "$(date +%T) $*" >> $L/status.txt; }
+keep() { (cd /tmp/tcache && find . -name "*.autotune.json" | tar -czf $L/fla_autotune.tgz -T -); }
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache
+st start
+for N in $NS; do PYTHONPATH=/tmp/site python bench.py kernels --shapes 8x4096 --head_sizes $N --out /tmp/warm_$N.json \
+  > $L/warm_N$N.out 2>&1 & done; wait; keep; st fla autotuned for $NS
+TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --fla_shapes 0x0 \
+  --out $L/kernels.json > $L/ours.out 2>&1; st ours done
+PYTHONPATH=/tmp/site python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --out $L/kernels_fla.json \
+  > $L/fla.out 2>&1; keep; st fla done
+touch $L/DONE

@@ -84,6 +84,8 @@ class Config:
     log_every: int = 1  # optimizer steps between log lines
     peak_tflops: float = 0.0  # per-device peak for MFU (0 = guess from the GPU name; none on CPU)
     resume_changed: bool = False  # resume although a setting that changes the run differs from its checkpoint's
+    rank_steps: int = 0  # step 2: rank --init_from's recurrent layers instead, each given its attention back and
+    #                      trained this many steps, by the validation KL they reach (stage2/ranking.json)
 
 
 # the settings that make a run what it is: resuming a checkpoint under other values of these is refused
@@ -119,6 +121,9 @@ def parse_args(argv):
         raise data.UsageError(f"--beta1 / --beta2 must lie in [0, 1), got {cfg.beta1} / {cfg.beta2}")
     if not cfg.data:
         raise data.UsageError("--data PREFIX (a binidx dataset, see data.py) is required")
+    if cfg.rank_steps and (cfg.stage != 2 or not cfg.val_data or cfg.init_from in ("auto", "teacher")):
+        raise data.UsageError("--rank_steps ranks in step 2 (--stage 2) the layers of a student (--init_from "
+                              "STEP1_DIR/final) by validation KL (--val_data)")
     return cfg
 
 
@@ -252,12 +257,12 @@ def sharded(model_cfg, dtype, device, mp, tensors, what, split_mixers=False, pre
     return model.init_weights() if tensors is None else convert.load_into(model, tensors, what)
 
 
-def build(cfg, device, mp, teacher_cfg=None):
+def build(cfg, device, mp, teacher_cfg=None, teacher=None):
     """Teacher (frozen, compute dtype) and student (float32 master weights), sharded. teacher_cfg: a random
-    teacher of that shape instead of --teacher (bench.py)."""
-    dtype, teacher = getattr(torch, cfg.dtype), None
+    teacher of that shape instead of --teacher (bench.py); teacher: one built already (--rank_steps)."""
+    dtype = getattr(torch, cfg.dtype)
     att = convert.attention_layers(cfg.attention_layers)
-    if cfg.stage in (1, 2) or cfg.init_from == "teacher":
+    if teacher is None and (cfg.stage in (1, 2) or cfg.init_from == "teacher"):
         if teacher_cfg is None and not cfg.teacher:
             raise ValueError(f"step {cfg.stage} needs --teacher (an HF directory)")
         tcfg = teacher_cfg or convert.read_config(cfg.teacher)
@@ -529,6 +534,37 @@ def evaluate(cfg, teacher, student, hooks, ds, rank, world, device):
     return (tot / (n * world)).tolist()
 
 
+def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, rank, world, device):
+    """--rank_steps, the KL-guided layer selection of arXiv 2512.20569: the student as it is, then with each of its
+    recurrent layers given the teacher's attention back in turn, trains cfg.rank_steps steps from the same weights on
+    the same batches; the layers sorted by the validation KL they reach -> ranking.json (--attention_layers THAT:K)."""
+    def short_run(c, s):  # -> the validation KL after c.rank_steps optimizer steps of s
+        opt, lrs = make_optimizer(c, s, device)
+        for step in range(c.rank_steps):
+            train_step(c, teacher, s, None, opt, lrs, step, c.rank_steps, get_batch, world, device)
+            optimizer_step(opt)
+            opt.zero_grad(set_to_none=True)
+        return evaluate(c, teacher, s, None, val_ds, rank, world, device)[0]
+
+    given, rows = list(student.cfg.attention_layers), []
+    base = short_run(cfg, student.train())
+    print0(f"as it is ({given or 'no attention layers'}): val KL {base:.4f} after {cfg.rank_steps} steps")
+    layers = [i for i in range(student.cfg.num_hidden_layers) if i not in given]
+    for i in tqdm(layers, desc="layers", disable=rank != 0, dynamic_ncols=True, leave=False):
+        c = dataclasses.replace(cfg, attention_layers=",".join(map(str, sorted(given + [i]))))
+        rows.append({"layer": i, "kl": short_run(c, build(c, device, mp, teacher=teacher)[1].train())})
+        print0(f"layer {i} given attention: val KL {rows[-1]['kl']:.4f}")
+    out = {"teacher": cfg.teacher, "student": init_source(cfg), "given": given, "val_data": cfg.val_data,
+           "steps": cfg.rank_steps, "tokens": cfg.rank_steps * cfg.batch_size * cfg.seq_len, "kl": base,
+           "ranking": sorted(rows, key=lambda r: r["kl"])}
+    if rank == 0:
+        with open(os.path.join(stage_dir, "ranking.json.tmp"), "w") as fh:
+            json.dump(out, fh, indent=2)
+        os.replace(os.path.join(stage_dir, "ranking.json.tmp"), os.path.join(stage_dir, "ranking.json"))
+        print0(f"wrote {os.path.join(stage_dir, 'ranking.json')}: first {[r['layer'] for r in out['ranking'][:8]]}")
+    return out
+
+
 def log_val(cfg, step, steps, v, metrics):
     line = f"step {step}/{steps} | val loss {v[0]:.4f}" + (f" | val ce {v[1]:.4f}" if cfg.stage == 2 else "")
     print0(line)
@@ -605,6 +641,10 @@ def main(argv):
             print0(note)
         data.check_tokens(ds, student.cfg.vocab_size)
     hooks = attention_hooks(teacher) if cfg.stage == 1 else None
+    get_batch = lambda i: data.get_batch(train_ds, cfg.seq_len, cfg.micro_batch, i, rank, world, prime)
+    if cfg.rank_steps:
+        rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, rank, world, device)
+        return dist.destroy_process_group()
     opt, lrs = make_optimizer(cfg, student, device)
     start = resume(cfg, ckpt_root, student, opt, rank)
     log_path = os.path.join(stage_dir, "log.txt")
@@ -621,7 +661,6 @@ def main(argv):
 
     # loop: validation, the gradients, a checkpoint of the weights that just gave them, the update, a log line
     metrics = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if rank == 0 else None
-    get_batch = lambda i: data.get_batch(train_ds, cfg.seq_len, cfg.micro_batch, i, rank, world, prime)
     save = lambda step: convert.save_checkpoint(ckpt_root, step, student, opt, rank, cfg.keep_ckpts,
                                                 dataclasses.asdict(cfg))
     student.train()

@@ -1,6 +1,7 @@
 """distill.py end to end on CPU with a tiny random teacher: each step lowers its loss, two gloo
 processes give the losses of one on the same global batch, and a SIGKILL-ed run resumes exactly; then the
 step losses and the LR schedule against their definitions."""
+import json
 import math
 import os
 import re
@@ -93,6 +94,28 @@ def test_hybrid_from_a_student_gets_the_teachers_attention_back(setup):
     (other / "config.json").write_text(text.replace('"rope_theta": 10000.0', '"rope_theta": 5000.0'))
     code, out = run(setup, "hyb-other", *common, "--attention_layers", "0,2", "--teacher", str(other), check=False)
     assert code != 0 and "is not a student of" in out and "Traceback" not in out, out
+
+
+def test_rank_steps_scores_each_layer_by_its_own_short_step_2(setup):
+    # --rank_steps N: the KL a layer reaches with its attention given back equals the final validation KL of a step 2
+    # of N steps with --attention_layers that layer, run on its own (same start, batches and LR schedule); the
+    # student as it is likewise; the ranking is sorted and is what --attention_layers RANKING.json:K reads
+    src = setup / "pure-rank"
+    convert.fresh_student(str(setup / "teacher"), str(src), "rwkv7")
+    common = ["--stage", "2", "--init_from", str(src), "--lr", "1e-3", "--lr_final", "1e-4", "--warmup_steps", "1"]
+    out = run(setup, "rank", *common, "--rank_steps", "4")
+    path = setup / "rank" / "stage2" / "ranking.json"
+    rep = json.loads(path.read_text())
+    kl = {r["layer"]: r["kl"] for r in rep["ranking"]}
+    assert sorted(kl) == [0, 1, 2] and rep["given"] == [] and rep["steps"] == 4 and "wrote" in out
+    assert list(kl.values()) == sorted(kl.values()) and len(set(kl.values()) | {rep["kl"]}) == 4
+    for name, layers, got in (("rank-alone", [], rep["kl"]), ("rank-1", ["--attention_layers", "1"], kl[1])):
+        run(setup, name, *common, *layers, "--tokens", str(4 * 8 * 32))
+        want = losses(setup, name, 2, "val_loss")[4]
+        assert abs(got - want) <= 1e-5 * want, (name, got, want)
+    assert convert.attention_layers(f"{path}:2") == sorted(r["layer"] for r in rep["ranking"][:2])
+    code, out = run(setup, "rank-bad", *common, "--rank_steps", "4", "--stage", "1", check=False)
+    assert code == 2 and "--rank_steps ranks in step 2" in out and "Traceback" not in out, out
 
 
 def test_two_processes_match_one(setup):

@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import pathlib
 import resource
 import shutil
 import sys
@@ -546,11 +547,10 @@ def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, ra
             opt.zero_grad(set_to_none=True)
         return evaluate(c, teacher, s, None, val_ds, rank, world, device)[0]
 
-    given, rows = list(student.cfg.attention_layers), []
-    base = short_run(cfg, student.train())
+    given, rows, base = list(student.cfg.attention_layers), [], short_run(cfg, student.train())
     print0(f"as it is ({given or 'no attention layers'}): val KL {base:.4f} after {cfg.rank_steps} steps")
-    layers = [i for i in range(student.cfg.num_hidden_layers) if i not in given]
-    for i in tqdm(layers, desc="layers", disable=rank != 0, dynamic_ncols=True, leave=False):
+    for i in tqdm([i for i in range(student.cfg.num_hidden_layers) if i not in given], desc="layers",
+                  disable=rank != 0, dynamic_ncols=True, leave=False):
         c = dataclasses.replace(cfg, attention_layers=",".join(map(str, sorted(given + [i]))))
         rows.append({"layer": i, "kl": short_run(c, build(c, device, mp, teacher=teacher)[1].train())})
         print0(f"layer {i} given attention: val KL {rows[-1]['kl']:.4f}")
@@ -558,10 +558,8 @@ def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, ra
            "steps": cfg.rank_steps, "tokens": cfg.rank_steps * cfg.batch_size * cfg.seq_len, "kl": base,
            "ranking": sorted(rows, key=lambda r: r["kl"])}
     if rank == 0:
-        with open(os.path.join(stage_dir, "ranking.json.tmp"), "w") as fh:
-            json.dump(out, fh, indent=2)
-        os.replace(os.path.join(stage_dir, "ranking.json.tmp"), os.path.join(stage_dir, "ranking.json"))
-        print0(f"wrote {os.path.join(stage_dir, 'ranking.json')}: first {[r['layer'] for r in out['ranking'][:8]]}")
+        convert.write_json(pathlib.Path(stage_dir, "ranking.json"), out)
+        print0(f"wrote {stage_dir}/ranking.json: first {[r['layer'] for r in out['ranking'][:8]]}")
     return out
 
 

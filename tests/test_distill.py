@@ -114,6 +114,12 @@ def test_rank_steps_scores_each_layer_by_its_own_short_step_2(setup):
         want = losses(setup, name, 2, "val_loss")[4]
         assert abs(got - want) <= 1e-5 * want, (name, got, want)
     assert convert.attention_layers(f"{path}:2") == sorted(r["layer"] for r in rep["ranking"][:2])
+    # two processes: the same global batches, and the same validation windows at half the micro-batches each
+    run(setup, "rank-two", *common, "--rank_steps", "4", "--val_batches", "1", nproc=2)
+    two = json.loads((setup / "rank-two" / "stage2" / "ranking.json").read_text())
+    assert [r["layer"] for r in two["ranking"]] == [r["layer"] for r in rep["ranking"]]
+    for a, b in zip([two["kl"]] + [r["kl"] for r in two["ranking"]], [rep["kl"]] + [r["kl"] for r in rep["ranking"]]):
+        assert abs(a - b) <= 1e-5 * b, (a, b)
     code, out = run(setup, "rank-bad", *common, "--rank_steps", "4", "--stage", "1", check=False)
     assert code == 2 and "--rank_steps ranks in step 2" in out and "Traceback" not in out, out
 

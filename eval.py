@@ -18,6 +18,7 @@ state buys: long-context retrieval. (Inference speed: bench.py decode.)
   --rank_layers    which layers a hybrid should keep as attention, by measurement: the mean KL(teacher ||
                    student) per --val_data prediction, with each student layer in turn given back its teacher
                    attention (the others unchanged, nothing trained), ranked by how far it falls; ranking.json.
+                   (distill.py --rank_steps N trains each such student N steps of step 2 before it is scored.)
 
 Continuations are split as lm-eval does: trailing whitespace of the context moves to the
 continuation, the continuation's tokens are those of tokenize(context + choice) after

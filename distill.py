@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 import convert
 import data
+import eval as E
 import model as M
 
 # step 1 returns v_first from a sharded time mixer as-is; nothing modifies it in place, so the
@@ -559,6 +560,7 @@ def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, ra
            "ranking": sorted(rows, key=lambda r: r["kl"])}
     if rank == 0:
         convert.write_json(pathlib.Path(stage_dir, "ranking.json"), out)
+        E.plot_ranking(out, os.path.join(stage_dir, "ranking.png"))
         print0(f"wrote {stage_dir}/ranking.json: first {[r['layer'] for r in out['ranking'][:8]]}")
     return out
 

@@ -86,8 +86,7 @@ class Config:
     log_every: int = 1  # optimizer steps between log lines
     peak_tflops: float = 0.0  # per-device peak for MFU (0 = guess from the GPU name; none on CPU)
     resume_changed: bool = False  # resume although a setting that changes the run differs from its checkpoint's
-    rank_steps: int = 0  # step 2: rank --init_from's recurrent layers instead, each given its attention back and
-    #                      trained this many steps, by the validation KL they reach (stage2/ranking.json)
+    rank_steps: int = 0  # step 2: rank --init_from's layers by val KL, each given attention and N steps (ranking.json)
 
 
 # the settings that make a run what it is: resuming a checkpoint under other values of these is refused

@@ -435,6 +435,8 @@ def tokenizer_files(meta, max_len):
 
 
 def write_json(path, obj):
+    # written beside, then renamed over path: a reader never sees half a file
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)

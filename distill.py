@@ -18,7 +18,6 @@ import itertools
 import json
 import math
 import os
-import pathlib
 import resource
 import shutil
 import sys
@@ -558,7 +557,7 @@ def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, ra
            "steps": cfg.rank_steps, "tokens": cfg.rank_steps * cfg.batch_size * cfg.seq_len, "kl": base,
            "ranking": sorted(rows, key=lambda r: r["kl"])}
     if rank == 0:
-        convert.write_json(pathlib.Path(stage_dir, "ranking.json"), out)
+        convert.write_json(os.path.join(stage_dir, "ranking.json"), out)
         E.plot_ranking(out, os.path.join(stage_dir, "ranking.png"))
         print0(f"wrote {stage_dir}/ranking.json: first {[r['layer'] for r in out['ranking'][:8]]}")
     return out

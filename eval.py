@@ -538,8 +538,7 @@ def write_ranking(cfg, paths, device, dtype):
     out = {"teacher": teacher_dir, "student": path, "val_data": cfg.val_data, "tokens": x_all.numel(),
            "device": str(device), "dtype": str(dtype), "kl": base, "ranking": rows}
     os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "ranking.json"), "w") as fh:
-        json.dump(out, fh, indent=2)
+    convert.write_json(os.path.join(cfg.out, "ranking.json"), out)
     plot_ranking(out, os.path.join(cfg.out, "ranking.png"))
     print(markdown_table(["rank", "layer given attention", "KL(teacher || student)", "KL as it is"],
                          [[j + 1, r["layer"], f"{r['kl']:.4f}", f"{base:.4f}"] for j, r in enumerate(rows)]))

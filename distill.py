@@ -272,9 +272,7 @@ def build(cfg, device, mp, teacher_cfg=None, teacher=None):
         teacher = sharded(tcfg, dtype, device, mp, tensors, cfg.teacher, prepare=lambda m: prepare_teacher(cfg, m),
                           frozen=True).requires_grad_(False).eval()
     src = init_source(cfg)
-    if src == "teacher":
-        if teacher is None:
-            raise ValueError("--init_from teacher needs --teacher")
+    if src == "teacher":  # (the teacher is built above: step 1 or --init_from teacher)
         scfg = M.student_config(teacher.cfg, cfg.student, att)
         tensors = None if teacher_cfg else itertools.chain(convert.iter_checkpoint(cfg.teacher),
                                                           M.student_init_tensors(scfg, cfg.seed).items())

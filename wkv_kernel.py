@@ -43,7 +43,8 @@ With KEEP_PREP the forward also keeps what the backward needs of its chunk pass:
 size of one input) and five [BT, BT] matrices per chunk (each 64 / N of an input's size); the backward's own
 scratch, Y, dY and four more [BT, BT] matrices per chunk, lives only during the backward.
 Every kernel fits the 227 KiB of shared memory per block of an H100 (sm_90) for N up to 256, except the wkv7
-backward with inputs other than bfloat16 (float32 products): there N <= 128, which _check enforces on the GPU.
+backward with inputs other than bfloat16 (float32 products): there N <= 128, which _check enforces on the GPU
+(tests/test_wkv_compile.py compiles every launch for sm_90, on any machine, and checks this).
 Hopper (sm_90): every kernel uses the wgmma instructions when Triton's ptxas is from CUDA 13.3 or later. Older
 ptxas (Triton 3.6 bundles 12.8's) miscompiles wgmma code that reuses a product's registers (wrong gradients, reads
 out of bounds), so with it the two gradient kernels use mma.sync (MMA_V2). Measured on an H200 (B8 T4096 H28 N128
@@ -712,8 +713,10 @@ def _prep(r, w, k, a, b, BC, keep=False):
     mats = [r.new_empty(B * H, int(NT), CHUNK, CHUNK, dtype=dtype) if keep else A for _ in range(4)]
     BF16 = r.dtype == torch.bfloat16
     if a is None:
-        _mats6_kernel[(int(NT), B * H)](r, w, k, A, T, H=H, N=N, BT=CHUNK, BC=BC, BK=min(BLOCK_K["mats6"], N),
-                                        BF16=BF16, num_warps=WARPS["mats6"])
+        BK = min(BLOCK_K["mats6"], N)  # (float32 at N = 256: three stages of its r, k, logw tiles would need 256 KiB)
+        _mats6_kernel[(int(NT), B * H)](r, w, k, A, T, H=H, N=N, BT=CHUNK, BC=BC, BK=BK, BF16=BF16,
+                                        num_warps=WARPS["mats6"],
+                                        num_stages=_stages(CHUNK * BK * (2 * r.element_size() + w.element_size())))
         BK = min(BLOCK_K["coef6"], N)
         _coef6_kernel[(N // BK, int(NT), B * H)](r, w, k, R, K, gl, T, NT, H=H, N=N, BT=CHUNK, BK=BK, BF16=BF16,
                                                  num_warps=WARPS["coef6"])

@@ -230,6 +230,23 @@ def test_failures_are_one_line(setup, tmp_path, monkeypatch):
         convert.save_checkpoint(str(tmp_path / "ck"), 1, m, torch.optim.AdamW(m.parameters()), 1, 2, {})
 
 
+def test_wrong_models_are_one_line(setup, tmp_path):
+    # each model distill.py refuses: no teacher, a student as the teacher, a teacher as the student, a student of
+    # another vocabulary, attention given back with no teacher to take it from
+    convert.fresh_student(str(setup / "teacher"), str(tmp_path / "s"), dtype="float32")
+    other = M.Model.random(M.ModelConfig(**dict(M.PRESETS["tiny"], vocab_size=256), model_type="qwen2"))
+    s256 = M.make_student(other)
+    convert.save_model(s256.state_dict(), s256.cfg, str(tmp_path / "s256"), dtype=torch.float32)
+    s = str(tmp_path / "s")
+    for i, (args, words) in enumerate([
+            (("--stage", "2", "--teacher", "", "--init_from", s), "step 2 needs --teacher"),
+            (("--teacher", s), f"--teacher {s} is a student model"),
+            (("--stage", "2", "--init_from", setup / "teacher"), "is not a student model"),
+            (("--stage", "2", "--init_from", tmp_path / "s256"), "vocab mismatch: teacher 512, student 256"),
+            (("--stage", "3", "--teacher", "", "--init_from", s, "--attention_layers", "1"), "needs --teacher")]):
+        one_line(*run(setup, f"wrong{i}", *map(str, args), "--tokens", "512", check=False), words, code=1)
+
+
 def test_stale_partial_checkpoints_are_removed(setup):
     stale = setup / "stale" / "stage1" / "ckpt" / "step_0000099.tmp"
     stale.mkdir(parents=True)

@@ -5,7 +5,7 @@ kernel that records its arguments; each distinct launch is then compiled for sm_
 nothing runs. Default: head sizes 64, 128 and 256, bfloat16 and float32, the training path (forward keeping the chunk
 matrices, backward with wgmma and with mma.sync; for wkv7 in float32 at N = 256, which has none, the forward alone),
 wkv7 told RAD-RWKV7's decay floor as the model calls it. RUN_SLOW=1 adds the inference path (forward alone), head sizes
-16 and 32 and wkv7 with a decay reference per 16 rows (about 3 minutes by default, 10 with RUN_SLOW on 2 cores)."""
+16 and 32 and wkv7 with a decay reference per 16 rows (2.5 minutes by default, 7.5 with RUN_SLOW, on 2 cores)."""
 import os
 import sys
 from pathlib import Path

@@ -1,7 +1,8 @@
-# wkv7's float32 backward at N = 256, which wkv_kernel._check refuses on the GPU (not run there; once refused for the
-# backward kernel's shared memory): compiled for sm_90 on a CPU, every launch of it fits now (largest: the input-gradient kernel, 224 of 227 KiB,
-# 2026-12-04). This runs it past the check (the autograd.Function directly) on a GPU and compares the outputs, final
-# state and every gradient with the float64 loop, both decay references; if it passes, the check can go.
+# wkv7's float32 backward at N = 256, which wkv_kernel._check refuses on the GPU (never run there; once refused for
+# the backward kernel's shared memory): compiled for sm_90 on a CPU, every launch of it fits now (largest: the
+# input-gradient kernel, 224 of 227 KiB, 2026-12-04). This runs it past the check (the autograd.Function directly) on
+# a GPU and compares the outputs, final state and every gradient with the float64 loop, both decay references; if it
+# passes, the check can go.
 # python results/kit/n256.py (from the repo root)
 import sys
 

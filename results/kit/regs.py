@@ -1,5 +1,5 @@
-# Occupancy variants of the register-bound WKV kernels, timed on the GPU: python results/kit/regs.py (from the repo root;
-# CUDA 13.5's ptxas through TRITON_PTXAS_PATH for wgmma). Compiled for sm_90 on a CPU (tests/test_wkv_compile.py's
+# Occupancy variants of the register-bound WKV kernels, timed on the GPU: python results/kit/regs.py (from the repo
+# root; CUDA 13.5's ptxas through TRITON_PTXAS_PATH for wgmma). Compiled for sm_90 on a CPU (tests/test_wkv_compile.py's
 # recorder), wkv6's matrix kernel, wkv7's chunk pass and both input-gradient kernels use 253-255 registers a thread
 # at B8 T4096 H28 N128 bf16, so an SM holds 8 warps of them; with 8 warps, 64 key columns and a cap of 128 registers
 # (Triton's maxnreg) wkv6's matrix kernel compiles to 128 registers and 56 bytes of spills: 16 warps an SM. Each
@@ -49,8 +49,8 @@ def run(op, xs, go):
 
 
 def main(B=8, T=4096, H=28, N=128):
-    print(f"{torch.cuda.get_device_name()} | ptxas {W.PTXAS_VERSION} | gradient kernels {'mma.sync' if W.MMA_V2 else 'wgmma'}"
-          f" | B{B} T{T} H{H} N{N} bf16")
+    mma = "mma.sync" if W.MMA_V2 else "wgmma"
+    print(f"{torch.cuda.get_device_name()} | ptxas {W.PTXAS_VERSION} | gradient kernels {mma} | B{B} T{T} H{H} N{N} bf16")
     base = {}
     for op in ("wkv6", "wkv7"):
         xs = [x.requires_grad_() for x in W.example_inputs(op, B, T, H, N, dtype=torch.bfloat16, device="cuda")[0]]

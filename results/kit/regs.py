@@ -50,7 +50,7 @@ def run(op, xs, go):
 
 def main(B=8, T=4096, H=28, N=128):
     mma = "mma.sync" if W.MMA_V2 else "wgmma"
-    print(f"{torch.cuda.get_device_name()} | ptxas {W.PTXAS_VERSION} | gradient kernels {mma} | B{B} T{T} H{H} N{N} bf16")
+    print(f"{torch.cuda.get_device_name()} | ptxas {W.PTXAS_VERSION} | gradient kernels {mma} | B{B} T{T} H{H} N{N}")
     base = {}
     for op in ("wkv6", "wkv7"):
         xs = [x.requires_grad_() for x in W.example_inputs(op, B, T, H, N, dtype=torch.bfloat16, device="cuda")[0]]

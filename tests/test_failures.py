@@ -6,6 +6,7 @@ import json
 import lzma
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -245,6 +246,39 @@ def test_wrong_models_are_one_line(setup, tmp_path):
             (("--stage", "2", "--init_from", tmp_path / "s256"), "vocab mismatch: teacher 512, student 256"),
             (("--stage", "3", "--teacher", "", "--init_from", s, "--attention_layers", "1"), "needs --teacher")]):
         one_line(*run(setup, f"wrong{i}", *map(str, args), "--tokens", "512", check=False), words, code=1)
+
+
+def test_wrong_model_directories_are_one_line(setup, tmp_path):
+    # what load_model refuses, naming the directory or file: unsupported config fields, a config that is no object,
+    # no weights, pickle weights only, a tensor of another shape, one too many, one missing, no tensors at all
+    from safetensors.torch import load_file, save_file
+    cfg = json.loads((setup / "teacher" / "config.json").read_text())
+    sd = load_file(setup / "teacher" / "model.safetensors")
+
+    def directory(name, config=cfg, tensors=None, extra=()):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(config))
+        if tensors is not None:
+            save_file(tensors, d / "model.safetensors")
+        for f in extra:
+            (d / f).write_bytes(b"\x80")
+        return str(d)
+
+    for d, err, words in [
+            (directory("act", dict(cfg, hidden_act="gelu"), sd), M.ConfigError, "hidden_act 'gelu' is not supported"),
+            (directory("bias", dict(cfg, mlp_bias=True), sd), M.ConfigError, "mlp_bias=true is not supported"),
+            (directory("list", [cfg], sd), M.ConfigError, "list/config.json: malformed"),
+            (directory("none"), FileNotFoundError, "none: no model.safetensors"),
+            (directory("pickle", extra=["pytorch_model.bin"]), M.ConfigError, "only pickle weights found"),
+            (directory("shape", tensors=dict(sd, **{"model.norm.weight": torch.ones(3)})), M.ConfigError,
+             "model.norm.weight has shape (3,), expected (64,)"),
+            (directory("extra", tensors=dict(sd, extra=torch.ones(1))), M.ConfigError, "unexpected tensor extra"),
+            (directory("missing", tensors={k: v for k, v in sd.items() if k != "model.norm.weight"}),
+             M.ConfigError, "1 tensors missing, e.g. model.norm.weight"),
+            (directory("empty", tensors={}), M.ConfigError, "the checkpoint holds no tensors")]:
+        with pytest.raises(err, match=re.escape(words)):
+            convert.load_model(d)
 
 
 def test_stale_partial_checkpoints_are_removed(setup):

@@ -283,6 +283,8 @@ def corrupt_cases(good):
         "short-header": (lambda p: p.with_suffix(".idx").write_bytes(idx[:20]), "header truncated"),
         "offsets": (lambda p: p.with_suffix(".idx").write_bytes(idx[:34 + 12] + b"\x01" + idx[34 + 13:]), "offsets disagree"),
         "no-bin": (lambda p: p.with_suffix(".bin").unlink(), "not found"),
+        "no-docs": (lambda p: p.with_suffix(".idx").write_bytes(idx[:18] + struct.pack("<Q", 0) + idx[26:]), "no documents"),
+        "no-tokens": (lambda p: data.write_binidx(p, [np.array([], dtype=np.int64)], 1000), "no tokens"),
     }
 
 

@@ -345,6 +345,13 @@ def test_task_errors(tmp_path):
         E.load_task(str(tmp_path), "lambada_bad")
     with pytest.raises(E.EvalError, match="unknown task 'nope'.*there: bad, broken"):
         E.load_task(str(tmp_path), "nope")
+    for i, (doc, words) in enumerate([(["a", "b"], "expected a JSON object"),
+                                      ({"context": "a", "choices": [], "label": 0}, '"choices" must be a non-empty'),
+                                      ({"context": ["a", 1], "choices": ["b", "c"], "label": 0}, '"context" list'),
+                                      ({"context": 3, "choices": ["b"], "label": 0}, '"context" must be a string')]):
+        write_jsonl(tmp_path / f"odd{i}.jsonl", [doc])
+        with pytest.raises(E.EvalError, match=f"odd{i}\\.jsonl:1: {words}"):
+            E.load_task(str(tmp_path), f"odd{i}")
 
 
 def run_cli(*args):

@@ -215,6 +215,10 @@ def test_tokenizer_refuses_what_it_cannot_represent(tmp_path):
         ("split", lambda t: t.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
             {"type": "Punctuation"}, {"type": "ByteLevel", "add_prefix_space": False}]}), "unsupported pre-tokenizer"),
         ("wordpiece", lambda t: t["model"].update(type="WordPiece"), "not a plain byte-level BPE"),
+        ("normalizer", lambda t: t.update(normalizer={"type": "Lowercase"}), "unsupported normalizer Lowercase"),
+        ("lstrip", lambda t: t["added_tokens"][0].update(lstrip=True), "lstrip, rstrip or single_word"),
+        ("merge", lambda t: t["model"]["merges"].append("b b"), r"merge 'b' \+ 'b' makes no vocabulary token"),
+        ("not-bytes", lambda t: t["model"]["vocab"].update({"\u4e00": 259}), "is not in byte-level form"),
     ]:
         bad = json.loads(json.dumps(tok))
         change(bad)

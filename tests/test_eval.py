@@ -354,6 +354,25 @@ def test_task_errors(tmp_path):
             E.load_task(str(tmp_path), f"odd{i}")
 
 
+def test_input_errors(tmp_path):
+    # each bad input of a run is an EvalError naming it, raised before any model is scored
+    enc = type("enc", (), {"n_vocab": 512, "eot_id": 0, "encode_ordinary": lambda self, t: list(t.encode())})()
+    write_jsonl(tmp_path / "empty.jsonl", [])
+    write_jsonl(tmp_path / "notext.jsonl", [{"title": "x"}])
+    for call, words in [
+            (lambda: E.load_task(str(tmp_path), "empty"), r"empty\.jsonl: no examples"),
+            (lambda: E.text_tokens(str(tmp_path / "gone.jsonl"), enc, 10), r"gone\.jsonl: no such file"),
+            (lambda: E.text_tokens(str(tmp_path / "notext.jsonl"), enc, 10),
+             r'notext\.jsonl:1: expected \{"text": str\}'),
+            (lambda: E.text_tokens(str(tmp_path / "prefix"), enc, 10), "neither a .jsonl"),
+            (lambda: E.windows(np.arange(5), 8), "5 tokens do not fill one window of 8"),
+            (lambda: E.ints("1024,2k", "passkey_lengths"), "--passkey_lengths: expected comma-separated integers"),
+            (lambda: E.parse_models([f"a={tmp_path}", f"a={tmp_path}"]), "model name 'a' given twice"),
+            (lambda: E.merged_results([str(tmp_path / "r.json")]), r"r\.json: no such report")]:
+        with pytest.raises(E.EvalError, match=words):
+            call()
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "eval.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 

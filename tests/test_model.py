@@ -221,6 +221,15 @@ def test_student_model_types():
              (l3, "rwkv7", (), "radlads_rwkv7"), (l3, "rwkv6", (), "rwkv6qwen2"), (l3, "rwkv6", (2,), "radlads_rwkv6")]
     for t, kind, att, want in cases:
         assert M.student_config(t, kind, att).model_type == want, (t.model_type, kind, att)
+    # and what no student can be: an unknown mixer, a student's student, attention layers past the last
+    s = M.student_config(q2)
+    for args, words in [((q2, "mamba"), "student 'mamba' is not one of rwkv6, rwkv7"),
+                        ((s, "rwkv7"), "the teacher is already a student model"),
+                        ((q2, "rwkv7", (1, 3, -1)), r"attention_layers \[3, -1\] out of range 0..2")]:
+        with pytest.raises(M.ConfigError, match=words):
+            M.student_config(*args)
+    with pytest.raises(M.ConfigError, match="unknown model preset 'qwen9'"):
+        M.ModelConfig.from_name("qwen9")
 
 
 @pytest.mark.parametrize("name", ["qwen3", "llama3"])

@@ -299,6 +299,10 @@ def test_refuses_unsupported_inputs(tmp_path):
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="--force"):
         convert.gguf_to_hf(tmp_path / "header_only.gguf", tmp_path / "full")
+    with pytest.raises(ValueError, match="header_only.gguf: unreadable GGUF file"):  # the magic, then nothing
+        convert.gguf_to_hf(tmp_path / "header_only.gguf", tmp_path / "o")
+    with pytest.raises(ValueError, match="dtype must be float32, bfloat16 or float16, not 'int8'"):
+        convert.gguf_to_hf(tmp_path / "header_only.gguf", tmp_path / "o", dtype="int8")
     other = gguf.GGUFWriter(str(tmp_path / "gpt2.gguf"), "gpt2")
     other.write_header_to_file(), other.write_kv_data_to_file(), other.write_tensors_to_file(), other.close()
     with pytest.raises(ValueError, match="architecture 'gpt2' unsupported"):

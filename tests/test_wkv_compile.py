@@ -5,8 +5,8 @@ kernel that records its arguments; each distinct launch is then compiled for sm_
 nothing runs. Default: head sizes 128 and 256 in bfloat16 and float32 and 64 in bfloat16, the training path (forward
 keeping the chunk matrices, backward with wgmma and with mma.sync; for wkv7 in float32 at N = 256, which has none, the
 forward alone), wkv7 told RAD-RWKV7's decay floor as the model calls it. RUN_SLOW=1 adds the inference path (forward
-alone), head sizes 16 and 32 and 64 in float32, and wkv7 with a decay reference per 16 rows (2 minutes by default,
-7.5 with RUN_SLOW, on 2 cores)."""
+alone), head sizes 16 and 32 and 64 in float32, float16 and float64 inputs (the public functions take any float
+dtype), and wkv7 with a decay reference per 16 rows (2 minutes by default, about 20 with RUN_SLOW, on 2 cores)."""
 import os
 import sys
 from pathlib import Path
@@ -19,7 +19,7 @@ import wkv_kernel as W  # noqa: E402
 
 SMEM = 232448  # bytes of shared memory one block may use on sm_90 (227 KiB)
 KERNELS = [name for name in vars(W) if name.endswith("_kernel")]
-TYPES = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}
+TYPES = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float16: "*fp16", torch.float64: "*fp64"}
 _compiled = {}  # one compilation per distinct launch, shared by the cases
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles; the interpreter runs")
@@ -78,13 +78,14 @@ def compile_sm90(fn, args, kw, mma_v2):
 def cases():
     slow = pytest.mark.slow
     for kind, BC in [("wkv6", W.SUB), ("wkv7", W._ref_rows(W.RWKV7_LOGW_MIN)), ("wkv7-any", W.SUB)]:
-        for dtype in (torch.bfloat16, torch.float32):
+        for dtype in TYPES:
             for N in (16, 32, 64, 128, 256):
                 for grad, mma_v2 in [(True, False), (True, True), (False, False)]:
                     if grad and kind != "wkv6" and dtype != torch.bfloat16 and N > 128:
                         continue  # _check refuses: wkv7's float32 backward takes N <= 128
                     only_path = not grad and kind == "wkv7" and dtype != torch.bfloat16 and N > 128
-                    fast = N >= 128 or N == 64 and dtype == torch.bfloat16  # (SmolLM2's N = 64 runs in bf16)
+                    # by default what the students run: bf16 and float32 (SmolLM2's N = 64 in bf16)
+                    fast = N >= 128 and dtype == torch.float32 or N >= 64 and dtype == torch.bfloat16
                     marks = [] if fast and kind != "wkv7-any" and (grad or only_path) else [slow]
                     path = "train-mma.sync" if mma_v2 else "train" if grad else "infer"
                     yield pytest.param(kind, BC, dtype, N, grad, mma_v2, marks=marks,

@@ -1,6 +1,7 @@
 import json
 import lzma
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,13 @@ def setup(tmp_path_factory):
     return tmp
 
 
+def free_port():
+    # a local port the system has free now (a fixed or pid-derived one may still be held by an earlier run)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run(setup, out, *args, nproc=1, wait=True, check=True):
     """distill.py on the tiny teacher with small settings (later arguments override them): its output, or with
     check=False (returncode, output), or with wait=False the running process."""
@@ -86,7 +94,7 @@ def run(setup, out, *args, nproc=1, wait=True, check=True):
         cmd = [sys.executable, "distill.py"]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={29600 + os.getpid() % 300}", "distill.py"]
+               f"--master_port={free_port()}", "distill.py"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     p = subprocess.Popen(cmd + common + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -1,11 +1,11 @@
 """bench.py on the CPU, tiny shapes: each subcommand runs through and writes its rows (numbers worth reporting
 come from a GPU; see the README)."""
 import json
-import os
 
 import pytest
 
 import bench
+from conftest import free_port
 
 
 def test_decode_smoke(tmp_path, capsys):
@@ -20,7 +20,7 @@ def test_decode_smoke(tmp_path, capsys):
 def test_distill_step_smoke(stage, tmp_path, monkeypatch):
     # a world of one process, its variables gone after the test
     for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                     MASTER_PORT=str(29400 + (os.getpid() + stage) % 500)).items():
+                     MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(k, v)
     out = tmp_path / "distill.json"
     row = bench.distill_step(bench.DistillBench(preset="tiny", stage=stage, seq_len=32, micro_batch=2, batch_size=4,

@@ -141,13 +141,18 @@ def print0(*a):
         sys.stdout.flush()
 
 
+def free_port():
+    # a local port the system has free now (a fixed or pid-derived one may still be held by an earlier run)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def setup_distributed():
     """torchrun sets RANK / WORLD_SIZE; plain python runs as a world of one. -> rank, world size, device"""
-    if "RANK" not in os.environ:  # its rendezvous on a port the system has free (not one another run may hold)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
     device = torch.device("cpu")
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

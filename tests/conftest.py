@@ -1,7 +1,6 @@
 import json
 import lzma
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ V = 512  # the tiny teacher's vocabulary
 
 import convert  # noqa: E402
 import data  # noqa: E402
+from distill import free_port  # noqa: E402
 import model as M  # noqa: E402
 
 
@@ -74,13 +74,6 @@ def setup(tmp_path_factory):
     data.write_binidx(str(tmp / "train"), docs, V)
     data.write_binidx(str(tmp / "val"), docs[:40], V)
     return tmp
-
-
-def free_port():
-    # a local port the system has free now (a fixed or pid-derived one may still be held by an earlier run)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(setup, out, *args, nproc=1, wait=True, check=True):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import bench
-from conftest import free_port
+from distill import free_port
 
 
 def test_decode_smoke(tmp_path, capsys):

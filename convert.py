@@ -88,8 +88,15 @@ def config_from_hf(d):
             if not isinstance(n_att, int):
                 raise M.ConfigError(f"config.json: num_attention_layers is {n_att!r} and no attention_layers list")
             att = list(range(n_layers - n_att, n_layers))
-        kw.update(student=mt.removeprefix("radlads_").removesuffix("qwen2"), attention_layers=list(att),
-                  untied_from_tied=d.get("untied_from_tied", False))
+        student = mt.removeprefix("radlads_").removesuffix("qwen2")
+        # SPEC §5's switches, where given, must name this code's student (the authors' GroupNorm variant, say, is not)
+        want = dict(balance_state=True, groupnorm_att=False, attention_output_bias=False, use_rope=student == "rwkv7",
+                    use_tokenshift=student == "rwkv6", gate_rank_type=1 if student == "rwkv6" else 2)
+        bad = [f for f, v in want.items() if f in d and d[f] != v]
+        if bad:
+            raise M.ConfigError(f"config.json: {bad[0]}={d[bad[0]]!r} is another {mt} than RAD-RWKV's "
+                                f"({bad[0]}={want[bad[0]]!r}): not supported")
+        kw.update(student=student, attention_layers=list(att), untied_from_tied=d.get("untied_from_tied", False))
     return M.ModelConfig(**kw)
 
 
@@ -209,7 +216,8 @@ def load_into(module, tensors, what):
             elif key != "lm_head.weight":  # (a tied model's head is its embedding: one parameter)
                 raise M.ConfigError(f"{what}: unexpected tensor {key} for a {module.cfg.model_type} model")
             embed = t if key == "model.embed_tokens.weight" else embed
-        if "lm_head.weight" in params and "lm_head.weight" not in done and embed is not None:
+        tied = module.cfg.tie_word_embeddings or module.cfg.untied_from_tied  # (else a missing head is missing)
+        if tied and "lm_head.weight" in params and "lm_head.weight" not in done and embed is not None:
             put("lm_head.weight", embed)
     missing = sorted(set(params) - done)
     if missing:

@@ -457,6 +457,8 @@ def student_config(teacher_cfg, student="rwkv7", attention_layers=()):
 def unpublished(cfg):
     """Why the authors' HF code for model_type f"{student}qwen2" would compute this student wrong, or None."""
     n, L = len(cfg.attention_layers), cfg.num_hidden_layers
+    if cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:  # (its per-channel vectors and LoRAs are C wide)
+        return "the published code takes heads x head size = hidden size"
     if cfg.qk_norm:
         return "the published code has no q/k norms"
     if cfg.rope_type != "default" and (cfg.student == "rwkv7" or n):  # (RAD-RWKV6 uses RoPE in attention layers only)
@@ -625,14 +627,14 @@ def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_p=1.0, eos_
     logits = torch.cat(last)
     out = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
+    for i in range(max_new_tokens):
         tok = sample(logits.float(), temperature, top_p, gen)
         for b, (t, d) in enumerate(zip(tok.tolist(), done.tolist())):  # two transfers, not one per row
             if not d:
                 out[b].append(t)
         if eos_id is not None:
             done |= tok == eos_id
-        if bool(done.all()):
+        if bool(done.all()) or i == max_new_tokens - 1:  # (no step whose logits nobody reads)
             break
         logits = dec.step(tok)
     return out

@@ -250,7 +250,7 @@ def test_wrong_models_are_one_line(setup, tmp_path):
 
 def test_wrong_model_directories_are_one_line(setup, tmp_path):
     # what load_model refuses, naming the directory or file: unsupported config fields, a config that is no object,
-    # no weights, pickle weights only, a tensor of another shape, one too many, one missing, no tensors at all
+    # no weights, pickle weights only, a tensor of another shape, one too many, one missing, no tensors at all, no head
     from safetensors.torch import load_file, save_file
     cfg = json.loads((setup / "teacher" / "config.json").read_text())
     sd = load_file(setup / "teacher" / "model.safetensors")
@@ -276,7 +276,9 @@ def test_wrong_model_directories_are_one_line(setup, tmp_path):
             (directory("extra", tensors=dict(sd, extra=torch.ones(1))), M.ConfigError, "unexpected tensor extra"),
             (directory("missing", tensors={k: v for k, v in sd.items() if k != "model.norm.weight"}),
              M.ConfigError, "1 tensors missing, e.g. model.norm.weight"),
-            (directory("empty", tensors={}), M.ConfigError, "the checkpoint holds no tensors")]:
+            (directory("empty", tensors={}), M.ConfigError, "the checkpoint holds no tensors"),
+            (directory("nohead", tensors={k: v for k, v in sd.items() if k != "lm_head.weight"}),  # untied: no copy
+             M.ConfigError, "1 tensors missing, e.g. lm_head.weight")]:
         with pytest.raises(err, match=re.escape(words)):
             convert.load_model(d)
 

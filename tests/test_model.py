@@ -218,7 +218,8 @@ def test_student_model_types():
     cases = [(q2, "rwkv7", (), "rwkv7qwen2"), (q2, "rwkv6", (1,), "radlads_rwkv6"), (q2, "rwkv7", (0,), "radlads_rwkv7"),
              (q2, "rwkv7", (2,), "rwkv7qwen2"),
              (q3, "rwkv6", (), "radlads_rwkv6"), (q3, "rwkv7", (2,), "radlads_rwkv7"),
-             (l3, "rwkv7", (), "radlads_rwkv7"), (l3, "rwkv6", (), "rwkv6qwen2"), (l3, "rwkv6", (2,), "radlads_rwkv6")]
+             (l3, "rwkv7", (), "radlads_rwkv7"), (l3, "rwkv6", (), "rwkv6qwen2"), (l3, "rwkv6", (2,), "radlads_rwkv6"),
+             (tiny_teacher(head_dim=32).cfg, "rwkv7", (), "radlads_rwkv7")]  # 4 heads x 32 != 64: wider vectors
     for t, kind, att, want in cases:
         assert M.student_config(t, kind, att).model_type == want, (t.model_type, kind, att)
     # and what no student can be: an unknown mixer, a student's student, attention layers past the last
@@ -307,6 +308,16 @@ def test_batched_generation_matches_single():
     assert together == alone
     sampled = M.generate(model, prompts, max_new_tokens=5, temperature=0.8, top_p=0.9, seed=0)
     assert [len(s) for s in sampled] == [5, 5, 5]
+
+
+def test_generation_takes_one_step_per_token_it_reads(monkeypatch):
+    # the prefill gives the first token's logits, each decode step the next one's: n tokens, n - 1 steps
+    steps, step = [], M.GraphDecoder.step
+    monkeypatch.setattr(M.GraphDecoder, "step", lambda self, tok: steps.append(1) or step(self, tok))
+    model = students()["rwkv7"].eval()
+    out = M.generate(model, [[1, 2, 3]], max_new_tokens=6)
+    assert len(out[0]) == 6 and len(steps) == 5
+    assert M.generate(model, [[1, 2, 3]], max_new_tokens=3) == [out[0][:3]]
 
 
 class HostReads(TorchDispatchMode):
@@ -462,6 +473,11 @@ def test_published_config_fields_read_back():
     del hf["attention_layers"]
     back = convert.config_from_hf(hf)
     assert back.attention_layers == [2] and back.untied_from_tied and back == s.cfg
+    # SPEC §5's switches name RAD-RWKV7; another setting of any is another model, refused
+    for f, v in [("groupnorm_att", True), ("balance_state", False), ("use_rope", False), ("gate_rank_type", 1),
+                 ("use_tokenshift", True), ("attention_output_bias", True)]:
+        with pytest.raises(M.ConfigError, match=f"{f}={v!r} is another rwkv7qwen2 than RAD-RWKV's"):
+            convert.config_from_hf(dict(hf, **{f: v}))
 
 
 def test_new_mixer_from_readme(tmp_path):

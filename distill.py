@@ -11,6 +11,7 @@ the same command resumes from the newest complete checkpoint.
 Sections: config -> distributed init -> data -> models -> sharding -> optimizer -> resume -> loop.
 """
 import dataclasses
+import datetime
 import fcntl
 import functools
 import glob
@@ -78,6 +79,9 @@ class Config:
     # float32: [choice] over SPEC's bf16 weights, whose updates at lr 1e-5 would round away; exports are bf16)
     loss_chunk: int = 2048  # tokens per chunk of the KL / cross-entropy, so [tokens, vocab] float32 never exists
     activation_checkpointing: bool = False  # recompute blocks in the backward (steps 2/3)
+    accum_sync: bool = False  # reduce gradients after every micro-batch, not once a step: more traffic, but no
+    # unsharded float32 gradient of everything trained on every GPU (FSDP2's accumulation: 30 GB at 7B); set by
+    # itself when that would take a quarter of a GPU's memory (from about 14B on 80 GB)
     compile: bool = True  # torch.compile teacher and student blocks (step 1: time mixers) and the loss; GPU only
     ckpt_every: int = 200  # optimizer steps between checkpoints (always one at the end)
     keep_ckpts: int = 2  # complete checkpoints kept on disk
@@ -190,10 +194,13 @@ def lock_stage_dir(stage_dir, rank, device):
                          "directory: wait for it, stop it, or pass another --out_dir")
 
 
-def resume(cfg, ckpt_root, student, opt, rank):
-    """The step to start from: that of the newest checkpoint that loads (a damaged one is skipped with a notice;
-    falling back, the run repeats the steps after the older one), refusing changed settings; 0 if none."""
-    for path in reversed(convert.checkpoint_dirs(ckpt_root)):
+def resume(cfg, ckpt_root, student, opt, rank, device):
+    """The step to start from (collective): that of the newest checkpoint that every process loads (a damaged one is
+    skipped with a notice; falling back, the run repeats the steps after the older one), refusing changed settings;
+    0 if there is none. A failed load may have written part of a checkpoint into the model: with checkpoints there
+    and none that loads, the run stops rather than start over from those weights."""
+    paths = convert.checkpoint_dirs(ckpt_root)
+    for path in reversed(paths):
         saved = convert.read_run_config(path)
         changed = [k for k in RUN_DEFINING if k in saved and saved[k] != getattr(cfg, k)]
         if changed and not cfg.resume_changed:
@@ -202,12 +209,21 @@ def resume(cfg, ckpt_root, student, opt, rank):
                                   f"{saved[k]!r} ({len(changed)} setting(s) differ: {', '.join(changed)}); use "
                                   "another --out_dir, or pass --resume_changed to continue it with the new values")
         try:
-            step = convert.load_checkpoint(path, student, opt, rank)
+            step, err = convert.load_checkpoint(path, student, opt, rank), None
         except ValueError as e:
-            print0(f"notice: skipping a damaged checkpoint: {e}")
+            err = e
+        ok = torch.tensor([float(err is None)], device=device)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # one process's failure (its RNG file, say) is everyone's
+        if not ok.item():
+            print0(f"notice: skipping a damaged checkpoint: {err or f'{path}: another process could not load it'}")
             continue
+        for g in opt.param_groups:  # this run's settings, not the checkpoint's (they differ under --resume_changed)
+            g.update(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
         print0(f"resumed from {path} at step {step}")
         return step
+    if paths:
+        raise ValueError(f"no checkpoint in {ckpt_root} loads (see the notices above), and a failed load may have "
+                         f"left part of one in the model: move {ckpt_root} aside to start the step afresh")
     return 0
 
 
@@ -239,10 +255,10 @@ def prepare_student(cfg, student):
         elif cfg.compile:  # the block's computation inside the checkpoint: the WKV call (not traced) breaks the
             # graph, and a graph break inside a compiled checkpoint would run the whole checkpointed block eager
             block._forward = torch.compile(block._forward)
-    if cfg.stage == 1:
+    if cfg.stage == 1:  # (a hybrid's attention layers are the teacher's: nothing to align)
         student.requires_grad_(False)
-        for block in student.model.layers:
-            block.self_attn.requires_grad_(True)
+        for i, block in enumerate(student.model.layers):
+            block.self_attn.requires_grad_(student.cfg.mixer(i) != "attention")
 
 
 def prepare_teacher(cfg, teacher):
@@ -294,6 +310,8 @@ def build(cfg, device, mp, teacher_cfg=None, teacher=None):
         tensors = convert.iter_checkpoint(src)
         if att and set(att) != set(scfg.attention_layers):
             scfg, tensors = restore_attention(cfg, src, scfg, att, tensors)
+    if cfg.stage == 1 and len(scfg.attention_layers) == scfg.num_hidden_layers:
+        raise ValueError("step 1 has no time mixer to align: every layer is an attention layer")
     if teacher is not None and teacher.cfg.vocab_size != scfg.vocab_size:
         raise ValueError(f"vocab mismatch: teacher {teacher.cfg.vocab_size}, student {scfg.vocab_size}")
     student = sharded(scfg, torch.float32, device, mp, tensors, src, cfg.stage == 1, lambda m: prepare_student(cfg, m))
@@ -322,7 +340,8 @@ def make_optimizer(cfg, student, device):
     named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
     attn = [p for n, p in named if ".self_attn." in n]
     rest = [p for n, p in named if ".self_attn." not in n]
-    lrs = [(cfg.attn_lr or cfg.lr, cfg.attn_lr_final or cfg.lr_final), (cfg.lr, cfg.lr_final)]
+    lrs = [(cfg.attn_lr or cfg.lr, cfg.attn_lr_final or cfg.lr_final) if cfg.stage > 1 else (cfg.lr, cfg.lr_final),
+           (cfg.lr, cfg.lr_final)]
     groups = [({"params": ps, "lr": lr[0]}, lr) for ps, lr in zip([attn, rest], lrs) if ps]
     opt = torch.optim.AdamW([g for g, _ in groups], betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                             weight_decay=cfg.weight_decay, fused=True)
@@ -425,11 +444,12 @@ def step_loss(cfg, teacher, student, batch, hooks):
             teacher(x, hidden=True)
         cos, sin = student.rope(torch.arange(x.shape[1], device=x.device)[None])
         v_first, loss, fn = None, 0.0, compiled(align_loss) if cfg.compile else align_loss
-        for i, block in enumerate(student.model.layers):
+        mixers = [i for i in range(len(hooks)) if student.cfg.mixer(i) != "attention"]  # (attention passes v_first on)
+        for i in mixers:
             h, t_out = hooks[i].captured
-            s_out, v_first = block.self_attn(h, cos, sin, v_first)
+            s_out, v_first = student.model.layers[i].self_attn(h, cos, sin, v_first)
             loss = loss + fn(t_out, s_out)
-        loss = loss / len(student.model.layers)
+        loss = loss / len(mixers)
         return loss, torch.stack([loss.detach(), torch.zeros_like(loss.detach())])
     if cfg.stage == 2:
         with torch.no_grad():
@@ -509,7 +529,7 @@ def train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, w
     tot = torch.zeros(2, device=device)
     for a in range(accum):
         batch = get_batch(step * accum + a)
-        student.set_requires_gradient_sync(a == accum - 1)
+        student.set_requires_gradient_sync(cfg.accum_sync or a == accum - 1)
         loss, parts = step_loss(cfg, teacher, student, batch.to(device), hooks)
         (loss / accum).backward()
         tot += parts / accum
@@ -596,6 +616,7 @@ def log_step(cfg, step, steps, tot, norm, lr, dt, world, fpt, peak, device, log_
 
 def finish(cfg, student, stage_dir, rank, metrics):
     # a consolidated HF directory of the student (written beside, then renamed over final/), and the loss curve
+    wait = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=2))  # (collective, as is the gather)
     sd = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         final = os.path.join(stage_dir, "final")
@@ -607,7 +628,7 @@ def finish(cfg, student, stage_dir, rank, metrics):
         metrics.close()
         plot(stage_dir)
         print0(f"saved {final}")
-    dist.barrier()
+    dist.barrier(group=wait)  # on the CPU: rank 0's write (minutes at 72B) may outlast the GPU collectives' timeout
 
 
 # ----------------------------------------------------------------------------- main
@@ -639,6 +660,12 @@ def main(argv):
     lock_stage_dir(stage_dir, rank, device)
     mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.dtype), reduce_dtype=torch.float32)
     teacher, student = build(cfg, device, mp)
+    teacher = None if cfg.stage == 3 else teacher  # (--init_from teacher: it made the student; step 3 needs no more)
+    unsharded = 4 * sum(p.numel() for p in student.parameters() if p.requires_grad)  # bytes of float32 gradients
+    if world > 1 and accum > 1 and device.type == "cuda" and not cfg.accum_sync and \
+            unsharded > torch.cuda.get_device_properties(device).total_memory / 4:
+        cfg.accum_sync = True
+        print0(f"notice: --accum_sync set: accumulating whole gradients would hold {unsharded / 2**30:.0f} GiB a GPU")
     for ds in filter(None, (train_ds, val_ds)):  # data made for another model fails here, not mid-run
         note = data.check_tokenizer(ds.prefix, cfg.teacher or init_source(cfg))
         if note:
@@ -650,7 +677,9 @@ def main(argv):
         rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, rank, world, device)
         return dist.destroy_process_group()
     opt, lrs = make_optimizer(cfg, student, device)
-    start = resume(cfg, ckpt_root, student, opt, rank)
+    start = resume(cfg, ckpt_root, student, opt, rank, device)
+    if start > steps:
+        raise data.UsageError(f"--max_steps {cfg.max_steps}: the run in {ckpt_root} is at step {start} already")
     log_path = os.path.join(stage_dir, "log.txt")
     if rank == 0:
         with open(log_path, "a") as fh:
@@ -692,8 +721,8 @@ def main(argv):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             bar.update(1)
-            if rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
-                log_step(cfg, step + 1, steps, tot.tolist(), norm.item(), opt.param_groups[0]["lr"],
+            if rank == 0 and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):  # lr: --lr's group (the last)
+                log_step(cfg, step + 1, steps, tot.tolist(), norm.item(), opt.param_groups[-1]["lr"],
                          time.perf_counter() - t0, world, fpt, peak, device, log_path, metrics)
     opt.zero_grad(set_to_none=True)  # the last checkpoint holds them: the final evaluation and export get the memory
     opt.state.clear()
@@ -729,4 +758,8 @@ def plot(stage_dir):
 
 
 if __name__ == "__main__":
-    data.run(main)
+    try:
+        data.run(main)
+    finally:  # after an error too: a process group left to the interpreter's exit can abort it (gloo's threads)
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -22,7 +22,8 @@ state buys: long-context retrieval. (Inference speed: bench.py decode.)
 
 Continuations are split as lm-eval does: trailing whitespace of the context moves to the
 continuation, the continuation's tokens are those of tokenize(context + choice) after
-tokenize(context), no special tokens are added, and an empty context becomes the EOS token.
+tokenize(context), no special tokens are added, and an empty context becomes the token that ends each
+document (data.py's eot_id).
 
     python eval.py --models teacher=out/teacher student=out/student --eval_dir ../shared/eval \\
         --val_data ../shared/data/gutenberg/val-00.jsonl.xz
@@ -220,7 +221,7 @@ def lambada(model, enc, docs, batch_size=32, max_len=2048, desc="lambada"):
 
 
 def text_tokens(path, enc, n_tokens):
-    """The first n_tokens of a jsonl(.xz/.gz) set (field "text", an EOS after each document, as
+    """The first n_tokens of a jsonl(.xz/.gz) set (field "text", an EOS after each document, empty ones skipped, as
     data.py writes binidx) or of a binidx prefix, as a 1-D int64 array."""
     if re.search(r"\.jsonl(\.xz|\.gz)?$", path):
         if not os.path.isfile(path):
@@ -229,7 +230,7 @@ def text_tokens(path, enc, n_tokens):
         for i, d in data.read_jsonl(path):
             if not (isinstance(d, dict) and isinstance(d.get("text"), str)):
                 raise EvalError(f'{path}:{i}: expected {{"text": str}}')
-            toks += enc.encode_ordinary(d["text"]) + [eot(enc)]
+            toks += enc.encode(d["text"], allowed_special="all") + [eot(enc)] if d["text"] else []
             if len(toks) >= n_tokens:
                 break
         return np.asarray(toks[:n_tokens], dtype=np.int64)
@@ -411,7 +412,8 @@ def agreement(outs, refs):
 def report(results, ref):
     """Markdown: scores (%) one row per model, then scores relative to the reference model."""
     rel = relative_scores(results, ref)
-    tasks = list(dict.fromkeys(t for r in results.values() for t, m in r.items() if "random" in m))
+    tasks = list(dict.fromkeys(t for r in results.values() for t, m in r.items()
+                               if isinstance(m, dict) and "random" in m))  # (not a generated sample's text)
     keys = list(dict.fromkeys(L for r in results.values() for L in r.get("passkey", {})))
     header = ["model"] + [f"{t} {HEADLINE.get(t, 'acc')}" for t in tasks]
     header += ["lambada ppl"] * any("ppl" in r.get("lambada_openai", {}) for r in results.values())
@@ -450,7 +452,9 @@ def ints(s, what):
 def parse_models(specs):
     out = {}
     for s in specs:
-        name, _, path = s.rpartition("=") if "=" in s else (os.path.basename(os.path.normpath(s)), "", s)
+        # NAME=DIR, or DIR alone (named by its last part); a directory whose own name holds "=" is taken whole
+        bare = "=" not in s or os.path.isdir(s)
+        name, _, path = (os.path.basename(os.path.normpath(s)), "", s) if bare else s.partition("=")
         if not os.path.isdir(path):
             raise EvalError(f"{path}: no such model directory")
         if name in out:

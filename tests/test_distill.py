@@ -131,11 +131,13 @@ def test_two_processes_match_one(setup):
             "--grad_clip", "0.002"]
     run(setup, "one", *args)
     run(setup, "two", *args, nproc=2)
+    run(setup, "two-sync", *args, "--accum_sync", nproc=2)  # gradients reduced after each micro-batch
     for key in ("loss", "norm"):
-        a, b = losses(setup, "one", 2, key), losses(setup, "two", 2, key)
-        assert a.keys() == b.keys() and len(a) == 6
-        for k in a:
-            assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]) + 1e-7, (key, k, a[k], b[k])
+        a = losses(setup, "one", 2, key)
+        for b in (losses(setup, "two", 2, key), losses(setup, "two-sync", 2, key)):
+            assert a.keys() == b.keys() and len(a) == 6
+            for k in a:
+                assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]) + 1e-7, (key, k, a[k], b[k])
     assert min(losses(setup, "one", 2, "norm").values()) > 0.004  # so the clip acted
 
 
@@ -314,6 +316,14 @@ def test_step_losses_match_their_definitions():
     assert teacher.model.layers[-1].attention_only and not teacher.model.layers[0].attention_only
     assert got1.item() == pytest.approx(want1.item(), rel=1e-5)
     assert got2.item() == pytest.approx(want2.item(), rel=1e-5)
+    # a hybrid's kept attention is the teacher's own: in step 1 it neither counts nor trains
+    hybrid = M.make_student(teacher, "rwkv7", [1])
+    hybrid.load_state_dict(student.state_dict(), strict=False)  # layers 0 and 2 as above
+    with torch.no_grad():
+        got_h = distill.step_loss(cfg1, teacher, hybrid, batch, hooks)[0]
+    assert got_h.item() == pytest.approx((per_layer[0] + per_layer[2]).item() / 2, rel=1e-5)
+    distill.prepare_student(cfg1, hybrid)
+    assert [any(p.requires_grad for p in b.self_attn.parameters()) for b in hybrid.model.layers] == [True, False, True]
 
 
 @pytest.mark.parametrize("tied", [False, True])

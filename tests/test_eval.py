@@ -147,12 +147,14 @@ def test_lambada_by_hand(enc, tmp_path):
 def test_perplexity_jsonl_and_binidx(enc, tmp_path):
     texts = ["The first document, a little longer than the others.", "Second.", "A third one ends here."]
     with lzma.open(tmp_path / "val.jsonl.xz", "wt") as fh:
-        fh.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+        fh.writelines(json.dumps({"text": t}) + "\n" for t in texts[:2] + [""] + texts[2:])  # (empty: skipped)
     stream = [t for x in texts for t in list(x.encode()) + [EOT]]
     toks = E.text_tokens(str(tmp_path / "val.jsonl.xz"), enc, 70)
     assert toks.tolist() == stream[:70]
     data.write_binidx(tmp_path / "val", [np.array(list(x.encode()) + [EOT]) for x in texts], 257)
     assert E.text_tokens(str(tmp_path / "val"), enc, 70).tolist() == stream[:70]
+    write_jsonl(tmp_path / "special.jsonl", [{"text": "a<|endoftext|>b"}])  # as data.py tokenize reads it: one token
+    assert E.text_tokens(str(tmp_path / "special.jsonl"), enc, 10).tolist() == [97, EOT, 98, EOT]
     model = tiny_teacher()
     res = E.perplexity(model, toks, window=16, batch_size=3)  # 4 windows of 16, the last 6 tokens dropped
     x = torch.tensor(stream[:64]).view(4, 16)
@@ -248,8 +250,8 @@ def test_relative_scores():
     assert rel["student"]["arc_challenge"] == pytest.approx(2 / 3)
     assert rel["student"]["lambada_openai"] == pytest.approx(0.75)
     assert rel["student"]["avg"] == pytest.approx((2 / 3 + 0.75) / 2)
-    md, _ = E.report(results, "teacher")
-    assert "| student | 45.0 | 60.0 | 9.00 | 3.0000 | 20.10 |" in md
+    md, _ = E.report(dict(results, teacher=dict(results["teacher"], sample="a random walk")), "teacher")
+    assert "| student | 45.0 | 60.0 | 9.00 | 3.0000 | 20.10 |" in md  # (a generated sample is no task)
     assert "| student | 66.7 | 75.0 | 70.8 |" in md
 
 
@@ -368,9 +370,13 @@ def test_input_errors(tmp_path):
             (lambda: E.windows(np.arange(5), 8), "5 tokens do not fill one window of 8"),
             (lambda: E.ints("1024,2k", "passkey_lengths"), "--passkey_lengths: expected comma-separated integers"),
             (lambda: E.parse_models([f"a={tmp_path}", f"a={tmp_path}"]), "model name 'a' given twice"),
+            (lambda: E.parse_models([f"a={tmp_path}/lr=1e-5/gone"]), r"lr=1e-5/gone: no such model directory"),
             (lambda: E.merged_results([str(tmp_path / "r.json")]), r"r\.json: no such report")]:
         with pytest.raises(E.EvalError, match=words):
             call()
+    (tmp_path / "lr=1e-5").mkdir()  # a directory whose name holds "=", alone or named
+    assert E.parse_models([str(tmp_path / "lr=1e-5"), f"b={tmp_path}/lr=1e-5"]) == [
+        ("lr=1e-5", str(tmp_path / "lr=1e-5")), ("b", f"{tmp_path}/lr=1e-5")]
 
 
 def run_cli(*args):

@@ -124,6 +124,56 @@ def test_damaged_newest_checkpoint_falls_back(setup, damage):
     assert f"skipping a damaged checkpoint: {newest}" in text and f"resumed from {older} at step 2" in text
 
 
+def test_no_checkpoint_that_loads_stops_the_run(setup):
+    # a failed load may leave part of a checkpoint in the model: starting over from those weights would pass off
+    # trained weights as fresh ones, so with checkpoints there and none that loads the run stops
+    run(setup, "nogood", "--tokens", str(10 * 8 * 32), "--max_steps", "2", "--ckpt_every", "2")
+    (only,) = ckpts(setup, "nogood")
+    shard = next(f for f in os.listdir(only) if f.endswith(".distcp"))
+    with open(os.path.join(only, shard), "r+b") as fh:
+        fh.truncate(os.path.getsize(os.path.join(only, shard)) * 6 // 10)
+    rc, text = run(setup, "nogood", "--tokens", str(10 * 8 * 32), "--max_steps", "4", check=False)
+    one_line(rc, text, "no checkpoint in", "loads", "move", code=1)
+    assert f"skipping a damaged checkpoint: {only}" in text
+    # and a checkpoint past --max_steps is not exported as the weights of fewer steps
+    run(setup, "past", "--tokens", str(10 * 8 * 32), "--max_steps", "4", "--ckpt_every", "2")
+    one_line(*run(setup, "past", "--tokens", str(10 * 8 * 32), "--max_steps", "3", check=False), "at step 4", code=2)
+
+
+def test_processes_agree_on_the_checkpoint_they_resume(setup):
+    # a damage only one process meets (its RNG file) must send every process back to the older checkpoint together
+    args = ["--tokens", str(10 * 8 * 32), "--ckpt_every", "2"]
+    run(setup, "agree", *args, "--max_steps", "4", nproc=2)
+    older, newest = ckpts(setup, "agree")
+    with open(os.path.join(newest, "rng_1.pt"), "wb") as fh:
+        fh.write(b"not a tensor file")
+    text = run(setup, "agree", *args, "--max_steps", "6", nproc=2)
+    assert f"{newest}: another process could not load it" in text and f"resumed from {older} at step 2" in text
+
+
+def test_resume_takes_this_runs_adam_settings(setup):
+    # --resume_changed continues "with the new values": the optimizer's betas, eps and weight decay too, which a
+    # checkpoint's saved parameter groups would otherwise bring back
+    code = f"""if True:
+        import torch, distill, model as M, convert
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+        device = distill.setup_distributed()[2]
+        mp = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+        m = distill.sharded(M.ModelConfig(**M.PRESETS["tiny"]), torch.float32, device, mp, None, "tiny")
+        opt, _ = distill.make_optimizer(distill.Config(stage=2), m, device)
+        m(torch.zeros(1, 4, dtype=torch.long, device=device)).sum().backward()
+        distill.optimizer_step(opt)
+        convert.save_checkpoint({str(setup / "adam")!r}, 1, m, opt, 0, 2, {{}})
+        cfg = distill.Config(stage=2, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1)
+        opt, _ = distill.make_optimizer(cfg, m, device)
+        print(distill.resume(cfg, {str(setup / "adam")!r}, m, opt, 0, device),
+              sorted({{(g["betas"], g["eps"], g["weight_decay"]) for g in opt.param_groups}}))
+    """
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1 [((0.8, 0.99), 1e-06, 0.1)]", out.stdout
+
+
 def test_convert_never_overwrites_without_force(setup, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("trained weights")

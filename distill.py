@@ -86,7 +86,8 @@ class Config:
     ckpt_every: int = 200  # optimizer steps between checkpoints (always one at the end)
     keep_ckpts: int = 2  # complete checkpoints kept on disk
     val_every: int = 100  # optimizer steps between validation passes
-    val_batches: int = 8  # micro-batches per validation pass
+    val_batches: int = 8  # micro-batches per process per validation pass: the first val_batches x micro_batch x
+    # processes windows of --val_data (another micro-batch or world size on resuming scores another set)
     log_every: int = 1  # optimizer steps between log lines
     peak_tflops: float = 0.0  # per-device peak for MFU (0 = guess from the GPU name; none on CPU)
     resume_changed: bool = False  # resume although a setting that changes the run differs from its checkpoint's

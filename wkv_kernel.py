@@ -32,7 +32,7 @@ column factors e^(gm - gc) under e^(|logw| BC / 2) in the row's own block and un
 them under e^45 for logw >= -5 (RAD-RWKV6 clamps there), so nothing leaves float32 (or bfloat16) range. A caller
 that guarantees logw >= -45 / 33 (logw_min; RAD-RWKV7's lies in (-0.61, 0)) gets BC = 64, one reference per
 chunk: a quarter of the products and no [BT, BT] matrix split by row block (RAD-RWKV7's factors: under e^20).
-Domain: logw in [max(-5, logw_min), 0]; smaller values may overflow and are not checked on the GPU path.
+Domain: logw in [max(-5, logw_min), 0]; smaller values may overflow, unchecked (but wkv7's logw_min on the CPU).
 
 Dispatch: wkv6 / wkv7 run the Triton kernels on CUDA tensors, and on the CPU when Triton was imported
 with TRITON_INTERPRET=1 (its interpreter: float32, slow); otherwise on the CPU the chunked PyTorch
@@ -194,6 +194,10 @@ def _ref_rows(logw_min):
     return CHUNK if logw_min >= CHUNK_REF_FLOOR else SUB
 
 
+def _trim(grad):
+    _LIBC.malloc_trim(0)  # (a hook that returns nothing: the gradient stays as it is)
+
+
 def _chunked(r, w, k, v, a, b, X, BT=CHUNK, BC=SUB):
     # r, w, k, v, a, b: [B, H, T, N] float32; X: [B, H, N(key), N(value)]; a, b may be None (wkv6)
     B, H, T, N = r.shape
@@ -206,7 +210,7 @@ def _chunked(r, w, k, v, a, b, X, BT=CHUNK, BC=SUB):
         if _LIBC is not None and CPU_TRIM:  # the groups' blocks, freed between ones that live on (autograd's),
             _LIBC.malloc_trim(0)  # leave holes in glibc's heap that would hold GBs over a 30-layer step: pages go back
             if r.requires_grad:  # and again once the backward through the groups is done
-                r.register_hook(lambda g: _LIBC.malloc_trim(0) and None)
+                r.register_hook(_trim)
         return o, X
     pad = (-T) % BT
     xs = [r, w, k, v] + ([] if a is None else [a, b])
@@ -801,6 +805,9 @@ class _WKV(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dsT):
+        if torch.is_grad_enabled():  # create_graph=True: the kernels' gradients would carry no graph of their own
+            raise RuntimeError("wkv6 / wkv7: the kernels have no second derivatives (create_graph=True); "
+                               "wkv_kernel.USE_REFERENCE = True runs the differentiable loops")
         r, w, k, v, a, b, states, *prep = ctx.saved_tensors
         prep = (*prep[:7], prep[7:]) if prep else None
         do = torch.zeros_like(r) if do is None else do.contiguous()
@@ -816,6 +823,9 @@ class _WKV(torch.autograd.Function):
 
 def _check(name, tensors, state, grad=False, logw_min=-5.0):
     x0 = tensors["r"]
+    for key, x in tensors.items():
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name}: {key} must be a tensor, got {type(x).__name__}")
     if x0.dim() != 4:
         raise ValueError(f"{name}: r must be [B, T, H, N], got shape {tuple(x0.shape)}")
     B, T, H, N = x0.shape
@@ -826,8 +836,11 @@ def _check(name, tensors, state, grad=False, logw_min=-5.0):
             raise ValueError(f"{name}: {key} must be a floating-point tensor, got {x.dtype}")
         if x.device != x0.device:
             raise ValueError(f"{name}: {key} is on {x.device}, r on {x0.device}")
-    if T < 1:
-        raise ValueError(f"{name}: needs T >= 1, got T = {T}")
+    if min(B, T, H) < 1:
+        raise ValueError(f"{name}: needs B, T, H >= 1, got {tuple(x0.shape)}")
+    if x0.is_cuda and (B * H > 65535 or triton.cdiv(T, CHUNK) > 65535):  # a launch grid's second and third sizes
+        raise ValueError(f"{name}: the kernels take B x H and T / {CHUNK} up to 65535, got {B * H} and "
+                         f"{triton.cdiv(T, CHUNK)}: run it in parts")
     if N < 16 or N > 256 or N & (N - 1):
         raise ValueError(f"{name}: head size N = {N} unsupported; N must be a power of two in [16, 256]")
     if grad and name == "wkv7" and x0.is_cuda and not USE_REFERENCE and N > 128 and x0.dtype != torch.bfloat16:

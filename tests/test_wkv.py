@@ -104,6 +104,10 @@ def test_chunked_in_groups(kind, keys, monkeypatch):
     monkeypatch.setattr(W, "CPU_GROUP_BYTES", 4 * 3 * W.CHUNK * W.CHUNK * 4)
     compare(kind, impl(kind, chunked=True), (2, 130, 3, 16), True, keys)
     assert [tuple(x[:2]) for x in calls] == [(2, 3), (4, 1), (2, 1)]  # the call, then its two groups
+    # the heap trim after the groups' backward leaves the gradient alone, whatever malloc_trim returns (0: nothing
+    # freed; a hook's non-None result would replace the gradient)
+    monkeypatch.setattr(W, "_LIBC", type("libc", (), {"malloc_trim": staticmethod(lambda pad: 0)})())
+    compare(kind, impl(kind, chunked=True), (2, 130, 3, 16), True, keys)
 
 
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "fallback"])
@@ -214,9 +218,12 @@ def test_bad_inputs_raise():
         W.wkv7(y, -y.abs(), y, y, y, y)
     with pytest.raises(ValueError, match="state has shape"):
         W.wkv7(x, -x.abs(), x, x, x, x, torch.zeros(1, 2, 16, 8))
-    with pytest.raises(ValueError, match="T >= 1"):
-        y = torch.randn(1, 0, 2, 16)
-        W.wkv6(y, y, y, y)
+    for shape in [(1, 0, 2, 16), (0, 8, 2, 16), (1, 8, 0, 16)]:
+        with pytest.raises(ValueError, match="needs B, T, H >= 1"):
+            y = torch.randn(shape)
+            W.wkv6(y, y, y, y)
+    with pytest.raises(ValueError, match="b must be a tensor, got NoneType"):
+        W.wkv7(x, -x.abs(), x, x, x, None)
     with pytest.raises(ValueError, match="logw_min must lie in \\[-5, 0\\]"):
         W.wkv7(x, -x.abs(), x, x, x, x, logw_min=-6.0)
 
@@ -304,6 +311,16 @@ def test_kernel_matches_reference(kind, keys, shape, with_state):
 @pytest.mark.parametrize("kind", ["wkv6", "wkv7", "wkv7-any"])
 def test_kernel_gradient_through_one_output(kind, use):
     compare(kind, impl(kind), (1, 20, 2, 32), True, keys="alike", use_o=use == "o-only", use_state=use == "state-only")
+
+
+@needs_interpreter
+def test_kernel_refuses_a_second_derivative():
+    # the kernels' gradients carry no graph: create_graph=True must fail loudly, not give a gradient penalty of zero
+    args, _ = make_inputs("wkv6", 1, 20, 1, 16, False)
+    args = [x.requires_grad_() for x in args]
+    o, _ = W.wkv6(*args)
+    with pytest.raises(RuntimeError, match="no second derivatives"):
+        torch.autograd.grad(o.pow(2).sum(), args[1], create_graph=True)
 
 
 @needs_interpreter

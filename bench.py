@@ -20,7 +20,7 @@ import itertools
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +217,7 @@ def kernels(cfg):
 @dataclass
 class DecodeBench:
     preset: str = ""  # random-init teacher of this model.PRESETS shape (with its students) instead of --models
-    models: list = None  # NAME=DIR HF model directories (with --preset unset)
+    models: list = field(default_factory=list)  # NAME=DIR HF model directories (with --preset unset)
     students: str = "rwkv7"  # with --preset: student kinds measured beside the teacher
     contexts: str = "1024,4096,16384,32768"  # prompt lengths (tokens)
     batches: str = "1,32"  # batch sizes
@@ -260,7 +260,10 @@ def time_generation(model, B, T, steps, prefill_chunk, cuda_graphs=True, compile
 
 def decode(cfg):
     import convert
-    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError:
+        raise data.UsageError(f"--device {cfg.device!r}: not a device (auto, cpu, cuda, cuda:1, ...)") from None
     dtype = getattr(torch, cfg.dtype)
     if cfg.preset:
         tcfg = M.ModelConfig.from_name(cfg.preset)
@@ -269,10 +272,12 @@ def decode(cfg):
             scfg = M.student_config(tcfg, kind)
             builds.append((f"{kind} student", lambda c=scfg: M.Model.random(c, device, dtype, cfg.seed)))
     elif cfg.models:
-        builds = [(n, lambda d=d: convert.load_model(d, device, dtype)) for n, d in (s.split("=", 1) for s in cfg.models)]
+        builds = [(n, lambda d=d: convert.load_model(d, device, dtype)) for n, d in E.parse_models(cfg.models)]
     else:
         raise ValueError("bench.py decode needs --preset or --models NAME=DIR ...")
-    contexts, batches = [int(x) for x in cfg.contexts.split(",")], [int(x) for x in cfg.batches.split(",")]
+    contexts, batches = E.ints(cfg.contexts, "contexts"), E.ints(cfg.batches, "batches")
+    if min(contexts + batches, default=0) < 1:
+        raise data.UsageError("--contexts and --batches take positive integers")
     if cfg.compile and not cfg.cuda_graphs:
         raise ValueError("--compile compiles the graph decoder's step: drop --no-cuda_graphs")
     if cfg.compile:  # one compile per cache shape and model (they share Model.forward's code)
@@ -463,6 +468,11 @@ def split_step(dcfg, teacher, student, hooks, opt, batch, device, distill, accum
 # ----------------------------------------------------------------------------- command line
 
 COMMANDS = {"kernels": (KernelBench, kernels), "decode": (DecodeBench, decode), "distill": (DistillBench, distill_step)}
+CHECKS = {  # the flag values each benchmark refuses before it starts (data.validate)
+    "kernels": dict(positive=("heads", "kv_heads")),
+    "decode": dict(positive=("decode_steps", "prefill_chunk"), choices=dict(dtype=("bfloat16", "float16", "float32"))),
+    "distill": dict(positive=("seq_len", "micro_batch", "steps"), non_negative=("layers", "batch_size", "profile"),
+                    choices=dict(stage=(1, 2, 3), dtype=("bfloat16", "float32"), preset=tuple(M.PRESETS)))}
 
 
 def main(argv):
@@ -472,7 +482,9 @@ def main(argv):
         data.add_flags(sub.add_parser(name, description=__doc__), cls)
     args = parser.parse_args(argv)
     cls, fn = COMMANDS[args.command]
-    fn(data.config_from(cls, args))
+    cfg = data.config_from(cls, args)
+    data.validate(cfg, **CHECKS[args.command])
+    fn(cfg)
 
 
 if __name__ == "__main__":

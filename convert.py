@@ -240,10 +240,21 @@ def load_model(path, device="cpu", dtype=None):
     return load_into(model, itertools.chain([first], tensors), path).eval()
 
 
-def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 * 2**30, dtype=torch.bfloat16):
-    """Write an HF directory: config.json (every field explicit), safetensors sharded above
-    max_shard_bytes with an index, and the tokenizer files copied from tokenizer_dir."""
+def clear_weights(out_dir):
+    # before weights are written over a directory (--force, a killed earlier write): the old shards and index go, or
+    # an index left from a sharded model would be read instead of the new file; config.json goes last, being written
+    # last (a directory with one is complete)
     os.makedirs(out_dir, exist_ok=True)
+    for f in glob.glob(os.path.join(glob.escape(str(out_dir)), "model*.safetensors*")) + \
+            [os.path.join(out_dir, "config.json")]:
+        if os.path.isfile(f):
+            os.remove(f)
+
+
+def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 * 2**30, dtype=torch.bfloat16):
+    """Write an HF directory: safetensors sharded above max_shard_bytes with an index, the tokenizer files copied
+    from tokenizer_dir, and last config.json (every field explicit)."""
+    clear_weights(out_dir)
     if cfg.tie_word_embeddings:
         state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
     shards, cur, size = [], {}, 0
@@ -258,6 +269,7 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards):
         save_file(shard, os.path.join(out_dir, name + ".tmp"), metadata={"format": "pt"})
+        os.chmod(os.path.join(out_dir, name + ".tmp"), 0o644)  # safetensors makes its file 0600; weights are shared
         os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
@@ -269,13 +281,12 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
     if hf["model_type"].startswith("radlads_"):  # never a directory that claims a published format and loads wrong
         print(f"note: {out_dir} is written as model_type {hf['model_type']}, not {cfg.student}qwen2: "
               f"{M.unpublished(cfg)}")
-    with open(os.path.join(out_dir, "config.json"), "w") as fh:
-        json.dump(hf, fh, indent=2)
     if tokenizer_dir:
         for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
                   "special_tokens_map.json", "vocab.json", "merges.txt"):
             if os.path.isfile(os.path.join(tokenizer_dir, f)):
                 shutil.copy(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
+    write_json(os.path.join(out_dir, "config.json"), hf)
     return out_dir
 
 
@@ -497,16 +508,16 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
     emb = state["model.embed_tokens.weight"]
     assert emb.shape == (config["vocab_size"], config["hidden_size"]), f"embedding {tuple(emb.shape)}"
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_weights(out_dir)
     tmp = out_dir / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o644)  # safetensors creates its file 0600; a checkpoint is meant to be shared
     os.replace(tmp, out_dir / "model.safetensors")
-    write_json(out_dir / "config.json", config)
     tokenizer, tok_config, gen_config = tokenizer_files(meta, config["max_position_embeddings"])
     write_json(out_dir / "tokenizer.json", tokenizer)
     write_json(out_dir / "tokenizer_config.json", tok_config)
     write_json(out_dir / "generation_config.json", gen_config)
+    write_json(out_dir / "config.json", config)  # last: a directory with one is complete
     n_params = sum(v.numel() for v in state.values())
     print(f"wrote {out_dir}: {len(state)} tensors, {n_params / 1e6:.1f}M parameters, {dtype}, "
           f"{time.time() - t0:.1f}s")
@@ -669,6 +680,8 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16", f
     path = Path(ckpt_dir) / "model_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{ckpt_dir}: no model_config.json (expected RUN/stageN/ckpt/step_NNNNNNN)")
+    if tokenizer_dir and not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
+        raise FileNotFoundError(f"--tokenizer {tokenizer_dir}: no tokenizer.json there (give the teacher's directory)")
     check_out_dir(out_dir, force)
     load_args = _safe_load_args(str(ckpt_dir))
     cfg = read_config(ckpt_dir, "model_config.json")
@@ -679,7 +692,8 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16", f
     try:  # fills the tensors in place; the optimizer is skipped
         dcp.load(state, **load_args)
     except (OSError, RuntimeError, EOFError, CheckpointException) as e:
-        raise ValueError(f"{ckpt_dir}: damaged checkpoint ({str(e).strip()[-300:]})") from None
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{ckpt_dir}: damaged checkpoint ({msg[:300]})") from None
     save_model(state["model"], cfg, out_dir, tokenizer_dir=tokenizer_dir, dtype=getattr(torch, dtype))
     print(f"wrote {out_dir}: {cfg.model_type} from {ckpt_dir}")
 
@@ -740,6 +754,7 @@ def main(argv):
             subs["gguf"].error("expected PATH.gguf OUT_DIR, or --smollm2 OUT_DIR")
         gguf_to_hf(smollm2_gguf_path() if a.smollm2 else a.paths[0], a.paths[-1], dtype=a.dtype, force=a.force)
     elif args.command == "student":
+        data.validate(a, choices=dict(student=M.student_kinds()))  # (before a teacher of minutes to load)
         fresh_student(a.teacher, a.out_dir, a.student, attention_layers(a.attention_layers), a.dtype, a.force)
     else:
         export_checkpoint(a.ckpt_dir, a.out_dir, a.tokenizer or None, a.dtype, a.force)

@@ -228,7 +228,6 @@ def write_binidx(prefix, docs, vocab_size: int, tokenizer=None) -> tuple[int, in
     The files are written as PREFIX.bin.tmp/.idx.tmp and renamed once complete: an error or an
     interrupt, in `docs` too, leaves no PREFIX.bin/.idx behind.
     """
-    Path(f"{prefix}.tok.json").unlink(missing_ok=True)  # a record of earlier files by that name is not theirs
     dtype = token_dtype(vocab_size)
     bin_path, idx_path = Path(f"{prefix}.bin"), Path(f"{prefix}.idx")
     tmp_bin, tmp_idx = Path(f"{prefix}.bin.tmp"), Path(f"{prefix}.idx.tmp")
@@ -251,6 +250,7 @@ def write_binidx(prefix, docs, vocab_size: int, tokenizer=None) -> tuple[int, in
             f.write(MAGIC + HEADER.pack(1, code, len(sizes), len(sizes) + 1))
             f.write(sizes.astype(np.int32).tobytes() + offsets.tobytes())
             f.write(np.arange(len(sizes) + 1, dtype=np.int64).tobytes())  # doc_idx: 0, 1, ..., n_docs
+        Path(f"{prefix}.tok.json").unlink(missing_ok=True)  # the record of the files replaced now is not theirs
         os.replace(tmp_bin, bin_path)
         os.replace(tmp_idx, idx_path)
         if tokenizer is not None:
@@ -328,6 +328,8 @@ def check_tokenizer(prefix, model_dir) -> str | None:
         made = json.loads(record.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{record}: not a JSON record ({e})") from None
+    if not isinstance(made, dict):
+        raise DataError(f"{record}: not a JSON record (an object)")
     enc = load_tokenizer(tok)
     if made.get("tokenizer") != enc.fingerprint:
         raise DataError(f"{prefix}: tokenized with another tokenizer ({made.get('file')}, {made.get('n_vocab')} tokens) "
@@ -539,12 +541,16 @@ def tokenize(cfg: TokenizeConfig):
     held = deque()  # the last val_docs documents, written once the training split is
 
     def train_docs():
+        n = 0
         with tqdm(desc=f"tokenize {cfg.out}", unit="tok", unit_scale=True) as bar:
             for d in docs:
                 bar.update(len(d))
                 held.append(d)
                 if len(held) > cfg.val_docs:
+                    n += 1
                     yield held.popleft()
+        if not n and held:
+            raise DataError(f"--val_docs {cfg.val_docs}: the input has {len(held)} documents, none left to train on")
 
     for prefix, split in [(cfg.out, train_docs()), (cfg.out + "_val", held)][:2 if cfg.val_docs else 1]:
         n_docs, n_tokens = write_binidx(prefix, split, enc.n_vocab, enc)
@@ -562,6 +568,9 @@ def inspect(prefix, tokenizer=None):
     print(f"{prefix}.idx: MMIDIDX version 1, {ds.dtype}, {len(ds):,} documents, {len(ds.doc_idx):,} doc_idx entries")
     print(f"{prefix}.bin: {ds.n_tokens:,} tokens, {ds.n_tokens / len(ds):,.1f} per document")
     enc = load_tokenizer(tokenizer) if tokenizer else None
+    note = check_tokenizer(prefix, tokenizer) if tokenizer else None  # (refuses another tokenizer's data)
+    if note:
+        print(note)
     lo, hi = check_tokens(ds, enc.n_vocab if enc else None)
     print(f"token ids in [{lo}, {hi}]" + (f", within the vocabulary of {enc.n_vocab}" if enc else ""))
     print_magic_primes(ds.n_tokens)
@@ -671,6 +680,8 @@ def main(argv):
         if not cfg.tokenizer or not cfg.out:
             sub.choices["tokenize"].error("--tokenizer and --out are required")
         validate(cfg, positive=("workers", "batch_chars"), non_negative=("val_docs",))
+        if cfg.out.endswith(("/", os.sep)) or os.path.isdir(cfg.out):
+            raise UsageError(f"--out {cfg.out}: a prefix (DIR/NAME writes DIR/NAME.bin, .idx), not a directory")
         tokenize(cfg)
     else:
         inspect(args.prefix, args.tokenizer)

@@ -18,9 +18,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 start=$SECONDS
 run() { echo; echo "+ $*"; "$@"; }
 
-[ -f "$OUT/teacher/config.json" ] || run python convert.py gguf --smollm2 "$OUT/teacher"
+# (config.json is written last: without one a directory is what an interrupted run left, written over with --force)
+[ -f "$OUT/teacher/config.json" ] || run python convert.py gguf --smollm2 "$OUT/teacher" --force
 run python data.py tokenize --tokenizer "$OUT/teacher" --out "$OUT/stdlib" --val_docs 20 "$STDLIB"/*.py
-[ -f "$OUT/fresh/config.json" ] || run python convert.py student "$OUT/teacher" "$OUT/fresh" --student rwkv7
+[ -f "$OUT/fresh/config.json" ] || run python convert.py student "$OUT/teacher" "$OUT/fresh" --student rwkv7 --force
 t1=$SECONDS
 common=(--teacher "$OUT/teacher" --data "$OUT/stdlib" --val_data "$OUT/stdlib_val" --out_dir "$OUT" --dtype "$DTYPE"
         --seq_len 128 --batch_size 8 --micro_batch 8 --warmup_steps 4 --val_every 1000 --val_batches 2 --ckpt_every 1000)

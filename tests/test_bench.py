@@ -16,6 +16,23 @@ def test_decode_smoke(tmp_path, capsys):
     assert json.loads(out.read_text()) == rows and "| teacher | 2 | 24 |" in capsys.readouterr().out
 
 
+def test_decode_of_model_directories_from_the_command_line(tmp_path, capsys):
+    # --models NAME=DIR as the README's readers type it (a trained student's directory), and bad values refused
+    import convert
+    import model as M
+    m = M.Model.random(M.ModelConfig.from_name("tiny"))
+    convert.save_model(m.state_dict(), m.cfg, str(tmp_path / "t"), dtype=bench.torch.float32)
+    bench.main(["decode", "--models", f"t={tmp_path / 't'}", "--contexts", "8", "--batches", "1", "--decode_steps", "2",
+                "--device", "cpu", "--dtype", "float32", "--out", str(tmp_path / "d.json")])
+    assert [r["model"] for r in json.loads((tmp_path / "d.json").read_text())] == ["t"]
+    for args, words in [(["decode", "--preset", "tiny", "--batches", "0"], "--contexts and --batches"),
+                        (["decode", "--preset", "tiny", "--device", "gpu9"], "--device 'gpu9'"),
+                        (["distill", "--stage", "7"], "--stage must be one of 1, 2, 3"),
+                        (["distill", "--micro_batch", "0"], "--micro_batch must be positive")]:
+        with pytest.raises(bench.data.UsageError, match=words):
+            bench.main(args)
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_distill_step_smoke(stage, tmp_path, monkeypatch):
     # a world of one process, its variables gone after the test

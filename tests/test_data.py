@@ -321,6 +321,15 @@ def test_writer_errors_leave_no_files(tmp_path):
     with pytest.raises(data.DataError, match=r"outside \[0, 1000\)"):
         data.write_binidx(tmp_path / "x", [np.arange(10), np.array([5, 1000])], 1000)
     assert list(tmp_path.iterdir()) == []
+    # files written before with their record: a failed rewrite leaves both as they were, so the record still guards them
+    enc = type("enc", (), {"fingerprint": "f", "n_vocab": 1000, "eot_id": 0, "name": "t.json"})()
+    data.write_binidx(tmp_path / "old", [np.arange(10)], 1000, enc)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(KeyboardInterrupt):
+        data.write_binidx(tmp_path / "old", docs_then(KeyboardInterrupt()), 1000)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before and "old.tok.json" in before
+    for p in list(tmp_path.iterdir()):
+        p.unlink()
     # a token id the tokenizer does not have, in a file written for a larger vocabulary
     data.write_binidx(tmp_path / "big", [np.array([1, 2, 70000])], 151657)
     with pytest.raises(data.DataError, match="70000"):
@@ -353,7 +362,9 @@ def test_magic_prime_is_largest():
     slow_prime = lambda x: x > 1 and all(x % d for d in range(2, int(x ** 0.5) + 1))
     assert [x for x in range(2000) if data.is_prime(x)] == [x for x in range(2000) if slow_prime(x)]
     assert data.is_prime(2**61 - 1) and not data.is_prime(3215031751)  # a strong pseudoprime to 2, 3, 5, 7
-    for n_tokens, L in [(3 * 7, 7), (1000, 10), (12345, 16), (99991, 3), (10**6, 512)]:
+    # (101 x 64: n = 101 is itself a prime = 2 mod 3, which the bound p <= n - 1 leaves out: p = 89)
+    assert data.magic_prime(101 * 64, 64) == 89 and data.magic_prime(11 * 64, 64) == 5
+    for n_tokens, L in [(3 * 7, 7), (1000, 10), (12345, 16), (99991, 3), (10**6, 512), (101 * 64, 64)]:
         p = data.magic_prime(n_tokens, L)
         assert p % 3 == 2 and slow_prime(p) and p <= n_tokens // L - 1
         assert not any(q % 3 == 2 and slow_prime(q) for q in range(p + 1, n_tokens // L))
@@ -470,6 +481,9 @@ def test_cli_errors(tmp_path):
     data.write_binidx(tmp_path / "cut", [np.arange(100)], 1000)
     with open(tmp_path / "cut.bin", "r+b") as f:
         f.truncate(150)
+    (tmp_path / "two.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+    data.write_binidx(tmp_path / "rec", [np.arange(10)], 1000)
+    (tmp_path / "rec.tok.json").write_text("[1]")
     cases = [
         (("tokenize", "--tokenizer", QWEN2, "--out", tmp_path / "e", tmp_path / "empty.jsonl"), "no documents"),
         (("tokenize", "--tokenizer", QWEN2, "--out", tmp_path / "e", tmp_path / "bad.jsonl"), "bad.jsonl:2"),
@@ -478,6 +492,10 @@ def test_cli_errors(tmp_path):
         (("inspect", tmp_path / "cut"), "truncated"),
         (("inspect", tmp_path / "wide", "--tokenizer", QWEN2), "160000"),
         (("inspect", tmp_path / "nothing"), "not found"),
+        (("tokenize", "--tokenizer", QWEN2, "--out", tmp_path / "e", "--val_docs", "2", tmp_path / "two.jsonl"),
+         "--val_docs 2: the input has 2 documents, none left to train on"),
+        (("tokenize", "--tokenizer", QWEN2, "--out", f"{tmp_path}/", tmp_path / "two.jsonl"), "a prefix"),
+        (("inspect", tmp_path / "rec", "--tokenizer", QWEN2), "rec.tok.json: not a JSON record (an object)"),
     ]
     for args, words in cases:
         r = run_cli(*args)

@@ -32,6 +32,10 @@ def test_three_steps_lower_their_losses(setup):
         ls = list(losses(setup, "a", stage).values())
         first, last = np.mean(ls[:3]), np.mean(ls[-3:])
         assert last < 0.9 * first, (stage, first, last)
+    import distill  # the LR each update of step 1 took: get_lr's schedule, with the 2 warm-up steps of conftest.run
+    lrs = losses(setup, "a", 1, "lr")
+    assert len(lrs) == 40 and all(lr == pytest.approx(distill.get_lr(s - 1, 40, 3e-3, 1e-4, 2), rel=1e-12)
+                                  for s, lr in lrs.items()), lrs
     # the final student is an HF directory the model code loads, with the teacher's MLPs after step 1
     s1 = convert.load_model(str(setup / "a" / "stage1" / "final"))
     t = convert.load_model(str(setup / "teacher"))
@@ -239,6 +243,52 @@ def test_bad_arguments_give_one_line(setup):
 
 
 # ----------------------------------------------------------------------------- the losses and the schedule, in process
+
+def test_optimizer_settings_are_the_papers():
+    # SPEC §3: Adam betas (0.9, 0.95), eps 1e-8, no weight decay, clipping at 1.0, seed 1337, 50 warm-up steps, the
+    # steps' LRs; two groups, self_attn at --attn_lr (steps 2 / 3) and the rest at --lr; step 1 one group at --lr
+    import distill
+    c = distill.Config()
+    assert (c.beta1, c.beta2, c.eps, c.weight_decay, c.grad_clip, c.seed, c.warmup_steps) == \
+        (0.9, 0.95, 1e-8, 0.0, 1.0, 1337, 50)
+    assert [(distill.STAGES[k]["lr"], distill.STAGES[k]["lr_final"], distill.STAGES[k]["batch_size"],
+             distill.STAGES[k]["seq_len"]) for k in (1, 2, 3)] == [(1e-3, 1e-5, 32, 512), (1e-5, 1e-5, 96, 512),
+                                                                   (1e-5, 1e-5, 8, 16384)]
+    student = M.make_student(M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1), "rwkv7")
+    names = {id(p): n for n, p in student.named_parameters()}
+    opt, lrs = distill.make_optimizer(distill.Config(stage=2, lr=1e-3, lr_final=1e-4, attn_lr=3e-2, attn_lr_final=3e-4),
+                                      student, "cpu")
+    groups = [({".self_attn." in names[id(p)] for p in g["params"]}, g["lr"], g["betas"], pair)
+              for g, pair in zip(opt.param_groups, lrs)]
+    assert groups == [({True}, 3e-2, (0.9, 0.95), (3e-2, 3e-4)), ({False}, 1e-3, (0.9, 0.95), (1e-3, 1e-4))]
+    distill.prepare_student(distill.Config(stage=1, compile=False), student)
+    opt, lrs = distill.make_optimizer(distill.Config(stage=1, lr=1e-3, lr_final=1e-5, attn_lr=3e-2), student, "cpu")
+    assert lrs == [(1e-3, 1e-5)] and all(".self_attn." in names[id(p)] for p in opt.param_groups[0]["params"])
+
+
+def test_gradients_are_clipped_to_the_norm():
+    # train_step returns the norm before clipping and leaves the gradients at --grad_clip's norm at most
+    code = """if True:
+        import torch, distill, model as M
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+        device = distill.setup_distributed()[2]
+        mp = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+        m = distill.sharded(M.ModelConfig(**M.PRESETS["tiny"]), torch.float32, device, mp, None, "tiny")
+        for clip in (1e-3, 1e9):
+            cfg = distill.Config(stage=3, seq_len=8, batch_size=2, micro_batch=2, compile=False, grad_clip=clip)
+            opt, lrs = distill.make_optimizer(cfg, m, device)
+            batch = lambda i: torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(i))
+            norm = distill.train_step(cfg, None, m, None, opt, lrs, 0, 10, batch, 1, device)[1]
+            after = sum(p.grad.full_tensor().pow(2).sum() for p in m.parameters()).sqrt()
+            print(f"{norm.item():.6e} {after.item():.6e}")
+            opt.zero_grad()
+    """
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (n1, a1), (n2, a2) = [map(float, line.split()) for line in out.stdout.strip().splitlines()[-2:]]
+    assert n1 > 1e-2 and a1 == pytest.approx(1e-3, rel=1e-4)  # clipped
+    assert a2 == pytest.approx(n2, rel=1e-5) and n2 == pytest.approx(n1, rel=1e-5)  # not clipped: as computed
+
 
 def test_lr_schedule_is_the_quarter_cosine_with_warmup():
     import distill

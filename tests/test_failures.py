@@ -153,7 +153,7 @@ def test_processes_agree_on_the_checkpoint_they_resume(setup):
 
 def test_resume_takes_this_runs_adam_settings(setup):
     # --resume_changed continues "with the new values": the optimizer's betas, eps and weight decay too, which a
-    # checkpoint's saved parameter groups would otherwise bring back
+    # checkpoint's saved parameter groups would otherwise bring back; and the random numbers go on where they were
     code = f"""if True:
         import torch, distill, model as M, convert
         from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -164,14 +164,15 @@ def test_resume_takes_this_runs_adam_settings(setup):
         m(torch.zeros(1, 4, dtype=torch.long, device=device)).sum().backward()
         distill.optimizer_step(opt)
         convert.save_checkpoint({str(setup / "adam")!r}, 1, m, opt, 0, 2, {{}})
+        drawn = torch.rand(4)  # what the run would draw next; the resumed one must draw the same
         cfg = distill.Config(stage=2, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1)
         opt, _ = distill.make_optimizer(cfg, m, device)
-        print(distill.resume(cfg, {str(setup / "adam")!r}, m, opt, 0, device),
+        print(distill.resume(cfg, {str(setup / "adam")!r}, m, opt, 0, device), torch.equal(torch.rand(4), drawn),
               sorted({{(g["betas"], g["eps"], g["weight_decay"]) for g in opt.param_groups}}))
     """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "1 [((0.8, 0.99), 1e-06, 0.1)]", out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "1 True [((0.8, 0.99), 1e-06, 0.1)]", out.stdout
 
 
 def test_convert_never_overwrites_without_force(setup, tmp_path):
@@ -183,6 +184,16 @@ def test_convert_never_overwrites_without_force(setup, tmp_path):
     assert (tmp_path / "full" / "keep.txt").read_text() == "trained weights"
     rc, text = cli("convert.py", "export", ckpts(setup, "force")[-1], tmp_path / "full", "--force")
     assert rc == 0 and (tmp_path / "full" / "config.json").is_file(), text
+    assert (tmp_path / "full" / "model.safetensors").stat().st_mode & 0o777 == 0o644  # weights others may read
+    one_line(*cli("convert.py", "export", ckpts(setup, "force")[-1], tmp_path / "tok", "--tokenizer", tmp_path / "no"),
+             "--tokenizer", "no tokenizer.json there", code=1)
+    # --force over a sharded model: its index and shards go, or the index would be read instead of the new weights
+    teacher = convert.load_model(str(setup / "teacher"))
+    convert.save_model(teacher.state_dict(), teacher.cfg, str(tmp_path / "sharded"), max_shard_bytes=20_000)
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    rc, text = cli("convert.py", "student", setup / "teacher", tmp_path / "sharded", "--force")
+    assert rc == 0 and convert.load_model(str(tmp_path / "sharded")).cfg.student == "rwkv7", text
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("model*")) == ["model.safetensors"]
 
 
 def tiny_tokenizer(path, text, vocab):

@@ -270,7 +270,8 @@ def students():
             "rwkv7-hybrid": M.make_student(teacher, "rwkv7", attention_layers=[1]),
             "qwen3-rwkv6": M.make_student(qwen3, "rwkv6"),
             "qwen3-rwkv7-hybrid": M.make_student(qwen3, "rwkv7", attention_layers=[1]),
-            "llama3-rwkv7": M.make_student(llama3, "rwkv7")}
+            "llama3-rwkv7": M.make_student(llama3, "rwkv7"),
+            "tied-rwkv7": M.make_student(tiny_teacher(seed=3, tied=True), "rwkv7")}  # its own copy of the head
 
 
 STUDENTS_OF_NEW_TEACHERS = ["qwen3-rwkv6", "qwen3-rwkv7-hybrid", "llama3-rwkv7"]
@@ -434,9 +435,11 @@ def test_kernel_forward_under_interpreter():
     assert res.returncode == 0 and "2 passed" in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]
 
 
-@pytest.mark.parametrize("name", ["rwkv6", "rwkv7-hybrid"] + STUDENTS_OF_NEW_TEACHERS)
+@pytest.mark.parametrize("name", ["rwkv6", "rwkv7-hybrid", "tied-rwkv7"] + STUDENTS_OF_NEW_TEACHERS)
 def test_export_import_round_trip(name, tmp_path):
     model = perturb(students()[name]).eval()
+    with torch.no_grad():  # the head trained away from the embedding it was copied from
+        model.lm_head.weight.add_(torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(1)))
     convert.save_model(model.state_dict(), model.cfg, str(tmp_path), dtype=torch.float32, max_shard_bytes=100_000)
     assert (tmp_path / "model.safetensors.index.json").exists()
     hf = json.loads((tmp_path / "config.json").read_text())
@@ -454,7 +457,7 @@ def test_export_import_round_trip(name, tmp_path):
     assert hf["rope_scaling"] == (None if teacher != "llama3" else dict(
         rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8))
     back = convert.load_model(str(tmp_path))
-    assert back.cfg == model.cfg
+    assert back.cfg == model.cfg and torch.equal(back.lm_head.weight, model.lm_head.weight)
     idx = torch.randint(0, 512, (1, 20))
     with torch.no_grad():
         assert torch.equal(back(idx), model(idx))

@@ -41,7 +41,10 @@ def rel_rms(x, ref):
 
 
 def make_inputs(kind, B, T, H, N, with_state, seed=0, keys="random", logw_fill=None):
-    return W.example_inputs(kind[:4], B, T, H, N, keys=keys, seed=seed, state=with_state, logw_fill=logw_fill)
+    args, state = W.example_inputs(kind[:4], B, T, H, N, keys=keys, seed=seed, state=with_state, logw_fill=logw_fill)
+    if kind == "wkv7-any" and logw_fill is None:  # the decays it is for: down to -5, not RAD-RWKV7's (-0.61, 0)
+        args[1] = -5 * torch.rand(args[1].shape, generator=torch.Generator().manual_seed(seed + 1))
+    return args, state
 
 
 def run_with_grads(fn, args, state, seed=1, use_o=True, use_state=True):

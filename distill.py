@@ -81,7 +81,7 @@ class Config:
     activation_checkpointing: bool = False  # recompute blocks in the backward (steps 2/3)
     accum_sync: bool = False  # reduce gradients after every micro-batch, not once a step: more traffic, but no
     # unsharded float32 gradient of everything trained on every GPU (FSDP2's accumulation: 30 GB at 7B); set by
-    # itself when that would take a quarter of a GPU's memory (from about 14B on 80 GB)
+    # itself when that would take a quarter of a GPU's memory (step 2 from about 5B parameters on 80 GB, 9B on 141)
     compile: bool = True  # torch.compile teacher and student blocks (step 1: time mixers) and the loss; GPU only
     ckpt_every: int = 200  # optimizer steps between checkpoints (always one at the end)
     keep_ckpts: int = 2  # complete checkpoints kept on disk

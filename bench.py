@@ -154,11 +154,11 @@ def kernels(cfg):
     def nbytes(xs):
         return sum(x.numel() * x.element_size() for x in xs)
 
-    def time_op(fn, xs):  # (forward, forward + backward) in ms, medians
-        go = torch.randn_like(xs[0])
+    def time_op(fn, xs):  # (forward, forward + backward) in ms, medians; the inputs' gradients are set to None
+        go = torch.randn_like(xs[0])  # between runs (untimed): in a model they are fresh tensors, not sums into .grad
         first = lambda o: o[0] if isinstance(o, tuple) else o
         return (do_bench(lambda: fn(*xs), return_mode="median"),
-                do_bench(lambda: torch.autograd.backward(first(fn(*xs)), go), return_mode="median"))
+                do_bench(lambda: torch.autograd.backward(first(fn(*xs)), go), grad_to_none=xs, return_mode="median"))
 
     fla_at = set(cfg.fla_shapes.split(",")) if cfg.fla_shapes else None
     variants, rows, tile_rows = parse_tiles(cfg.tiles), [], []
@@ -175,8 +175,12 @@ def kernels(cfg):
                        fwd_ms=fwd, fwdbwd_ms=fb, fla_fwd_ms=None, fla_fwdbwd_ms=None, sdpa_fwdbwd_ms=None,
                        floor_fwd_ms=io / bw * 1e3, floor_fwdbwd_ms=(2 * io + nbytes(xs)) / bw * 1e3)
             if chunk_gla is not None and (fla_at is None or shape in fla_at):
+                # told the decay floor as ours is, the way fla's own RWKV-7 layer calls it (64-step chunks)
+                told = dict(safe_gate=True, lower_bound=cfg.wkv7_logw_min, chunk_size=64) \
+                    if op == "wkv7" and cfg.wkv7_logw_min > -5.0 else {}
+                row["fla_args"] = ",".join(f"{k}={v}" for k, v in told.items())
                 fla_op = chunk_gla if op == "wkv6" else chunk_rwkv7
-                fn = lambda *z: fla_op(*z, scale=1.0, output_final_state=True)[0]
+                fn = lambda *z: fla_op(*z, scale=1.0, output_final_state=True, **told)[0]
                 fn(*xs).float().sum().backward()  # autotunes at this shape before it is timed
                 row["fla_fwd_ms"], row["fla_fwdbwd_ms"] = time_op(fn, xs)
             rows.append(row)

@@ -479,18 +479,26 @@ def attention_hooks(teacher):
 
 def flops_per_token(cfg, teacher, student):
     # matmul FLOPs: 2 per weight per token forward, x3 with backward (+1 forward when recomputed: checkpointed
-    # blocks); softmax attention adds 2*T*D per layer forward (causal half of QK^T and AV). The
-    # head counts when tied too; step 1 trains the time mixers only, and its teacher skips the head and last MLP.
-    def mats(model, keep="", skip="-"):  # the blocks' matrices whose names hold keep, not skip
-        return sum(p.numel() for n, p in model.named_parameters()
-                   if p.dim() >= 2 and n.startswith("model.layers.") and keep in n and skip not in n)
+    # blocks); softmax attention adds 2*T*D per layer forward (causal half of QK^T and AV). The head counts when tied
+    # too. Step 1 trains the recurrent layers' time mixers only, on the teacher's hidden states, which need no
+    # gradient: RAD-RWKV7's matrices that read them (no token shift) take 4 per weight; its teacher skips the head
+    # and last MLP.
+    first = min((i for i in range(student.cfg.num_hidden_layers) if student.cfg.mixer(i) == "rwkv7"), default=-1)
+    idle = (".r_k", f".{first}.self_attn.v1", f".{first}.self_attn.v2")  # never run: r_k, the first layer's value mix
+
+    def mats(model, keep=lambda n: True):  # the blocks' matrices (not the [1, 1, C] vectors) whose names pass keep
+        return sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and p.shape[-2] > 1
+                   and n.startswith("model.layers.") and not n.endswith(idle) and keep(n))
+    mixer = lambda n: ".self_attn." in n and student.cfg.mixer(int(n.split(".")[2])) != "attention"
+    reads_x = lambda n: mixer(n) and student.cfg.student == "rwkv7" and \
+        n.split(".self_attn.")[1].split(".")[0] in ("q_proj", "k_proj", "v_proj", "w1", "a1", "g1", "v1")
     s1, train = cfg.stage == 1, 8 if cfg.activation_checkpointing and cfg.stage > 1 else 6
-    f = 6 * mats(student, keep=".self_attn.") if s1 else \
+    f = 6 * mats(student, mixer) - 2 * mats(student, reads_x) if s1 else \
         train * mats(student) + 6 * student.lm_head.weight.numel()
     if teacher is not None:
         tc = teacher.cfg
-        f += 2 * (mats(teacher, skip=f"layers.{tc.num_hidden_layers - 1}.mlp.") if s1 else
-                  mats(teacher) + teacher.lm_head.weight.numel())
+        last_mlp = f"layers.{tc.num_hidden_layers - 1}.mlp."
+        f += 2 * (mats(teacher, lambda n: last_mlp not in n) if s1 else mats(teacher) + teacher.lm_head.weight.numel())
         f += 2 * tc.num_hidden_layers * cfg.seq_len * tc.num_attention_heads * tc.head_dim
     return f
 

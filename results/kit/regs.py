@@ -45,7 +45,7 @@ def run(op, xs, go):
     o.backward(go)
     outs = [o.detach().float()] + [x.grad.float() for x in xs]
     fwd = do_bench(lambda: fn(*xs), return_mode="median")
-    fb = do_bench(lambda: torch.autograd.backward(fn(*xs)[0], go), return_mode="median")
+    fb = do_bench(lambda: torch.autograd.backward(fn(*xs)[0], go), grad_to_none=xs, return_mode="median")
     return (fwd, fb), outs
 
 

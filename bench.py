@@ -173,7 +173,8 @@ def kernels(cfg):
             row = dict(gpu=gpu, date=date, op=op, B=B, T=T, H=H, N=N, ptxas=ptxas, grad_mma=mma,
                        logw_min=cfg.wkv7_logw_min if op == "wkv7" else -5.0,
                        fwd_ms=fwd, fwdbwd_ms=fb, fla_fwd_ms=None, fla_fwdbwd_ms=None, sdpa_fwdbwd_ms=None,
-                       floor_fwd_ms=io / bw * 1e3, floor_fwdbwd_ms=(2 * io + nbytes(xs)) / bw * 1e3)
+                       floor_fwd_ms=io / bw * 1e3,  # forward+backward: also the inputs and dO read, dinputs written
+                       floor_fwdbwd_ms=(2 * io + nbytes(xs) - B * H * N * N * 4) / bw * 1e3)  # (no dstate read)
             if chunk_gla is not None and (fla_at is None or shape in fla_at):
                 # told the decay floor as ours is, the way fla's own RWKV-7 layer calls it (64-step chunks)
                 told = dict(safe_gate=True, lower_bound=cfg.wkv7_logw_min, chunk_size=64) \

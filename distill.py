@@ -504,9 +504,12 @@ def flops_per_token(cfg, teacher, student):
 
 
 def peak_flops(cfg, device):
-    # per device, for MFU: --peak_tflops, else dense bf16 of the GPUs this code knows (0: no MFU)
-    known = device.type == "cuda" and any(g in torch.cuda.get_device_name(device) for g in ("H100", "H200"))
-    return cfg.peak_tflops * 1e12 or (989e12 if known else 0)
+    # per device, for MFU: --peak_tflops, else the dense bf16 (float32 runs: TF32, half) of the GPUs this code knows:
+    # H100 / H200 SXM 989 TFLOPS, NVL 835, H100 PCIe 756 (0: no MFU)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    bf16 = 0 if not any(g in name for g in ("H100", "H200")) else 756e12 if "PCIe" in name else \
+        835e12 if "NVL" in name else 989e12
+    return cfg.peak_tflops * 1e12 or bf16 / (2 if cfg.dtype == "float32" else 1)
 
 
 # ----------------------------------------------------------------------------- steps

@@ -406,6 +406,17 @@ def test_flops_count_what_runs(stage, kind, att, tied, monkeypatch):
     assert distill.flops_per_token(cfg, teacher, student) == matmuls / 64 + attention  # per token of the 64
 
 
+def test_peak_flops_per_gpu_and_dtype(monkeypatch):
+    import distill
+    for name, dtype, want in [("NVIDIA H100 80GB HBM3", "bfloat16", 989e12), ("NVIDIA H200", "float32", 494.5e12),
+                              ("NVIDIA H100 PCIe", "bfloat16", 756e12), ("NVIDIA H100 NVL", "bfloat16", 835e12),
+                              ("NVIDIA A100-SXM4-80GB", "bfloat16", 0)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        assert distill.peak_flops(distill.Config(dtype=dtype), torch.device("cuda")) == want, name
+    assert distill.peak_flops(distill.Config(peak_tflops=312), torch.device("cuda")) == 312e12
+    assert distill.peak_flops(distill.Config(), torch.device("cpu")) == 0
+
+
 def test_compiled_teacher_has_one_graph_per_kind_of_block():
     # step 1's compiled teacher with its attention hooks: a graph for the blocks and one for the last (it stops after
     # its attention), the same for every layer; past torch.compile's recompile limit (8) a graph per layer would

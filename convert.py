@@ -20,6 +20,7 @@ import pickle
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -690,7 +691,9 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16", f
     m.to_empty(device="cpu")
     state = {"model": m.state_dict()}
     try:  # fills the tensors in place; the optimizer is skipped
-        dcp.load(state, **load_args)
+        with warnings.catch_warnings():  # (that no process group exists is the point here, not news)
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, **load_args)
     except (OSError, RuntimeError, EOFError, CheckpointException) as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ValueError(f"{ckpt_dir}: damaged checkpoint ({msg[:300]})") from None

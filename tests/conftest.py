@@ -100,6 +100,13 @@ def run(setup, out, *args, nproc=1, wait=True, check=True):
     return outp
 
 
+def python_c(code):
+    """`python -c code` in the repository (distill's code as a world of one process): its stdout, once it succeeded."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
 def losses(setup, out, stage, key="loss"):
     rows = [json.loads(line) for line in open(setup / out / f"stage{stage}" / "metrics.jsonl")]
     return {r["step"]: r[key] for r in rows if key in r}

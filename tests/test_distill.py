@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import convert
 import model as M
 
-from conftest import ROOT, V, losses, run  # the tiny teacher, its data and the runner: conftest.py
+from conftest import ROOT, V, losses, python_c, run  # the tiny teacher, its data and the runner: conftest.py
 
 
 def test_three_steps_lower_their_losses(setup):
@@ -161,9 +161,8 @@ def test_the_frozen_teacher_is_sharded_again_after_its_forward():
                 m(torch.zeros(1, 4, dtype=torch.long, device=device))
             print(frozen, [isinstance(p, DTensor) for p in (m.lm_head.weight, m.model.embed_tokens.weight)])
     """
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split("\n")[:2] == ["True [True, True]", "False [False, False]"], out.stdout
+    out = python_c(code)
+    assert out.split("\n")[:2] == ["True [True, True]", "False [False, False]"], out
 
 
 def test_optimizer_step_is_adamw_on_the_shards():
@@ -189,9 +188,8 @@ def test_optimizer_step_is_adamw_on_the_shards():
         a, b = runs
         print(len(a) == len(b), all(torch.equal(x, y) for x, y in zip(a, b)), len(a))
     """
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith("True True"), out.stdout
+    out = python_c(code)
+    assert out.startswith("True True"), out
 
 
 def process_tree(pid):
@@ -283,9 +281,8 @@ def test_gradients_are_clipped_to_the_norm():
             print(f"{norm.item():.6e} {after.item():.6e}")
             opt.zero_grad()
     """
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    (n1, a1), (n2, a2) = [map(float, line.split()) for line in out.stdout.strip().splitlines()[-2:]]
+    out = python_c(code)
+    (n1, a1), (n2, a2) = [map(float, line.split()) for line in out.strip().splitlines()[-2:]]
     assert n1 > 1e-2 and a1 == pytest.approx(1e-3, rel=1e-4)  # clipped
     assert a2 == pytest.approx(n2, rel=1e-5) and n2 == pytest.approx(n1, rel=1e-5)  # not clipped: as computed
 

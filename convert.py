@@ -651,6 +651,12 @@ def read_run_config(path):
         raise ValueError(f"{f}: not a JSON object ({e})") from None
 
 
+def last_line(e):
+    # what a checkpoint library's error says, in one line (its messages carry whole tracebacks of the other processes)
+    msg = str(e).strip()
+    return msg.splitlines()[-1][:300] if msg else type(e).__name__
+
+
 def load_checkpoint(path, model, opt, rank):
     """Collective: the model and optimizer state (resharded to this world size) and the RNG; returns the step.
     Raises ValueError (one line) when the checkpoint is damaged or not one of ours."""
@@ -668,8 +674,7 @@ def load_checkpoint(path, model, opt, rank):
         if os.path.exists(rng):
             torch.set_rng_state(torch.load(rng, weights_only=True)["cpu"])
     except (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError, CheckpointException) as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: damaged or not a checkpoint of this code ({msg[:300]})") from None
+        raise ValueError(f"{path}: damaged or not a checkpoint of this code ({last_line(e)})") from None
     return int(path.rsplit("_", 1)[1])
 
 
@@ -695,8 +700,7 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16", f
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(state, **load_args)
     except (OSError, RuntimeError, EOFError, CheckpointException) as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{ckpt_dir}: damaged checkpoint ({msg[:300]})") from None
+        raise ValueError(f"{ckpt_dir}: damaged checkpoint ({last_line(e)})") from None
     save_model(state["model"], cfg, out_dir, tokenizer_dir=tokenizer_dir, dtype=getattr(torch, dtype))
     print(f"wrote {out_dir}: {cfg.model_type} from {ckpt_dir}")
 

@@ -2,11 +2,11 @@
 # the fla-core and flash-linear-attention wheels, and fla_autotune.tgz if an earlier hold brought one back), then
 # bash results/kit/kernels.sh [HEAD_SIZES] && bash results/kit/poll.sh 560 (and poll.sh again at once until DONE).
 # 1. fla's autotuning (about 9 minutes per head size), one process per head size at once, timings thrown away;
-#    its results stay in TRITON_CACHE_DIR and come back as fla_autotune.tgz for the next hold.
+#    its results stay in TRITON_CACHE_DIR and come back as fla_autotune.tgz for the next hold. Beside them (no
+#    timing is kept from this phase) tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas.
 # 2. our kernels with CUDA 13.5's ptxas (wgmma in every kernel) at every shape: kernels.json.
 # 3. fla at every shape with Triton's own ptxas, autotuned already (our kernels again, mma.sync): kernels_fla.json.
-# 4. tests/test_wkv_gpu.py at N = 256 with that ptxas (float32 at N = 256 first tested there on 2026-12-04, night),
-#    and results/kit/n256.py: wkv7's float32 backward at N = 256, past _check (does it fit and match the loop?).
+# 4. results/kit/n256.py: wkv7's float32 backward at N = 256, past _check (does it fit and match the loop?).
 # 5. results/kit/regs.py: the register-bound kernels with more warps an SM (register caps), timed against the defaults.
 L=/tmp/logs
 if [ "$1" != run ]; then
@@ -26,12 +26,13 @@ keep() { (cd /tmp/tcache && find . -name "*.autotune.json" | tar -czf $L/fla_aut
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache
 st start
 for N in $NS; do PYTHONPATH=/tmp/site python bench.py kernels --shapes 8x4096 --head_sizes $N --out /tmp/warm_$N.json \
-  > $L/warm_N$N.out 2>&1 & done; wait; keep; st fla autotuned for $NS
+  > $L/warm_N$N.out 2>&1 & done
+TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py > $L/twg.out 2>&1 &
+wait; keep; st fla autotuned for $NS, tests done
 TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --fla_shapes 0x0 \
   --out $L/kernels.json > $L/ours.out 2>&1; st ours done
 PYTHONPATH=/tmp/site python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --out $L/kernels_fla.json \
   > $L/fla.out 2>&1; keep; st fla done
-TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py -k 256 > $L/twg256.out 2>&1
-TRITON_PTXAS_PATH=/tmp/ptxas python results/kit/n256.py >> $L/twg256.out 2>&1; st tests done
+TRITON_PTXAS_PATH=/tmp/ptxas python results/kit/n256.py > $L/n256.out 2>&1; st n256 done
 TRITON_PTXAS_PATH=/tmp/ptxas python results/kit/regs.py > $L/regs.out 2>&1; st regs done
 touch $L/DONE

@@ -3,9 +3,8 @@ and wkv7 make inside the domain wkv_kernel._check admits must fit the shared mem
 that does not fails at its first launch with Triton's OutOfResources). The launchers run with a stand-in for each
 kernel that records its arguments; each distinct launch is then compiled for sm_90 by Triton's compiler and ptxas, and
 nothing runs. Default: head sizes 128 and 256 in bfloat16 and float32 and 64 in bfloat16, the training path (forward
-keeping the chunk matrices, backward with wgmma and with mma.sync; for wkv7 in float32 at N = 256, which has none, the
-forward alone), wkv7 told RAD-RWKV7's decay floor as the model calls it. RUN_SLOW=1 adds the inference path (forward
-alone), head sizes 16 and 32 and 64 in float32, float16 and float64 inputs (the public functions take any float
+keeping the chunk matrices, backward with wgmma and with mma.sync), wkv7 told RAD-RWKV7's decay floor as the model
+calls it. RUN_SLOW=1 adds the inference path (forward alone), head sizes 16 and 32 and 64 in float32, float16 and float64 inputs (the public functions take any float
 dtype), and wkv7 with a decay reference per 16 rows (2 minutes by default, about 20 with RUN_SLOW, on 2 cores)."""
 import os
 import sys
@@ -81,12 +80,9 @@ def cases():
         for dtype in TYPES:
             for N in (16, 32, 64, 128, 256):
                 for grad, mma_v2 in [(True, False), (True, True), (False, False)]:
-                    if grad and kind != "wkv6" and dtype != torch.bfloat16 and N > 128:
-                        continue  # _check refuses: wkv7's float32 backward takes N <= 128
-                    only_path = not grad and kind == "wkv7" and dtype != torch.bfloat16 and N > 128
                     # by default what the students run: bf16 and float32 (SmolLM2's N = 64 in bf16)
                     fast = N >= 128 and dtype == torch.float32 or N >= 64 and dtype == torch.bfloat16
-                    marks = [] if fast and kind != "wkv7-any" and (grad or only_path) else [slow]
+                    marks = [] if fast and kind != "wkv7-any" and grad else [slow]
                     path = "train-mma.sync" if mma_v2 else "train" if grad else "infer"
                     yield pytest.param(kind, BC, dtype, N, grad, mma_v2, marks=marks,
                                        id=f"{kind}-{str(dtype)[6:]}-N{N}-{path}")

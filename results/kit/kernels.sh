@@ -6,8 +6,7 @@
 #    timing is kept from this phase) tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas.
 # 2. our kernels with CUDA 13.5's ptxas (wgmma in every kernel) at every shape: kernels.json.
 # 3. fla at every shape with Triton's own ptxas, autotuned already (our kernels again, mma.sync): kernels_fla.json.
-# 4. results/kit/n256.py: wkv7's float32 backward at N = 256, past _check (does it fit and match the loop?).
-# 5. results/kit/regs.py: the register-bound kernels with more warps an SM (register caps), timed against the defaults.
+# 4. results/kit/regs.py: the register-bound kernels with more warps an SM (register caps), timed against the defaults.
 L=/tmp/logs
 if [ "$1" != run ]; then
   set -e
@@ -33,6 +32,5 @@ TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes $S --head_sizes ${
   --out $L/kernels.json > $L/ours.out 2>&1; st ours done
 PYTHONPATH=/tmp/site python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --out $L/kernels_fla.json \
   > $L/fla.out 2>&1; keep; st fla done
-TRITON_PTXAS_PATH=/tmp/ptxas python results/kit/n256.py > $L/n256.out 2>&1; st n256 done
 TRITON_PTXAS_PATH=/tmp/ptxas python results/kit/regs.py > $L/regs.out 2>&1; st regs done
 touch $L/DONE

@@ -48,8 +48,8 @@ takes 224 KiB).
 Hopper (sm_90): every kernel uses the wgmma instructions when Triton's ptxas is from CUDA 13.3 or later. Older
 ptxas (Triton 3.6 bundles 12.8's) miscompiles wgmma code that reuses a product's registers (wrong gradients, reads
 out of bounds), so with it the two gradient kernels use mma.sync (MMA_V2). Measured on an H200 (B8 T4096 H28 N128
-bf16, forward+backward, wkv7 told RAD-RWKV7's floor): wgmma 7.06 / 15.6 ms (wkv6 / wkv7), mma.sync in the gradient
-kernels 8.29 / 24.2 ms.
+bf16, forward+backward, wkv7 told RAD-RWKV7's floor, 2026-12-05): wgmma 5.63 / 14.03 ms (wkv6 / wkv7), mma.sync in
+the gradient kernels 6.84 / 22.24 ms.
 requirements-gpu.txt installs CUDA 13's ptxas; _ptxas hands it to Triton at import, for every Triton kernel of the
 process (torch.compile's too), unless TRITON_PTXAS_PATH is already set.
 """

@@ -5,7 +5,8 @@ kernel that records its arguments; each distinct launch is then compiled for sm_
 nothing runs. Default: head sizes 128 and 256 in bfloat16 and float32 and 64 in bfloat16, the training path (forward
 keeping the chunk matrices, backward with wgmma and with mma.sync), wkv7 told RAD-RWKV7's decay floor as the model
 calls it. RUN_SLOW=1 adds the inference path (forward alone), head sizes 16 and 32 and 64 in float32, float16 and
-float64 inputs (the public functions take any float dtype), and wkv7 with a decay reference per 16 rows (2 minutes by default, about 20 with RUN_SLOW, on 2 cores)."""
+float64 inputs (the public functions take any float dtype), and wkv7 with a decay reference per 16 rows (2 minutes
+by default, about 20 with RUN_SLOW, on 2 cores)."""
 import os
 import sys
 from pathlib import Path

@@ -725,7 +725,9 @@ def main(argv):
                                          f"{step}: stopping; the last good checkpoint is {last[-1] if last else 'none'} "
                                          "(lower --lr and resume from it, in a new --out_dir or with --resume_changed)")
             if step > start and (step % cfg.ckpt_every == 0 or step == steps):
+                t_save = time.perf_counter()
                 save(step)  # the state after `step` updates, whose loss and gradient are finite
+                t0 += time.perf_counter() - t_save  # a log line's time and tokens/s are the step's alone
             if step == steps:
                 break
             optimizer_step(opt)

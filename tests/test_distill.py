@@ -230,6 +230,25 @@ def test_sigkill_then_resume_reproduces_losses(setup):
         assert got[step] == ref[step], (step, got[step], ref[step])
 
 
+def test_logged_step_time_leaves_out_checkpoint_saves(setup):
+    # a log line's ms and tokens/s are the step's: the checkpoint written after step 3's gradients (made to take
+    # 1000 s on the clock distill reads) is not in the time logged for step 4
+    code = f"""if True:
+        import sys, time, convert, data, distill
+        save, clock, late = convert.save_checkpoint, time.perf_counter, [0.0]
+        time.perf_counter = lambda: clock() + late[0]
+        convert.save_checkpoint = lambda *a, **k: (save(*a, **k), late.__setitem__(0, late[0] + 1000))[0]
+        sys.argv = ["distill.py", "--teacher", "{setup / 'teacher'}", "--data", "{setup / 'train'}",
+                    "--out_dir", "{setup / 'slow_save'}", "--dtype", "float32", "--seq_len", "32", "--batch_size",
+                    "8", "--micro_batch", "2", "--stage", "1", "--tokens", "{4 * 8 * 32}", "--ckpt_every", "3"]
+        data.run(distill.main)
+    """
+    python_c(code)
+    ms = losses(setup, "slow_save", 1, "ms")
+    assert (setup / "slow_save" / "stage1" / "ckpt" / "step_0000003").exists() and sorted(ms) == [1, 2, 3, 4], ms
+    assert ms[4] < 500_000, ms  # a second or so, not the 1000 s of the save
+
+
 def test_bad_arguments_give_one_line(setup):
     for args, msg in [(["--stage", "1", "--no_such_flag", "1"], "unrecognized arguments"),
                       (["--stage", "1", "--teacher", str(setup / "nope")], "config.json"),

@@ -495,6 +495,8 @@ def flops_per_token(cfg, teacher, student):
     s1, train = cfg.stage == 1, 8 if cfg.activation_checkpointing and cfg.stage > 1 else 6
     f = 6 * mats(student, mixer) - 2 * mats(student, reads_x) if s1 else \
         train * mats(student) + 6 * student.lm_head.weight.numel()
+    sc = student.cfg  # a hybrid's softmax layers train from step 2 on
+    f += 0 if s1 else train * len(sc.attention_layers) * cfg.seq_len * sc.num_attention_heads * sc.head_dim
     if teacher is not None:
         tc = teacher.cfg
         last_mlp = f"layers.{tc.num_hidden_layers - 1}.mlp."

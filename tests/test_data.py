@@ -451,8 +451,8 @@ def run_cli(*args):
 def test_cli_tokenize_and_inspect(tmp_path):
     enc = data.load_tokenizer(need(QWEN2))
     texts = [f"Book {i}.\n" + "All work and no play makes Jack a dull boy. " * (50 + 40 * i) for i in range(12)]
-    with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
-        f.writelines(json.dumps({"body": t, "title": "x"}) + "\n" for t in texts[:6])
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:  # a record with empty text is no document
+        f.writelines(json.dumps({"body": t, "title": "x"}) + "\n" for t in texts[:3] + [""] + texts[3:6])
     with lzma.open(tmp_path / "b.jsonl.xz", "wt") as f:
         f.writelines(json.dumps({"body": t}) + "\n" + "\n" for t in texts[6:10])
     (tmp_path / "c.txt").write_text(texts[10])

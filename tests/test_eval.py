@@ -92,6 +92,25 @@ def test_multiple_choice_by_hand(enc, tmp_path):
     got = E.loglikelihoods(model, [E.encode_pair(enc, "Q:", c) for c in ll])
     assert [g[0] for g in got] == pytest.approx(list(ll.values()), abs=1e-5)
     assert path.exists()
+    # a choice's leading space is one of its bytes (as in every shared task's choices): " é" (-14.31) per byte -4.77
+    # beats "xéx" (-19.88) -4.97, but would lose without its space (-7.16); equal choices: the first wins
+    space, tie = [{"context": "Q:", "choices": [" é", "xéx"], "label": 0}], [{"context": "Q:", "choices": ["x", "x"],
+                                                                                  "label": 1}]
+    for name, docs, want in (("space", space, 1), ("tie", tie, 0)):
+        write_jsonl(tmp_path / f"{name}.jsonl", docs)
+        res = E.multiple_choice(model, enc, E.load_task(str(tmp_path), name))
+        assert res["acc"] == want and res["acc_norm"] == want, name
+
+
+def test_head_logprobs_in_chunks():
+    # chunked over positions (7 a chunk here, 4096 by default): every position as from the whole (P, V) logits
+    model = tiny_teacher()
+    g = torch.Generator().manual_seed(0)
+    h, t = torch.randn(30, model.cfg.hidden_size, generator=g), torch.randint(0, 512, (30,), generator=g)
+    lp, greedy = E.head_logprobs(model, h, t, chunk=7)
+    with torch.no_grad():
+        full = model.lm_head(h).float().log_softmax(-1)
+    assert torch.allclose(lp, full.gather(-1, t[:, None])[:, 0], atol=1e-6) and torch.equal(greedy, full.argmax(-1) == t)
 
 
 def test_partial_evaluation(enc, tmp_path):

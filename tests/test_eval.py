@@ -110,7 +110,8 @@ def test_head_logprobs_in_chunks():
     lp, greedy = E.head_logprobs(model, h, t, chunk=7)
     with torch.no_grad():
         full = model.lm_head(h).float().log_softmax(-1)
-    assert torch.allclose(lp, full.gather(-1, t[:, None])[:, 0], atol=1e-6) and torch.equal(greedy, full.argmax(-1) == t)
+    assert torch.allclose(lp, full.gather(-1, t[:, None])[:, 0], atol=1e-6)
+    assert torch.equal(greedy, full.argmax(-1) == t)
 
 
 def test_partial_evaluation(enc, tmp_path):

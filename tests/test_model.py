@@ -319,6 +319,30 @@ def test_generation_takes_one_step_per_token_it_reads(monkeypatch):
     out = M.generate(model, [[1, 2, 3]], max_new_tokens=6)
     assert len(out[0]) == 6 and len(steps) == 5
     assert M.generate(model, [[1, 2, 3]], max_new_tokens=3) == [out[0][:3]]
+    eos = out[0][2]  # a row stops at its EOS (kept), the others go on
+    want = out[0][:out[0].index(eos) + 1]
+    other = M.generate(model, [[5, 5]], max_new_tokens=6)[0]
+    assert M.generate(model, [[1, 2, 3], [5, 5]], max_new_tokens=6, eos_id=eos) == \
+        [want, other[:other.index(eos) + 1] if eos in other else other]
+
+
+def test_nucleus_keeps_the_smallest_prefix_reaching_top_p():
+    # probabilities 0.6, 0.3, 0.1: top_p 0.5 keeps the first token alone, 0.8 the first two, 1.0 all three
+    logits = torch.tensor([[0.6, 0.3, 0.1]]).log().expand(2000, 3)
+    gen = torch.Generator().manual_seed(0)
+    for top_p, kept in ((0.5, {0}), (0.8, {0, 1}), (1.0, {0, 1, 2})):
+        assert set(M.sample(logits, 1.0, top_p, gen).tolist()) == kept, top_p
+
+
+def test_saved_weights_and_config_have_the_dtype_asked(tmp_path):
+    from safetensors import safe_open
+    model = tiny_teacher()
+    for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float32, "float32")):
+        convert.save_model(model.state_dict(), model.cfg, str(tmp_path / name), dtype=dtype)
+        with safe_open(str(tmp_path / name / "model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {dtype}, name
+        assert json.load(open(tmp_path / name / "config.json"))["torch_dtype"] == name
+        assert next(convert.load_model(str(tmp_path / name)).parameters()).dtype == dtype
 
 
 class HostReads(TorchDispatchMode):

@@ -479,10 +479,10 @@ def attention_hooks(teacher):
 
 def flops_per_token(cfg, teacher, student):
     # matmul FLOPs: 2 per weight per token forward, x3 with backward (+1 forward when recomputed: checkpointed
-    # blocks); softmax attention adds 2*T*D per layer forward (causal half of QK^T and AV). The head counts when tied
-    # too. Step 1 trains the recurrent layers' time mixers only, on the teacher's hidden states, which need no
-    # gradient: RAD-RWKV7's matrices that read them (no token shift) take 4 per weight; its teacher skips the head
-    # and last MLP.
+    # blocks, up to the MLP's down_proj, whose output the backward does not need); softmax attention adds 2*T*D per
+    # layer forward (causal half of QK^T and AV). The head counts when tied too. Step 1 trains the recurrent layers'
+    # time mixers only, on the teacher's hidden states, which need no gradient: RAD-RWKV7's matrices that read them
+    # (no token shift) take 4 per weight; its teacher skips the head and last MLP.
     first = min((i for i in range(student.cfg.num_hidden_layers) if student.cfg.mixer(i) == "rwkv7"), default=-1)
     idle = (".r_k", f".{first}.self_attn.v1", f".{first}.self_attn.v2")  # never run: r_k, the first layer's value mix
 
@@ -494,7 +494,8 @@ def flops_per_token(cfg, teacher, student):
         n.split(".self_attn.")[1].split(".")[0] in ("q_proj", "k_proj", "v_proj", "w1", "a1", "g1", "v1")
     s1, train = cfg.stage == 1, 8 if cfg.activation_checkpointing and cfg.stage > 1 else 6
     f = 6 * mats(student, mixer) - 2 * mats(student, reads_x) if s1 else \
-        train * mats(student) + 6 * student.lm_head.weight.numel()
+        train * mats(student) - (train - 6) * mats(student, lambda n: ".down_proj." in n) + \
+        6 * student.lm_head.weight.numel()
     sc = student.cfg  # a hybrid's softmax layers train from step 2 on
     f += 0 if s1 else train * len(sc.attention_layers) * cfg.seq_len * sc.num_attention_heads * sc.head_dim
     if teacher is not None:

@@ -273,11 +273,15 @@ def test_optimizer_settings_are_the_papers():
                                                                    (1e-5, 1e-5, 8, 16384)]
     student = M.make_student(M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1), "rwkv7")
     names = {id(p): n for n, p in student.named_parameters()}
-    opt, lrs = distill.make_optimizer(distill.Config(stage=2, lr=1e-3, lr_final=1e-4, attn_lr=3e-2, attn_lr_final=3e-4),
-                                      student, "cpu")
-    groups = [({".self_attn." in names[id(p)] for p in g["params"]}, g["lr"], g["betas"], pair)
-              for g, pair in zip(opt.param_groups, lrs)]
-    assert groups == [({True}, 3e-2, (0.9, 0.95), (3e-2, 3e-4)), ({False}, 1e-3, (0.9, 0.95), (1e-3, 1e-4))]
+    opt, lrs = distill.make_optimizer(distill.Config(stage=2, lr=1e-3, lr_final=1e-4, attn_lr=3e-2, attn_lr_final=3e-4,
+                                                     weight_decay=0.1, eps=1e-6), student, "cpu")
+    groups = [({".self_attn." in names[id(p)] for p in g["params"]}, g["lr"], g["betas"], g["eps"], g["weight_decay"],
+               pair) for g, pair in zip(opt.param_groups, lrs)]
+    assert groups == [({True}, 3e-2, (0.9, 0.95), 1e-6, 0.1, (3e-2, 3e-4)),
+                      ({False}, 1e-3, (0.9, 0.95), 1e-6, 0.1, (1e-3, 1e-4))]
+    # --attn_lr alone: the attention group ends at --lr_final (--attn_lr_final 0)
+    assert distill.make_optimizer(distill.Config(stage=2, lr=1e-3, lr_final=1e-4, attn_lr=3e-2), student,
+                                  "cpu")[1] == [(3e-2, 1e-4), (1e-3, 1e-4)]
     distill.prepare_student(distill.Config(stage=1, compile=False), student)
     opt, lrs = distill.make_optimizer(distill.Config(stage=1, lr=1e-3, lr_final=1e-5, attn_lr=3e-2), student, "cpu")
     assert lrs == [(1e-3, 1e-5)] and all(".self_attn." in names[id(p)] for p in opt.param_groups[0]["params"])
@@ -314,6 +318,16 @@ def test_lr_schedule_is_the_quarter_cosine_with_warmup():
             1000: lr1, 2000: lr1}  # the end of the budget, and past it (clamped)
     for step, lr in want.items():
         assert distill.get_lr(step, total, lr0, lr1, warm) == pytest.approx(lr, rel=1e-12), step
+
+
+def test_max_steps_stops_the_schedule_of_the_whole_budget(setup):
+    # --max_steps 4 of a 10-step budget: the first 4 LRs of the 10-step schedule (a staged run continues it later)
+    import distill
+    run(setup, "max4", "--stage", "1", "--tokens", str(10 * 8 * 32), "--max_steps", "4", "--lr", "1e-3",
+        "--lr_final", "1e-5")
+    lrs = losses(setup, "max4", 1, "lr")
+    assert sorted(lrs) == [1, 2, 3, 4] and all(lr == pytest.approx(distill.get_lr(s - 1, 10, 1e-3, 1e-5, 2), rel=1e-12)
+                                               for s, lr in lrs.items()), lrs
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -363,7 +377,8 @@ def test_step_losses_match_their_definitions():
     x = batch[:, :-1]
     hooks = distill.attention_hooks(teacher)
     with torch.no_grad():
-        got2 = distill.step_loss(distill.Config(stage=2, loss_chunk=5, compile=False), teacher, student, batch, hooks)[0]
+        got2, parts2 = distill.step_loss(distill.Config(stage=2, loss_chunk=5, compile=False), teacher, student, batch,
+                                         hooks)
         cos, sin = teacher.rope(torch.arange(x.shape[1])[None])
         h, v_first, per_layer = teacher.model.embed_tokens(x), None, []
         for tb, sb in zip(teacher.model.layers, student.model.layers):
@@ -376,12 +391,14 @@ def test_step_losses_match_their_definitions():
         want1 = torch.stack(per_layer).mean()
         logp_t, logp_s = teacher(x).log_softmax(-1), student(x).log_softmax(-1)
         want2 = (logp_t.exp() * (logp_t - logp_s)).sum(-1).mean()
+        want_ce = F.nll_loss(logp_s.flatten(0, 1), batch[:, 1:].flatten())  # logged beside: the student's
         cfg1 = distill.Config(stage=1, compile=False)
         distill.prepare_teacher(cfg1, teacher)  # as step 1 builds it: the last block stops after its attention
         got1 = distill.step_loss(cfg1, teacher, student, batch, hooks)[0]
     assert teacher.model.layers[-1].attention_only and not teacher.model.layers[0].attention_only
     assert got1.item() == pytest.approx(want1.item(), rel=1e-5)
     assert got2.item() == pytest.approx(want2.item(), rel=1e-5)
+    assert parts2.tolist() == pytest.approx([want2.item(), want_ce.item()], rel=1e-5)
     # a hybrid's kept attention is the teacher's own: in step 1 it neither counts nor trains
     hybrid = M.make_student(teacher, "rwkv7", [1])
     hybrid.load_state_dict(student.state_dict(), strict=False)  # layers 0 and 2 as above
@@ -392,10 +409,11 @@ def test_step_losses_match_their_definitions():
     assert [any(p.requires_grad for p in b.self_attn.parameters()) for b in hybrid.model.layers] == [True, False, True]
 
 
-@pytest.mark.parametrize("stage,kind,att,tied", [(1, "rwkv7", (), False), (1, "rwkv7", (0,), False), (1, "rwkv6", (), False),
-                                               (2, "rwkv7", (), True), (2, "rwkv7", (2,), False), (2, "rwkv6", (), False),
-                                               (3, "rwkv7", (1,), False)])
-def test_flops_count_what_runs(stage, kind, att, tied, monkeypatch):
+@pytest.mark.parametrize("stage,kind,att,tied,ckpt", [
+    (1, "rwkv7", (), False, False), (1, "rwkv7", (0,), False, False), (1, "rwkv6", (), False, False),
+    (2, "rwkv7", (), True, False), (2, "rwkv7", (2,), False, False), (2, "rwkv6", (), False, True),
+    (3, "rwkv7", (1,), False, True)])
+def test_flops_count_what_runs(stage, kind, att, tied, ckpt, monkeypatch):
     # MFU's numerator per token against torch's FLOP counter over one micro-batch's loss and backward (the WKV calls
     # stood in by additions, the softmax attention apart): step 1 counts only what trains and what runs (the teacher
     # without its head and last MLP; RAD-RWKV7's matrices on the teacher's hidden states without input gradients; a
@@ -407,7 +425,8 @@ def test_flops_count_what_runs(stage, kind, att, tied, monkeypatch):
     monkeypatch.setattr(W, "wkv7", lambda r, logw, k, v, a, b, state=None, logw_min=-5.0: (r + k + v + a + b, None))
     monkeypatch.setattr(W, "wkv6", lambda r, k, v, logw, state=None: (r + k + v, None))
     tcfg = M.ModelConfig(**M.PRESETS["tiny"], tie_word_embeddings=tied)
-    cfg = distill.Config(stage=stage, student=kind, seq_len=32, compile=False, loss_chunk=10**9)
+    cfg = distill.Config(stage=stage, student=kind, seq_len=32, compile=False, loss_chunk=10**9,
+                         activation_checkpointing=ckpt)  # (checkpointed blocks: their forward again in the backward)
     teacher = M.Model(tcfg).tie_weights().init_weights(seed=1).requires_grad_(False)
     distill.prepare_teacher(cfg, teacher)
     student = M.make_student(teacher, kind, att)
@@ -420,7 +439,8 @@ def test_flops_count_what_runs(stage, kind, att, tied, monkeypatch):
     counts = fc.get_flop_counts()["Global"]
     matmuls = sum(v for op, v in counts.items() if "scaled_dot_product" not in str(op))
     # softmax attention by hand, causal half: the teacher's forward 2 T H N a layer, a hybrid's trained layers x 3
-    attention = (0 if teacher is None else 2 * 3 * 32 * 4 * 16) + (0 if stage == 1 else 6 * len(att) * 32 * 4 * 16)
+    attention = (0 if teacher is None else 2 * 3 * 32 * 4 * 16) + \
+        (0 if stage == 1 else (8 if ckpt else 6) * len(att) * 32 * 4 * 16)
     assert distill.flops_per_token(cfg, teacher, student) == matmuls / 64 + attention  # per token of the 64
 
 

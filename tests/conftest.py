@@ -76,13 +76,18 @@ def setup(tmp_path_factory):
     return tmp
 
 
+def small_args(setup, out):
+    """distill.py's flags for the tiny teacher with small settings, writing to setup/out (later flags override them)."""
+    return ["--teacher", str(setup / "teacher"), "--data", str(setup / "train"), "--val_data", str(setup / "val"),
+            "--out_dir", str(setup / out), "--dtype", "float32", "--seq_len", "32", "--batch_size", "8",
+            "--micro_batch", "2", "--warmup_steps", "2", "--val_every", "1000", "--val_batches", "2",
+            "--ckpt_every", "1000"]
+
+
 def run(setup, out, *args, nproc=1, wait=True, check=True):
-    """distill.py on the tiny teacher with small settings (later arguments override them): its output, or with
-    check=False (returncode, output), or with wait=False the running process."""
-    common = ["--teacher", str(setup / "teacher"), "--data", str(setup / "train"), "--val_data", str(setup / "val"),
-              "--out_dir", str(setup / out), "--dtype", "float32", "--seq_len", "32", "--batch_size", "8",
-              "--micro_batch", "2", "--warmup_steps", "2", "--val_every", "1000", "--val_batches", "2",
-              "--ckpt_every", "1000"]
+    """distill.py with small_args (later arguments override them): its output, or with check=False (returncode,
+    output), or with wait=False the running process."""
+    common = small_args(setup, out)
     if nproc == 1:
         cmd = [sys.executable, "distill.py"]
     else:

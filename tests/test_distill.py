@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import convert
 import model as M
 
-from conftest import ROOT, V, losses, python_c, run  # the tiny teacher, its data and the runner: conftest.py
+from conftest import ROOT, V, losses, python_c, run, small_args  # the tiny teacher, its data, the runner
 
 
 def test_three_steps_lower_their_losses(setup):
@@ -238,9 +238,8 @@ def test_logged_step_time_leaves_out_checkpoint_saves(setup):
         save, clock, late = convert.save_checkpoint, time.perf_counter, [0.0]
         time.perf_counter = lambda: clock() + late[0]
         convert.save_checkpoint = lambda *a, **k: (save(*a, **k), late.__setitem__(0, late[0] + 1000))[0]
-        sys.argv = ["distill.py", "--teacher", "{setup / 'teacher'}", "--data", "{setup / 'train'}",
-                    "--out_dir", "{setup / 'slow_save'}", "--dtype", "float32", "--seq_len", "32", "--batch_size",
-                    "8", "--micro_batch", "2", "--stage", "1", "--tokens", "{4 * 8 * 32}", "--ckpt_every", "3"]
+        sys.argv = {["distill.py"] + small_args(setup, "slow_save") + ["--stage", "1", "--tokens", str(4 * 8 * 32),
+                                                                       "--ckpt_every", "3"]!r}
         data.run(distill.main)
     """
     python_c(code)

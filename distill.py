@@ -483,20 +483,21 @@ def flops_per_token(cfg, teacher, student):
     # layer forward (causal half of QK^T and AV). The head counts when tied too. Step 1 trains the recurrent layers'
     # time mixers only, on the teacher's hidden states, which need no gradient: RAD-RWKV7's matrices that read them
     # (no token shift) take 4 per weight; its teacher skips the head and last MLP.
-    first = min((i for i in range(student.cfg.num_hidden_layers) if student.cfg.mixer(i) == "rwkv7"), default=-1)
+    sc = student.cfg
+    first = min((i for i in range(sc.num_hidden_layers) if sc.mixer(i) == "rwkv7"), default=-1)
     idle = (".r_k", f".{first}.self_attn.v1", f".{first}.self_attn.v2")  # never run: r_k, the first layer's value mix
 
     def mats(model, keep=lambda n: True):  # the blocks' matrices (not the [1, 1, C] vectors) whose names pass keep
         return sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and p.shape[-2] > 1
                    and n.startswith("model.layers.") and not n.endswith(idle) and keep(n))
-    mixer = lambda n: ".self_attn." in n and student.cfg.mixer(int(n.split(".")[2])) != "attention"
-    reads_x = lambda n: mixer(n) and student.cfg.student == "rwkv7" and \
+    mixer = lambda n: ".self_attn." in n and sc.mixer(int(n.split(".")[2])) != "attention"
+    reads_x = lambda n: mixer(n) and sc.student == "rwkv7" and \
         n.split(".self_attn.")[1].split(".")[0] in ("q_proj", "k_proj", "v_proj", "w1", "a1", "g1", "v1")
     s1, train = cfg.stage == 1, 8 if cfg.activation_checkpointing and cfg.stage > 1 else 6
     f = 6 * mats(student, mixer) - 2 * mats(student, reads_x) if s1 else \
         train * mats(student) - (train - 6) * mats(student, lambda n: ".down_proj." in n) + \
         6 * student.lm_head.weight.numel()
-    sc = student.cfg  # a hybrid's softmax layers train from step 2 on
+    # a hybrid's softmax layers train from step 2 on
     f += 0 if s1 else train * len(sc.attention_layers) * cfg.seq_len * sc.num_attention_heads * sc.head_dim
     if teacher is not None:
         tc = teacher.cfg

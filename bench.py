@@ -44,6 +44,11 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def peak_gib(device):
+    # the most memory the allocator held since torch.cuda.reset_peak_memory_stats(), GiB (None off a GPU)
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+
 def write_rows(name, rows, out):
     # appended to the file's rows (each row carries its date and GPU), so runs of one session add up
     path = out or os.path.join(RESULTS, f"{name}.json")
@@ -304,7 +309,7 @@ def decode(cfg):
                         torch.cuda.reset_peak_memory_stats()
                     row["prefill_tok_s"], row["decode_tok_s"] = time_generation(
                         model, B, T, cfg.decode_steps, cfg.prefill_chunk, cfg.cuda_graphs, cfg.compile)
-                    row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+                    row["peak_gib"] = peak_gib(device)
                 except torch.OutOfMemoryError:  # its tensors are freed once the except block is left
                     row["note"] = "out of memory"
                 if cuda:
@@ -397,7 +402,7 @@ def distill_step(cfg):
                micro_batch=cfg.micro_batch, batch_size=dcfg.batch_size,
                activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
                tokens_per_s_per_gpu=tokens / dt, mfu=flops * tokens / dt / peak if peak else None,
-               peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+               peak_mem_gib=peak_gib(device),
                world_size=world, step_ms=dt * 1e3, split_ms=split)
     if rank == 0:
         print(table(["model", "layers", "step", "batch", "micro-batch", "ckpt", "tokens/s/device", "MFU", "peak GiB",

@@ -47,15 +47,17 @@ def make_inputs(kind, B, T, H, N, with_state, seed=0, keys="random", logw_fill=N
     return args, state
 
 
-def run_with_grads(fn, args, state, seed=1, use_o=True, use_state=True):
-    # a random linear loss on o and the final state; returns o, final state and the input gradients
-    args = [x.clone().requires_grad_() for x in args]
+def run_with_grads(fn, args, state, seed=1, use_o=True, use_state=True, grad_inputs=True, wrap=None):
+    # a random linear loss on o and the final state; returns o, final state and the input gradients. An output
+    # left out (use_o, use_state) is not in the loss at all, so the kernels' backward gets None for it, as the
+    # model's final state in training; grad_inputs=False: only the state is learned; wrap(fn): fn as called
+    args = [x.clone().requires_grad_(grad_inputs) for x in args]
     state = None if state is None else state.clone().requires_grad_()
-    o, sT = fn(*args, state)
+    o, sT = (fn if wrap is None else wrap(fn))(*args, state)
     g = torch.Generator().manual_seed(seed)
     go, gs = torch.randn(o.shape, generator=g), torch.randn(sT.shape, generator=g)
-    loss = (o * go.to(o.dtype)).sum() * use_o + (sT * gs.to(sT.dtype)).sum() * use_state
-    loss.backward()
+    loss = [(o * go.to(o.dtype)).sum()] * use_o + [(sT * gs.to(sT.dtype)).sum()] * use_state
+    sum(loss).backward()
     grads = [x.grad for x in args] + ([] if state is None else [state.grad])
     return [o.detach(), sT.detach()] + grads
 
@@ -113,6 +115,20 @@ def test_chunked_in_groups(kind, keys, monkeypatch):
     compare(kind, impl(kind, chunked=True), (2, 130, 3, 16), True, keys)
 
 
+@pytest.mark.skipif(INTERPRETED, reason="the kernels run here, not the CPU fallback")
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
+def test_fallback_keeps_only_its_inputs_for_the_backward(kind):
+    # under autograd the CPU fallback recomputes the chunked form's intermediates in the backward (about 100 tensors
+    # of the inputs' size, which a 30-layer step would otherwise hold at once): what autograd saves during the
+    # forward is the inputs and the state, nothing more
+    args, state = make_inputs(kind, 1, 70, 2, 16, True, keys="alike")
+    args = [x.requires_grad_() for x in args]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel()) or x, lambda x: x):
+        getattr(W, kind)(*args, state)
+    assert sum(saved) <= sum(x.numel() for x in args + [state]), f"{len(saved)} tensors, {sum(saved)} values"
+
+
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "fallback"])
 def test_decay_floor(chunked):
     # one reference per chunk holds to the floor it allows (-45/33: factors up to e^45, products up to e^87 where
@@ -151,6 +167,25 @@ def test_cpu_fallback_keeps_dtype(kind):
     assert rel_rms(o, o_ref) < 2e-2 and rel_rms(s, s_ref) < 2e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64],
+                         ids=["bfloat16", "float16", "float32", "float64"])
+def test_launchers_keep_the_documented_dtypes(dtype, monkeypatch):
+    # o and the input gradients in the inputs' dtypes, the final state and dL/dstate in float32, each chunk's saved
+    # state in bfloat16 for bfloat16 inputs, else float32: the interpreter runs no bfloat16 and its values do not
+    # tell a float16 copy apart, so the launchers run here with every kernel launch skipped (outputs left unwritten)
+    for name in [name for name in vars(W) if name.endswith("_kernel")]:
+        monkeypatch.setattr(W, name, type("Skipped", (), {"__getitem__": lambda self, grid: lambda *a, **kw: None})())
+    inner = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    for kind in ["wkv6", "wkv7"]:
+        args, s0 = W.example_inputs(kind, 1, 20, 2, 16, dtype=dtype, state=True)
+        (r, k, v, w), a, b = (args, None, None) if kind == "wkv6" else ((args[0], *args[2:4], args[1]), *args[4:])
+        o, sT, states, prep = W._launch_fwd(r, w, k, v, a, b, s0, kind == "wkv7", W.SUB, keep=True)
+        *grads, ds0 = W._launch_bwd(r, w, k, v, a, b, states, torch.randn_like(o), torch.randn_like(sT),
+                                    kind == "wkv7", W.SUB, prep)
+        assert (o.dtype, sT.dtype, states.dtype, ds0.dtype) == (dtype, torch.float32, inner, torch.float32), kind
+        assert [x.dtype for x in grads if x is not None] == [x.dtype for x in (r, w, k, v, a, b) if x is not None]
+
+
 @pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
 def test_reference_switch(kind, monkeypatch):
     args, state = make_inputs(kind, 1, 5, 2, 16, True)
@@ -158,6 +193,55 @@ def test_reference_switch(kind, monkeypatch):
     o, s = getattr(W, kind)(*args, state)
     o_ref, s_ref = getattr(W, f"{kind}_ref")(*args, state)
     assert torch.equal(o, o_ref) and torch.equal(s, s_ref)
+
+
+def test_decay_floor_picks_the_reference_rows(monkeypatch):
+    # one decay reference per chunk exactly for the floors that allow it, CHUNK_REF_FLOOR itself included, else one
+    # per SUB rows: both give the same outputs, so only the rows handed to the chunked form (CPU fallback) or to the
+    # kernels (interpreter) tell; and a call of several steps runs the chunked algorithm, not the loop (decoding)
+    seen, chunked, launch = [], W._chunked, W._launch_fwd
+    monkeypatch.setattr(W, "_chunked", lambda *a, **kw: seen.append(kw.get("BC", W.SUB)) or chunked(*a, **kw))
+    monkeypatch.setattr(W, "_launch_fwd", lambda *a, **kw: seen.append(a[8]) or launch(*a, **kw))
+    args, state = make_inputs("wkv7", 1, 8, 1, 16, True)  # RAD-RWKV7's decays: above every floor below
+    floors = [(W.RWKV7_LOGW_MIN, W.CHUNK), (W.CHUNK_REF_FLOOR, W.CHUNK), (W.CHUNK_REF_FLOOR - 1e-3, W.SUB),
+              (-5.0, W.SUB)]
+    for floor, rows in floors:
+        seen.clear()
+        W.wkv7(*args, state, logw_min=floor)
+        assert seen == [rows], f"logw_min = {floor}: {seen}, expected [{rows}]"
+    seen.clear()
+    W.wkv6(*make_inputs("wkv6", 1, 8, 1, 16, True)[0])
+    assert seen == [W.SUB]
+
+
+def test_tiles_divide_the_head_size():
+    # the grids launch N // tile programs over values or keys: every tile must divide N and fit in it, for every
+    # head size _check admits and batch x heads on either side of the serial passes' split (128 programs)
+    for N in (16, 32, 64, 128, 256):
+        tiles = [min(t, N) for t in list(W.BLOCK_K.values()) + list(W.BLOCK_V.values())]
+        tiles += [W._block_v(N, p) for p in (1, 127, 128, 4096)] + [W._dmat_tiles(N)[0]]
+        assert all(16 <= t <= N and N % t == 0 for t in tiles), (N, tiles)
+
+
+def test_example_inputs_are_drawn_as_documented():
+    # the tests' power rests on example_inputs: keys alike from step to step (cosine 1 / (1 + spread^2) with spread
+    # uniform in [0.2, 1], median about 0.74) against independent ones (about 0), in-context rates near 1
+    # (sigmoid(c + 1.5) averages 0.79, against 0.5), wkv6's decays from slow (-e^-6) to the clamp at -5, wkv7's in
+    # (RWKV7_LOGW_MIN, 0), logw in float32 whatever dtype the rest takes, and the seed respected
+    cos = lambda kk: (kk[:, 1:] * kk[:, :-1]).sum(-1)  # consecutive unit keys
+    (_, logw, _, _, a, b), state = W.example_inputs("wkv7", 2, 64, 4, 64, keys="alike", state=True)
+    assert 0.6 < cos(-a).median() < 0.85 and (b / -a).mean() > 0.7
+    assert W.RWKV7_LOGW_MIN < logw.min() and logw.max() < 0 and state.shape == (2, 4, 64, 64)
+    (_, _, _, _, a, b), state = W.example_inputs("wkv7", 2, 64, 4, 64, keys="random")
+    assert cos(-a).mean().abs() < 0.05 and (b / -a).mean() < 0.6 and state is None
+    logw = W.example_inputs("wkv6", 2, 64, 4, 64)[0][3]
+    assert logw.min() == -5 and (logw == -5).float().mean() > 0.05 and -0.01 < logw.max() < 0
+    for kind, i in [("wkv6", 3), ("wkv7", 1)]:
+        args = W.example_inputs(kind, 1, 4, 1, 16, dtype=torch.bfloat16)[0]
+        assert [x.dtype for x in args] == [torch.float32 if j == i else torch.bfloat16 for j in range(len(args))]
+        same, again, other = (W.example_inputs(kind, 1, 4, 1, 16, seed=seed)[0] for seed in (3, 3, 4))
+        assert all(torch.equal(x, y) for x, y in zip(same, again))
+        assert not any(torch.equal(x, y) for x, y in zip(same, other))
 
 
 @pytest.mark.parametrize("before", [None, "0"])
@@ -229,6 +313,17 @@ def test_bad_inputs_raise():
         W.wkv7(x, -x.abs(), x, x, x, None)
     with pytest.raises(ValueError, match="logw_min must lie in \\[-5, 0\\]"):
         W.wkv7(x, -x.abs(), x, x, x, x, logw_min=-6.0)
+    with pytest.raises(ValueError, match="logw_min must lie in \\[-5, 0\\]"):  # a floor above 0 too
+        W.wkv7(x, -x.abs(), x, x, x, x, logw_min=0.5)
+    for n in (8, 48):  # below 16, and a multiple of 16 that is no power of two: the chunked form would take both
+        with pytest.raises(ValueError, match="power of two in \\[16, 256\\]"):
+            y = torch.randn(1, 2, 1, n)
+            W.wkv6(y, y, y, -y.abs())
+    with pytest.raises(ValueError, match="v is on meta, r on cpu"):
+        W.wkv6(x, x, x.to("meta"), -x.abs())
+    for state in (torch.zeros(1, 2, 16, 16, dtype=torch.long), torch.zeros(1, 2, 16, 16, device="meta")):
+        with pytest.raises(ValueError, match="state must be a floating-point tensor on cpu"):  # (.float() takes ints)
+            W.wkv7(x, -x.abs(), x, x, x, x, state)
 
 
 # -----------------------------------------------------------------------------
@@ -317,6 +412,54 @@ def test_kernel_gradient_through_one_output(kind, use):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
+def test_kernel_gradient_of_the_state_alone(kind):
+    # the inputs frozen and only the initial state learned: the forward must still keep what the backward needs
+    compare(kind, impl(kind), (1, 70, 2, 16), True, keys="alike", grad_inputs=False)
+
+
+def strided(fn):
+    # fn on inputs and a state that hold the same values in transposed memory, returning o and the final state as
+    # transposed views, so that their gradients (dO, dS) arrive in transposed memory too
+    def call(*args):
+        o, s = fn(*[None if x is None else x.transpose(-2, -3).contiguous().transpose(-2, -3) for x in args])
+        return o.transpose(1, 2), s.transpose(-1, -2)
+    return call
+
+
+@needs_interpreter
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
+def test_kernel_strided_memory(kind):
+    # the kernels index contiguous [B, T, H, N] rows and [B, H, N, N] states: whatever else comes in is copied first
+    compare(kind, impl(kind), (1, 70, 2, 16), True, keys="alike", wrap=strided)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=["float16", "float64"])
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
+def test_kernel_float16_and_float64_inputs(kind, dtype):
+    # any float dtype goes in (logw float32, as the students make it): the kernels work in float32 (bfloat16
+    # products only for bfloat16), o and the gradients come back in the inputs' dtypes, the final state in float32.
+    # float16 rounds o, and the loss's dO, to 2^-11 (relative RMS about 3e-4): 1e-3 for everything that passes
+    # through them; the final state does not (float16 values are exact in float32), and gets the float32 TOL
+    args, state = make_inputs(kind, 1, 70, 2, 16, True, keys="alike")
+    logw = 3 if kind == "wkv6" else 1
+    args = [x if i == logw else x.to(dtype) for i, x in enumerate(args)]
+    ref = run_with_grads(getattr(W, f"{kind}_ref"), [x.double() for x in args], state.double())
+    out = run_with_grads(impl(kind), args, state)
+    dtypes = [dtype, torch.float32] + [x.dtype for x in args] + [torch.float32]
+    for name, x, y, dt in zip(NAMES[kind] + ["dstate"], out, ref, dtypes):
+        tol = TOL if dtype == torch.float64 or name == "final_state" else 1e-3
+        assert x.dtype == dt, f"{kind} {name}: {x.dtype}, expected {dt}"
+        assert rel_rms(x, y) <= tol, f"{kind} {name}: relative RMS error {rel_rms(x, y):.2e} > {tol:.0e}"
+
+
+@needs_interpreter
+def test_kernel_decay_floor_picks_the_reference_rows(monkeypatch):
+    test_decay_floor_picks_the_reference_rows(monkeypatch)
+
+
+@needs_interpreter
 def test_kernel_refuses_a_second_derivative():
     # the kernels' gradients carry no graph: create_graph=True must fail loudly, not give a gradient penalty of zero
     args, _ = make_inputs("wkv6", 1, 20, 1, 16, False)
@@ -364,6 +507,14 @@ def test_kernel_key_blocks(kind, monkeypatch):
     # 16 key columns per step at N = 32: every kernel's loop (or grid) over key blocks takes two blocks
     monkeypatch.setattr(W, "BLOCK_K", {name: 16 for name in W.BLOCK_K})
     compare(kind, impl(kind), (1, 100, 2, 32), True, keys="alike")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
+def test_kernel_head_size_128(kind):
+    # the default tiles at N = 128 (float32): the output kernel and dV's take two blocks of 64 value columns (one at
+    # the N <= 64 above), the serial passes four of 32, wkv7's chunk pass and the input gradients four key blocks
+    compare(kind, impl(kind), (1, 70, 1, 128), True, keys="alike")
 
 
 def test_kernels_under_interpreter():

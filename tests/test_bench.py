@@ -15,6 +15,20 @@ import model as M
 from distill import free_port
 
 
+class OnBackward(torch.autograd.Function):
+    """Identity whose backward first calls callback(): notes or times the backward of a stand-in."""
+    @staticmethod
+    def forward(ctx, x, callback):
+        ctx.callback = callback
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.callback()
+        return g, None
+
+
+
 def test_decode_smoke(tmp_path, capsys):
     out = tmp_path / "decode.json"
     rows = bench.decode(bench.DecodeBench(preset="tiny", students="rwkv6,rwkv7", contexts="8,24", batches="1,2",
@@ -154,20 +168,12 @@ def test_kernel_rows_floors_and_ratios(tmp_path, monkeypatch, capsys):
     ms = {("wkv6", 0): 1.0, ("wkv6", 1): 3.0, ("wkv7", 0): 2.0, ("wkv7", 1): 5.0, ("fla6", 0): 1.5,
           ("fla6", 1): 6.0, ("fla7", 0): 2.5, ("fla7", 1): 7.5, ("sdpa", 0): 0.5, ("sdpa", 1): 4.0}
 
-    class Tap(torch.autograd.Function):  # identity that notes its backward
-        @staticmethod
-        def forward(ctx, x):
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            ran.append("backward")
-            return g
+    tap = lambda x: OnBackward.apply(x, lambda: ran.append("backward"))  # notes its backward
 
     def stand_in(name):
         def op(*xs, logw_min=None, **told):
             ran.append((name, logw_min, told))
-            return Tap.apply(sum(x.float() for x in xs).to(xs[0].dtype)), None
+            return tap(sum(x.float() for x in xs).to(xs[0].dtype)), None
         return op
 
     benched = []
@@ -194,7 +200,7 @@ def test_kernel_rows_floors_and_ratios(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(W, "wkv6", stand_in("wkv6"))
     monkeypatch.setattr(W, "wkv7", stand_in("wkv7"))
     monkeypatch.setattr(bench.F, "scaled_dot_product_attention",
-                        lambda *a, **k: (ran.append(("sdpa", None, {})), Tap.apply(sdpa(*a, **k)))[1])
+                        lambda *a, **k: (ran.append(("sdpa", None, {})), tap(sdpa(*a, **k)))[1])
     monkeypatch.setattr(bench, "RESULTS", str(tmp_path))
     H, N = 4, 8
     rows = bench.kernels(bench.KernelBench(shapes="2x8,1x16", heads=H, kv_heads=2, head_sizes=str(N),
@@ -319,16 +325,6 @@ def test_distill_step_speed_mfu_and_split(tmp_path, monkeypatch, capsys):
             return out
         return run
 
-    class SlowBackward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            advance(1e-3)
-            return g
-
     def built_slow(*a, **k):
         teacher, student = build(*a, **k)
         teacher.forward = slow(1e-3, teacher.forward)
@@ -337,7 +333,7 @@ def test_distill_step_speed_mfu_and_split(tmp_path, monkeypatch, capsys):
 
     def wkv7_slow(*a, **k):
         o, s = slow(1e-4, wkv7)(*a, **k)
-        return SlowBackward.apply(o), s
+        return OnBackward.apply(o, lambda: advance(1e-3)), s  # its backward 1 ms
 
     def count(cfg, teacher, student):
         counted.append((teacher, student, flops_per_token(cfg, teacher, student)))

@@ -446,6 +446,8 @@ def step_loss(cfg, teacher, student, batch, hooks):
         cos, sin = student.rope(torch.arange(x.shape[1], device=x.device)[None])
         v_first, loss, fn = None, 0.0, compiled(align_loss) if cfg.compile else align_loss
         mixers = [i for i in range(len(hooks)) if student.cfg.mixer(i) != "attention"]  # (attention passes v_first on)
+        # the one path between layers: RAD-RWKV7's later mixers mix in v_first, the first one's values, so their
+        # losses also train its v_proj (as the authors' trainer does; the residual stream is the teacher's)
         for i in mixers:
             h, t_out = hooks[i].captured
             s_out, v_first = student.model.layers[i].self_attn(h, cos, sin, v_first)

@@ -336,7 +336,9 @@ class ModelConfig:
     model_type: str = "qwen2"  # qwen2 | qwen3 | llama; students rwkv{6,7}qwen2 (published), radlads_rwkv{6,7} (own)
     student: str = ""  # "" for a teacher, else the time mixer: "rwkv6" | "rwkv7"
     attention_layers: list = field(default_factory=list)  # hybrid student: layers kept as softmax attention
-    untied_from_tied: bool = False  # the teacher tied lm_head; the student trains an untied copy
+    untied_from_tied: bool = False  # the teacher tied lm_head; the student trains an untied copy and keeps it
+    # (SPEC §1: the reference code re-ties small models for evaluation; here the trained head is what is exported
+    # and evaluated, since re-tying would drop it)
     bos_token_id: int = None
     eos_token_id: int = None
 

@@ -268,8 +268,8 @@ def test_optimizer_settings_are_the_papers():
     assert (c.beta1, c.beta2, c.eps, c.weight_decay, c.grad_clip, c.seed, c.warmup_steps) == \
         (0.9, 0.95, 1e-8, 0.0, 1.0, 1337, 50)
     assert [(distill.STAGES[k]["lr"], distill.STAGES[k]["lr_final"], distill.STAGES[k]["batch_size"],
-             distill.STAGES[k]["seq_len"]) for k in (1, 2, 3)] == [(1e-3, 1e-5, 32, 512), (1e-5, 1e-5, 96, 512),
-                                                                   (1e-5, 1e-5, 8, 16384)]
+             distill.STAGES[k]["seq_len"], distill.STAGES[k]["tokens"]) for k in (1, 2, 3)] == \
+        [(1e-3, 1e-5, 32, 512, 100_000_000), (1e-5, 1e-5, 96, 512, 500_000_000), (1e-5, 1e-5, 8, 16384, 100_000_000)]
     student = M.make_student(M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1), "rwkv7")
     names = {id(p): n for n, p in student.named_parameters()}
     opt, lrs = distill.make_optimizer(distill.Config(stage=2, lr=1e-3, lr_final=1e-4, attn_lr=3e-2, attn_lr_final=3e-4,
@@ -278,6 +278,10 @@ def test_optimizer_settings_are_the_papers():
                pair) for g, pair in zip(opt.param_groups, lrs)]
     assert groups == [({True}, 3e-2, (0.9, 0.95), 1e-6, 0.1, (3e-2, 3e-4)),
                       ({False}, 1e-3, (0.9, 0.95), 1e-6, 0.1, (1e-3, 1e-4))]
+    # step 2 (and 3) trains every parameter (SPEC §3): a fresh student as distill builds it, prepared for the step
+    distill.prepare_student(distill.Config(stage=2, compile=False), student)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(student.parameters()))
+    assert all(p.requires_grad for p in student.parameters())
     # --attn_lr alone: the attention group ends at --lr_final (--attn_lr_final 0)
     assert distill.make_optimizer(distill.Config(stage=2, lr=1e-3, lr_final=1e-4, attn_lr=3e-2), student,
                                   "cpu")[1] == [(3e-2, 1e-4), (1e-3, 1e-4)]
@@ -406,6 +410,26 @@ def test_step_losses_match_their_definitions():
     assert got_h.item() == pytest.approx((per_layer[0] + per_layer[2]).item() / 2, rel=1e-5)
     distill.prepare_student(cfg1, hybrid)
     assert [any(p.requires_grad for p in b.self_attn.parameters()) for b in hybrid.model.layers] == [True, False, True]
+
+
+def test_step1_v_first_carries_the_later_layers_losses():
+    # step 1's residual stream is the teacher's, so no gradient crosses layers through it (SPEC §3); RAD-RWKV7's
+    # v_first, the first mixer's values mixed into every later one, still carries their losses back to the first
+    # mixer's v_proj, as in the authors' trainer (a deliberate choice: detaching it would change this test)
+    import distill
+    teacher = M.Model(M.ModelConfig(**M.PRESETS["tiny"])).init_weights(seed=1)
+    student = M.make_student(teacher, "rwkv7")
+    cfg1, batch = distill.Config(stage=1, compile=False), torch.randint(0, V, (2, 10))
+    hooks = distill.attention_hooks(teacher)
+    distill.prepare_teacher(cfg1, teacher)
+    distill.step_loss(cfg1, teacher, student, batch, hooks)[0].backward()
+    first = student.model.layers[0].self_attn
+    g_all, first.v_proj.weight.grad = first.v_proj.weight.grad, None
+    n, t_out = hooks[0].captured
+    cos, sin = student.rope(torch.arange(batch.shape[1] - 1)[None])
+    (distill.align_loss(t_out, first(n, cos, sin)[0]) / 3).backward()  # its own layer's share of the mean alone
+    g_own = first.v_proj.weight.grad
+    assert (g_all - g_own).norm() > 1e-2 * g_own.norm()
 
 
 @pytest.mark.parametrize("stage,kind,att,tied,ckpt", [

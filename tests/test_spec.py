@@ -100,12 +100,17 @@ def student(kind, attention_layers=(), teacher="qwen2"):
     return s
 
 
-@pytest.mark.parametrize("kind,teacher", [("rwkv6", "qwen2"), ("rwkv7", "qwen2"), ("rwkv6", "qwen3"),
-                                          ("rwkv7", "qwen3"), ("rwkv7", "llama3")])
-def test_mixers_match_the_method_written_out(kind, teacher, monkeypatch):
-    # students of a Qwen3 teacher: q/k norms on r and k; of a Llama 3.x one: the teacher's scaled RoPE
+CASES = [("rwkv6", "qwen2", []), ("rwkv7", "qwen2", [1]), ("rwkv6", "qwen3", []), ("rwkv7", "qwen3", [1]),
+         ("rwkv7", "llama3", [1]), ("rwkv7", "qwen2", [0]), ("rwkv6", "qwen2", [0, 2])]
+
+
+@pytest.mark.parametrize("kind,teacher,kept", CASES, ids=[f"{k}-{t}-attention{a}".replace(" ", "") for k, t, a in CASES])
+def test_mixers_match_the_method_written_out(kind, teacher, kept, monkeypatch):
+    # students of a Qwen3 teacher: q/k norms on r and k; of a Llama 3.x one: the teacher's scaled RoPE. Hybrids:
+    # v_first skips an attention layer, and with layer 0 kept as attention SPEC §2.2's "layer 0" (v_first = v) is
+    # read as the first recurrent layer
     monkeypatch.setattr(wkv_kernel, "USE_REFERENCE", True)
-    s = student(kind, [1] if kind == "rwkv7" else [], teacher)  # the hybrid: v_first must skip the attention layer
+    s = student(kind, kept, teacher)
     c = s.cfg
     llama3 = (c.rope_factor, c.rope_low_freq_factor, c.rope_high_freq_factor, c.original_max_position_embeddings)
     B, T = 2, 9
@@ -125,7 +130,7 @@ def test_mixers_match_the_method_written_out(kind, teacher, monkeypatch):
                 ref, vf_ref = spec_rwkv7(att, x, vf_ref, pos, c.rope_theta, llama3 if c.rope_type == "llama3" else None)
             assert ((out - ref).abs().max() / ref.abs().max()).item() <= TOL, blk
             checked += 1
-    assert checked == s.cfg.num_hidden_layers - (1 if kind == "rwkv7" else 0)
+    assert checked == s.cfg.num_hidden_layers - len(kept)
 
 
 @pytest.mark.parametrize("kind", ["rwkv6", "rwkv7"])

@@ -197,27 +197,40 @@ def lock_stage_dir(stage_dir, rank, device):
 
 def resume(cfg, ckpt_root, student, opt, rank, device):
     """The step to start from (collective): that of the newest checkpoint that every process loads (a damaged one is
-    skipped with a notice; falling back, the run repeats the steps after the older one), refusing changed settings;
+    skipped with a notice and, once an older one loads, renamed step_N.damaged; falling back, the run repeats the steps
+    after the older one), refusing changed settings;
     0 if there is none. A failed load may have written part of a checkpoint into the model: with checkpoints there
     and none that loads, the run stops rather than start over from those weights."""
-    paths = convert.checkpoint_dirs(ckpt_root)
+    paths, damaged = convert.checkpoint_dirs(ckpt_root), []
     for path in reversed(paths):
-        saved = convert.read_run_config(path)
+        try:
+            saved, err = convert.read_run_config(path), None
+        except ValueError as e:  # damaged, as a failed load below
+            saved, err = {}, e
         changed = [k for k in RUN_DEFINING if k in saved and saved[k] != getattr(cfg, k)]
         if changed and not cfg.resume_changed:
             k = changed[0]
             raise data.UsageError(f"--{k} is {getattr(cfg, k)!r}, but the run in {ckpt_root} was started with "
                                   f"{saved[k]!r} ({len(changed)} setting(s) differ: {', '.join(changed)}); use "
                                   "another --out_dir, or pass --resume_changed to continue it with the new values")
-        try:
-            step, err = convert.load_checkpoint(path, student, opt, rank), None
-        except ValueError as e:
-            err = e
+        moved = [k for k in ("seq_len", "batch_size", "tokens") if k in changed]
+        if moved:
+            print0(f"notice: --resume_changed with another {' / '.join(moved)}: the run goes on at its checkpoint's "
+                   "step number in the new settings' data order and LR schedule (samples may repeat or be skipped)")
+        if err is None:
+            try:
+                step = convert.load_checkpoint(path, student, opt, rank)
+            except ValueError as e:
+                err = e
         ok = torch.tensor([float(err is None)], device=device)
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # one process's failure (its RNG file, say) is everyone's
         if not ok.item():
             print0(f"notice: skipping a damaged checkpoint: {err or f'{path}: another process could not load it'}")
+            damaged.append(path)
             continue
+        for bad in damaged if rank == 0 else ():  # kept aside for a look, and out of save_checkpoint's count of
+            shutil.rmtree(bad + ".damaged", ignore_errors=True)  # the newest (which would delete good ones first)
+            os.replace(bad, bad + ".damaged")
         for g in opt.param_groups:  # this run's settings, not the checkpoint's (they differ under --resume_changed)
             g.update(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
         print0(f"resumed from {path} at step {step}")
@@ -232,10 +245,12 @@ def resume(cfg, ckpt_root, student, opt, rank, device):
 
 def shard(model, mp, split_mixers=False, frozen=False):
     # FSDP2: each block (and in step 1 each time mixer on its own) then the root, whose embedding and head stay
-    # gathered from the forward to the backward; a frozen model has no backward, so its root is freed after forward
+    # gathered from the forward to the backward; a frozen model has no backward, so its root is freed after forward.
+    # Step 1 calls the mixers alone, which makes each a root of its own: told to free their weights after forward,
+    # or all of them would stay gathered until the backward
     for block in model.model.layers:
         if split_mixers:
-            fully_shard(block.self_attn, mp_policy=mp)
+            fully_shard(block.self_attn, mp_policy=mp, reshard_after_forward=True)
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp, reshard_after_forward=frozen)
 

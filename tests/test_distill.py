@@ -192,6 +192,29 @@ def test_optimizer_step_is_adamw_on_the_shards():
     assert out.startswith("True True"), out
 
 
+def test_step1_mixers_free_their_weights_after_forward():
+    # step 1 calls each sharded time mixer alone, which makes each an FSDP root: told to reshard after forward, its
+    # gathered weights are freed until its backward gathers them again (else every mixer's stayed gathered at once)
+    code = """if True:
+        import torch, distill, model as M
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+        from torch.distributed.tensor import DTensor
+        device = distill.setup_distributed()[2]
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        cfg = distill.Config(stage=1, compile=False)
+        teacher, student = distill.build(cfg, device, mp, teacher_cfg=M.ModelConfig(**M.PRESETS["tiny"]))
+        distill.prepare_student(cfg, student)
+        hooks = distill.attention_hooks(teacher)
+        loss = distill.step_loss(cfg, teacher, student, torch.randint(0, 512, (1, 9)), hooks)[0]
+        mixers = [b.self_attn for b in student.model.layers]
+        sharded = lambda: all(isinstance(p, DTensor) for m in mixers for p in m.parameters())
+        after_forward = sharded()
+        loss.backward()
+        print(after_forward, sharded(), all(m.q_proj.weight.grad is not None for m in mixers))
+    """
+    assert python_c(code).split() == ["True", "True", "True"]
+
+
 def process_tree(pid):
     # pid and all its descendants, from /proc (Linux)
     children = {}

@@ -105,9 +105,13 @@ def test_resume_refuses_changed_settings(setup, tmp_path):
     assert "resumed from" in out and "step 4/4 | loss" in out
     assert "resumed from" in run(setup, "change", "--tokens", str(10 * 8 * 32), "--max_steps", "5", "--lr", "5e-4",
                                  "--micro_batch", "4")  # the new value is the run's now; micro_batch may change
+    # a new sequence length or batch size is taken, with a notice that the data order and schedule move under it
+    out = run(setup, "change", "--tokens", str(10 * 8 * 32), "--max_steps", "6", "--lr", "5e-4", "--seq_len", "16",
+              "--resume_changed")
+    assert "notice: --resume_changed with another seq_len" in out and "resumed from" in out
 
 
-@pytest.mark.parametrize("damage", ["truncated-shard", "empty-metadata", "missing-metadata"])
+@pytest.mark.parametrize("damage", ["truncated-shard", "empty-metadata", "missing-metadata", "truncated-run-config"])
 def test_damaged_newest_checkpoint_falls_back(setup, damage):
     out = f"damage-{damage}"
     run(setup, out, "--tokens", str(10 * 8 * 32), "--max_steps", "4", "--ckpt_every", "2")
@@ -118,10 +122,16 @@ def test_damaged_newest_checkpoint_falls_back(setup, damage):
             fh.truncate(os.path.getsize(os.path.join(newest, shard)) // 2)
     elif damage == "empty-metadata":
         open(os.path.join(newest, ".metadata"), "w").close()
-    else:
+    elif damage == "missing-metadata":
         os.remove(os.path.join(newest, ".metadata"))
-    text = run(setup, out, "--tokens", str(10 * 8 * 32), "--max_steps", "6", "--ckpt_every", "2")
+    else:
+        with open(os.path.join(newest, "run_config.json"), "r+") as fh:
+            fh.truncate(10)
+    text = run(setup, out, "--tokens", str(10 * 8 * 32), "--max_steps", "3", "--ckpt_every", "1", "--keep_ckpts", "1")
     assert f"skipping a damaged checkpoint: {newest}" in text and f"resumed from {older} at step 2" in text
+    # set aside, out of the count of checkpoints kept: the newest one kept is the step just written, not the damaged
+    # step 4 (which, counted as the newest, made the pruning delete every good checkpoint)
+    assert ckpts(setup, out) == [older[:-1] + "3"] and os.path.isdir(newest + ".damaged")
 
 
 def test_no_checkpoint_that_loads_stops_the_run(setup):

@@ -605,6 +605,9 @@ def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, ra
             opt.zero_grad(set_to_none=True)
         return evaluate(c, teacher, s, None, val_ds, rank, world, device)[0]
 
+    if cfg.warmup_steps >= cfg.rank_steps:
+        print0(f"notice: every one of the {cfg.rank_steps} steps of each short run is in the LR warmup (--warmup_steps "
+               f"{cfg.warmup_steps}); a smaller --warmup_steps gives them the LR they name")
     given, rows, base = list(student.cfg.attention_layers), [], short_run(cfg, student.train())
     print0(f"as it is ({given or 'no attention layers'}): val KL {base:.4f} after {cfg.rank_steps} steps")
     for i in tqdm([i for i in range(student.cfg.num_hidden_layers) if i not in given], desc="layers",

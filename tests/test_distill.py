@@ -112,6 +112,7 @@ def test_rank_steps_scores_each_layer_by_its_own_short_step_2(setup):
     rep = json.loads(path.read_text())
     kl = {r["layer"]: r["kl"] for r in rep["ranking"]}
     assert sorted(kl) == [0, 1, 2] and rep["given"] == [] and rep["steps"] == 4 and "wrote" in out
+    assert "LR warmup" not in out  # (said when --warmup_steps covers every step of the short runs)
     assert (path.parent / "ranking.png").stat().st_size > 0  # the bars of eval.py --rank_layers (matplotlib)
     assert list(kl.values()) == sorted(kl.values()) and len(set(kl.values()) | {rep["kl"]}) == 4
     for name, layers, got in (("rank-alone", [], rep["kl"]), ("rank-1", ["--attention_layers", "1"], kl[1])):

@@ -605,7 +605,8 @@ def read_checkpoint_index(path):
 
 def checkpoint_dirs(root):
     """The complete checkpoints under root, oldest first."""
-    return sorted(glob.glob(os.path.join(root, "step_*[0-9]")), key=lambda d: int(d.rsplit("_", 1)[1]))
+    found = glob.glob(os.path.join(glob.escape(str(root)), "step_*[0-9]"))  # (a "[" in the path is no pattern)
+    return sorted(found, key=lambda d: int(d.rsplit("_", 1)[1]))
 
 
 def save_checkpoint(root, step, model, opt, rank, keep, run_config):

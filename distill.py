@@ -184,7 +184,7 @@ def lock_stage_dir(stage_dir, rank, device):
             _lock.truncate(0)
             _lock.write(f"{os.getpid()}\n")
             _lock.flush()
-            for tmp in glob.glob(os.path.join(stage_dir, "ckpt", "step_*.tmp")):  # left by a killed run
+            for tmp in glob.glob(os.path.join(glob.escape(stage_dir), "ckpt", "step_*.tmp")):  # a killed run's
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError:
             _lock.seek(0)

@@ -134,6 +134,13 @@ def test_damaged_newest_checkpoint_falls_back(setup, damage):
     assert ckpts(setup, out) == [older[:-1] + "3"] and os.path.isdir(newest + ".damaged")
 
 
+def test_resume_in_a_directory_whose_name_looks_like_a_pattern(setup):
+    # "[1]" in the run directory is part of its name, not a glob pattern: the checkpoint is found and resumed from
+    run(setup, "pattern [1]", "--tokens", str(10 * 8 * 32), "--max_steps", "2", "--ckpt_every", "2")
+    out = run(setup, "pattern [1]", "--tokens", str(10 * 8 * 32), "--max_steps", "3")
+    assert "resumed from" in out and "at step 2" in out and "step 3/3 | loss" in out
+
+
 def test_no_checkpoint_that_loads_stops_the_run(setup):
     # a failed load may leave part of a checkpoint in the model: starting over from those weights would pass off
     # trained weights as fresh ones, so with checkpoints there and none that loads the run stops

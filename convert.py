@@ -53,6 +53,8 @@ def config_from_hf(d):
         raise M.ConfigError("config.json: mlp_bias=true is not supported")
     # RoPE as transformers reads it: rope_scaling before rope_parameters, the theta inside before the one outside
     rope = d.get("rope_scaling") or d.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise M.ConfigError(f"config.json: rope_scaling must be an object or null, got {rope!r}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise M.ConfigError(f"config.json: rope type {rope_type!r} is not supported (default, llama3)")
@@ -98,6 +100,20 @@ def config_from_hf(d):
             raise M.ConfigError(f"config.json: {bad[0]}={d[bad[0]]!r} is another {mt} than RAD-RWKV's "
                                 f"({bad[0]}={want[bad[0]]!r}): not supported")
         kw.update(student=student, attention_layers=list(att), untied_from_tied=d.get("untied_from_tied", False))
+    # each field of its kind: the string "false" would pass for true, a size as a string fail deep inside torch
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    for k, v in kw.items():
+        if k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            if not (number(v) and v > 0 and v == int(v)):
+                raise M.ConfigError(f"config.json: {k} must be a positive integer, got {v!r}")
+            kw[k] = int(v)  # (64.0 as 64)
+        if k in ("attention_bias", "tie_word_embeddings", "qk_norm", "untied_from_tied") and not isinstance(v, bool):
+            raise M.ConfigError(f"config.json: {k} must be true or false, got {v!r}")
+        if k == "rms_norm_eps" and not (number(v) and v > 0):
+            raise M.ConfigError(f"config.json: rms_norm_eps must be a positive number, got {v!r}")
+        if k == "attention_layers" and not all(number(i) and i == int(i) and 0 <= i < n_layers for i in v):
+            raise M.ConfigError(f"config.json: attention_layers must be layer numbers below {n_layers}, got {v!r}")
     return M.ModelConfig(**kw)
 
 
@@ -173,9 +189,12 @@ def iter_checkpoint(path):
     memory-mapped: one tensor is materialised at a time. Pickle files are refused."""
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as fh:
-            weight_map = json.load(fh)["weight_map"]
-        files = sorted(set(weight_map.values()))
+        try:
+            with open(index, encoding="utf-8") as fh:
+                files = sorted(set(json.load(fh)["weight_map"].values()))
+            assert all(isinstance(f, str) for f in files)
+        except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as e:
+            raise M.ConfigError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
     elif os.path.isfile(os.path.join(path, "model.safetensors")):
         files = ["model.safetensors"]
     elif any(f.endswith((".bin", ".pt", ".pth")) for f in os.listdir(path)):
@@ -206,6 +225,8 @@ def load_into(module, tensors, what):
         p = params[key]
         if tuple(t.shape) != tuple(p.shape):
             raise M.ConfigError(f"{what}: {key} has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
+        if not t.is_floating_point():  # (a cast would make integers of it weights without a word)
+            raise M.ConfigError(f"{what}: {key} holds {t.dtype} values, not floating-point weights")
         t = t.to(device=p.device, dtype=p.dtype)
         p.copy_(distribute_tensor(t, p.device_mesh, p.placements, src_data_rank=None) if isinstance(p, DTensor) else t)
         done.add(key)

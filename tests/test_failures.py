@@ -355,7 +355,18 @@ def test_wrong_model_directories_are_one_line(setup, tmp_path):
              M.ConfigError, "1 tensors missing, e.g. model.norm.weight"),
             (directory("empty", tensors={}), M.ConfigError, "the checkpoint holds no tensors"),
             (directory("nohead", tensors={k: v for k, v in sd.items() if k != "lm_head.weight"}),  # untied: no copy
-             M.ConfigError, "1 tensors missing, e.g. lm_head.weight")]:
+             M.ConfigError, "1 tensors missing, e.g. lm_head.weight"),
+            # fields of the wrong kind ("false" would pass for true), an index without its map, integer weights
+            (directory("tie", dict(cfg, tie_word_embeddings="false"), sd), M.ConfigError,
+             "tie_word_embeddings must be true or false, got 'false'"),
+            (directory("width", dict(cfg, hidden_size="64"), sd), M.ConfigError,
+             "hidden_size must be a positive integer, got '64'"),
+            (directory("rope", dict(cfg, rope_scaling="yes"), sd), M.ConfigError, "rope_scaling must be an object"),
+            (directory("eps", dict(cfg, rms_norm_eps="tiny"), sd), M.ConfigError, "rms_norm_eps must be a positive"),
+            (directory("index", extra=["model.safetensors.index.json"]), M.ConfigError,
+             "model.safetensors.index.json: not a safetensors index"),
+            (directory("int", tensors=dict(sd, **{"model.norm.weight": torch.ones(64, dtype=torch.int32)})),
+             M.ConfigError, "model.norm.weight holds torch.int32 values")]:
         with pytest.raises(err, match=re.escape(words)):
             convert.load_model(d)
 

@@ -496,7 +496,7 @@ def evaluate(cfg):
         raise EvalError(f"{cfg.val_data}: no such file or binidx prefix")
     results = {}
     for name, path in models:  # every input was checked above, before the first (slow) model load
-        enc = data.load_tokenizer(cfg.tokenizer or path)
+        enc = tokenizer_for(cfg.tokenizer or path, path)
         note = data.check_tokenizer(cfg.val_data, cfg.tokenizer or path) if os.path.isfile(cfg.val_data + ".bin") else None
         if note:
             print(note)
@@ -519,11 +519,21 @@ def evaluate(cfg):
             res["greedy"] = M.generate(model, prompts[:, :cfg.agree_prompt].tolist(), cfg.max_new_tokens)
         if cfg.generate:
             out = M.generate(model, [enc.encode(cfg.generate)], cfg.max_new_tokens, eos_id=enc.eos_id)[0]
-            res["sample"] = enc.decode(out)
+            res["sample"] = enc.decode([t for t in out if t < enc.n_vocab])  # (not a padded id past the tokenizer)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return write_report(cfg, results, device, dtype)
+
+
+def tokenizer_for(tokenizer_dir, model_dir):
+    # the tokenizer, refused when it has ids the model has no embedding for (another model's tokenizer); fewer is
+    # usual (Qwen2.5 pads its vocabulary past the tokenizer's ids)
+    enc, vocab = data.load_tokenizer(tokenizer_dir), convert.read_config(model_dir).vocab_size
+    if enc.n_vocab > vocab:
+        raise EvalError(f"{tokenizer_dir}: a tokenizer of {enc.n_vocab} tokens for {model_dir}, whose vocabulary has "
+                        f"{vocab}: not this model's tokenizer")
+    return enc
 
 
 def write_ranking(cfg, paths, device, dtype):
@@ -531,7 +541,7 @@ def write_ranking(cfg, paths, device, dtype):
         raise data.UsageError("--rank_layers needs --val_data and two --models: teacher=DIR and one student")
     teacher_dir = paths.pop("teacher")
     (name, path), = paths.items()
-    enc = data.load_tokenizer(cfg.tokenizer or path)
+    enc = tokenizer_for(cfg.tokenizer or path, path)
     x_all = windows(text_tokens(cfg.val_data, enc, cfg.val_tokens), cfg.val_window)
     scfg, tcfg = convert.read_config(path), convert.read_config(teacher_dir)  # before two slow loads
     if not scfg.student or tcfg.num_hidden_layers != scfg.num_hidden_layers:

@@ -454,3 +454,15 @@ def test_agree_end_to_end(shared, tmp_path):
     assert "## Greedy continuations against teacher's" in (tmp_path / "out" / "report.md").read_text()
     with pytest.raises(data.UsageError, match="--agree needs --val_data"):
         E.main(["--models", f"teacher={tmp_path / 't'}", "--tasks", "", "--agree", "2"])
+
+
+def test_another_models_tokenizer_is_refused(shared, tmp_path):
+    # a tokenizer with ids past the model's vocabulary is another model's (its ids would index past the embedding);
+    # found from config.json, before the model loads
+    cfg = M.ModelConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    d = tmp_path / "small"
+    convert.save_model(M.Model(cfg).init_weights().state_dict(), cfg, str(d), tokenizer_dir=str(shared / "tokenizers" / "qwen2"),
+                       dtype=torch.float32)
+    with pytest.raises(E.EvalError, match=r"a tokenizer of 1516\d\d tokens for .*small, whose vocabulary has 1000"):
+        E.main(["--models", f"s={d}", "--tasks", "", "--generate", "Hi", "--device", "cpu", "--out", str(tmp_path / "o")])

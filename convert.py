@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -273,6 +273,19 @@ def clear_weights(out_dir):
             os.remove(f)
 
 
+def write_safetensors(tensors, path):
+    # written beside, then renamed over path; 0644 (safetensors makes its file 0600, and weights are meant to be shared)
+    tmp = f"{path}.tmp"
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    except SafetensorError as e:  # a full disk, a read-only directory: its own message names no file
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(f"{path}: cannot write the weights ({e})") from None
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 * 2**30, dtype=torch.bfloat16):
     """Write an HF directory: safetensors sharded above max_shard_bytes with an index, the tokenizer files copied
     from tokenizer_dir, and last config.json (every field explicit)."""
@@ -290,9 +303,7 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
     names = ["model.safetensors"] if len(shards) == 1 else \
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards):
-        save_file(shard, os.path.join(out_dir, name + ".tmp"), metadata={"format": "pt"})
-        os.chmod(os.path.join(out_dir, name + ".tmp"), 0o644)  # safetensors makes its file 0600; weights are shared
-        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+        write_safetensors(shard, os.path.join(out_dir, name))
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
                  "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
@@ -531,10 +542,7 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
     assert emb.shape == (config["vocab_size"], config["hidden_size"]), f"embedding {tuple(emb.shape)}"
 
     clear_weights(out_dir)
-    tmp = out_dir / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)  # safetensors creates its file 0600; a checkpoint is meant to be shared
-    os.replace(tmp, out_dir / "model.safetensors")
+    write_safetensors(state, out_dir / "model.safetensors")
     tokenizer, tok_config, gen_config = tokenizer_files(meta, config["max_position_embeddings"])
     write_json(out_dir / "tokenizer.json", tokenizer)
     write_json(out_dir / "tokenizer_config.json", tok_config)

@@ -286,6 +286,8 @@ class BinIdx:
         if n_docs == 0:
             raise DataError(f"{idx_path}: no documents")
         self.dtype = np.dtype(DTYPES[code])
+        if self.dtype.kind == "f":  # (codes 6 and 7 exist in the format; token ids are integers)
+            raise DataError(f"{idx_path}: {self.dtype} values (dtype code {code}), not token ids")
         size, expected = idx_path.stat().st_size, HEADER_SIZE + 12 * n_docs + 8 * n_doc_idx
         if size != expected:
             raise DataError(f"{idx_path}: {size} bytes, but its header ({n_docs} documents, {n_doc_idx} "

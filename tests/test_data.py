@@ -283,6 +283,7 @@ def corrupt_cases(good):
         "magic": (lambda p: p.with_suffix(".idx").write_bytes(b"MMIDIDY" + idx[7:]), "not a binidx"),
         "version": (lambda p: p.with_suffix(".idx").write_bytes(idx[:9] + struct.pack("<Q", 2) + idx[17:]), "version 2"),
         "dtype": (lambda p: p.with_suffix(".idx").write_bytes(idx[:17] + b"\x09" + idx[18:]), "dtype code 9"),
+        "float": (lambda p: p.with_suffix(".idx").write_bytes(idx[:17] + b"\x06" + idx[18:]), "float32 values"),
         "truncated-idx": (lambda p: p.with_suffix(".idx").write_bytes(idx[:-8]), "header"),
         "short-header": (lambda p: p.with_suffix(".idx").write_bytes(idx[:20]), "header truncated"),
         "offsets": (lambda p: p.with_suffix(".idx").write_bytes(idx[:34 + 12] + b"\x01" + idx[34 + 13:]), "offsets disagree"),

@@ -391,3 +391,18 @@ def test_exports_claim_a_published_format_only_when_it_loads_right(setup, tmp_pa
     back = convert.load_model(str(tmp_path / "s"))
     idx = torch.randint(0, V, (1, 12))
     assert back.cfg.attention_layers == layers and torch.equal(back(idx), s(idx))
+
+
+def test_a_failed_weights_write_names_the_file(tmp_path, monkeypatch):
+    # safetensors' own error on a full disk or read-only directory names no file and is not an OSError (a traceback):
+    # the writer says which file, as an OSError, and leaves no partial file behind
+    from safetensors import SafetensorError
+
+    def full(tensors, path, metadata=None):
+        open(path, "wb").write(b"\0" * 10)  # a partial file, then the failure
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+    monkeypatch.setattr(convert, "save_file", full)
+    cfg = M.ModelConfig(**M.PRESETS["tiny"])
+    with pytest.raises(OSError, match=r"out/model.safetensors: cannot write the weights \(.*No space left"):
+        convert.save_model(M.Model(cfg).state_dict(), cfg, str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == []

@@ -676,9 +676,12 @@ def read_run_config(path):
     """The distill.py settings stored with a checkpoint ({} for a checkpoint older than this record)."""
     f = Path(path) / "run_config.json"
     try:
-        return json.loads(f.read_text()) if f.is_file() else {}
+        saved = json.loads(f.read_text()) if f.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{f}: not a JSON object ({e})") from None
+    if not isinstance(saved, dict):  # (a list would pass every comparison with the run's settings)
+        raise ValueError(f"{f}: not a JSON object (a {type(saved).__name__})")
+    return saved
 
 
 def last_line(e):

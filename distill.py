@@ -650,6 +650,17 @@ def log_step(cfg, step, steps, tot, norm, lr, dt, world, fpt, peak, device, log_
     metrics.flush()
 
 
+def open_metrics(path):
+    # for appending; a last line that a crash cut short is ended first (else this run's first record joins it)
+    fh = open(path, "a")
+    if fh.tell():
+        with open(path, "rb") as last:
+            last.seek(-1, os.SEEK_END)
+            if last.read(1) != b"\n":
+                fh.write("\n")
+    return fh
+
+
 def finish(cfg, student, stage_dir, rank, metrics):
     # a consolidated HF directory of the student (written beside, then renamed over final/), and the loss curve
     wait = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=2))  # (collective, as is the gather)
@@ -729,7 +740,7 @@ def main(argv):
     fpt, peak = flops_per_token(cfg, teacher, student), peak_flops(cfg, device)
 
     # loop: validation, the gradients, a checkpoint of the weights that just gave them, the update, a log line
-    metrics = open(os.path.join(stage_dir, "metrics.jsonl"), "a") if rank == 0 else None
+    metrics = open_metrics(os.path.join(stage_dir, "metrics.jsonl")) if rank == 0 else None
     save = lambda step: convert.save_checkpoint(ckpt_root, step, student, opt, rank, cfg.keep_ckpts,
                                                 dataclasses.asdict(cfg))
     student.train()
@@ -778,7 +789,12 @@ def plot(stage_dir):
     except ImportError:
         print0("matplotlib not installed: no loss curve PNG")
         return
-    rows = [json.loads(line) for line in open(os.path.join(stage_dir, "metrics.jsonl"))]
+    rows = []
+    for line in open(os.path.join(stage_dir, "metrics.jsonl")):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line a crash cut short
+            pass
     # a resumed run logs the steps after its checkpoint again: keep the last value per step
     train = sorted({r["step"]: r["loss"] for r in rows if "loss" in r}.items())
     val = sorted({r["step"]: r["val_loss"] for r in rows if "val_loss" in r}.items())

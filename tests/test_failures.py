@@ -111,7 +111,8 @@ def test_resume_refuses_changed_settings(setup, tmp_path):
     assert "notice: --resume_changed with another seq_len" in out and "resumed from" in out
 
 
-@pytest.mark.parametrize("damage", ["truncated-shard", "empty-metadata", "missing-metadata", "truncated-run-config"])
+@pytest.mark.parametrize("damage", ["truncated-shard", "empty-metadata", "missing-metadata", "truncated-run-config",
+                                    "run-config-list"])
 def test_damaged_newest_checkpoint_falls_back(setup, damage):
     out = f"damage-{damage}"
     run(setup, out, "--tokens", str(10 * 8 * 32), "--max_steps", "4", "--ckpt_every", "2")
@@ -124,9 +125,12 @@ def test_damaged_newest_checkpoint_falls_back(setup, damage):
         open(os.path.join(newest, ".metadata"), "w").close()
     elif damage == "missing-metadata":
         os.remove(os.path.join(newest, ".metadata"))
-    else:
+    elif damage == "truncated-run-config":
         with open(os.path.join(newest, "run_config.json"), "r+") as fh:
             fh.truncate(10)
+    else:
+        with open(os.path.join(newest, "run_config.json"), "w") as fh:
+            fh.write("[]")
     text = run(setup, out, "--tokens", str(10 * 8 * 32), "--max_steps", "3", "--ckpt_every", "1", "--keep_ckpts", "1")
     assert f"skipping a damaged checkpoint: {newest}" in text and f"resumed from {older} at step 2" in text
     # set aside, out of the count of checkpoints kept: the newest one kept is the step just written, not the damaged
@@ -139,6 +143,19 @@ def test_resume_in_a_directory_whose_name_looks_like_a_pattern(setup):
     run(setup, "pattern [1]", "--tokens", str(10 * 8 * 32), "--max_steps", "2", "--ckpt_every", "2")
     out = run(setup, "pattern [1]", "--tokens", str(10 * 8 * 32), "--max_steps", "3")
     assert "resumed from" in out and "at step 2" in out and "step 3/3 | loss" in out
+
+
+def test_a_metrics_line_cut_short_by_a_crash(setup):
+    # a crash mid-write leaves metrics.jsonl's last line cut short: the resumed run ends it before its own records and
+    # its loss curve skips it (the curve's read stopped the run at its end, and every later run, before)
+    run(setup, "cut", "--tokens", str(4 * 8 * 32), "--max_steps", "2", "--ckpt_every", "2")
+    metrics = setup / "cut" / "stage1" / "metrics.jsonl"
+    with open(metrics, "a") as fh:
+        fh.write('{"step": 3, "lo')
+    out = run(setup, "cut", "--tokens", str(4 * 8 * 32))
+    assert "resumed from" in out and "saved" in out and (metrics.parent / "loss.png").stat().st_size > 0
+    lines = metrics.read_text().splitlines()
+    assert lines.count('{"step": 3, "lo') == 1 and sum(1 for x in lines if x.startswith('{"step": 4, "loss"')) == 1
 
 
 def test_no_checkpoint_that_loads_stops_the_run(setup):

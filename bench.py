@@ -270,10 +270,7 @@ def time_generation(model, B, T, steps, prefill_chunk, cuda_graphs=True, compile
 
 def decode(cfg):
     import convert
-    try:
-        device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    except RuntimeError:
-        raise data.UsageError(f"--device {cfg.device!r}: not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    device = E.pick_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)
     if cfg.preset:
         tcfg = M.ModelConfig.from_name(cfg.preset)

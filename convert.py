@@ -486,12 +486,16 @@ def tokenizer_files(meta, max_len):
     return tokenizer, tok_config, {k: v for k, v in gen_config.items() if v is not None}
 
 
-def write_json(path, obj):
+def write_text(path, text):
     # written beside, then renamed over path: a reader never sees half a file
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):

@@ -471,7 +471,7 @@ def evaluate(cfg):
     if cfg.val_window < 2:
         raise data.UsageError(f"--val_window must be at least 2 (a window predicts its tokens after the first), "
                               f"got {cfg.val_window}")
-    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.device)
     try:  # a report that cannot be written is found out before the evaluation, not after
         os.makedirs(cfg.out, exist_ok=True)
         with open(os.path.join(cfg.out, ".write_test"), "w"):
@@ -524,6 +524,17 @@ def evaluate(cfg):
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return write_report(cfg, results, device, dtype)
+
+
+def pick_device(spec):
+    """--device: auto (cuda when available, else cpu), cpu, cuda, cuda:N; one line for one this machine lacks."""
+    try:
+        device = torch.device(spec if spec != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError:
+        raise data.UsageError(f"--device {spec!r}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not (device.index or 0) < torch.cuda.device_count():
+        raise data.UsageError(f"--device {spec}: no such GPU here ({torch.cuda.device_count()} visible)")
+    return device
 
 
 def tokenizer_for(tokenizer_dir, model_dir):
@@ -590,14 +601,19 @@ def merged_results(paths):
         p = os.path.join(p, "report.json") if os.path.isdir(p) else p
         if not os.path.isfile(p):
             raise EvalError(f"{p}: no such report")
-        with open(p) as fh:
-            rep = json.load(fh)
-        for name, res in rep["results"].items():
+        try:
+            with open(p, encoding="utf-8") as fh:
+                rep = json.load(fh)
+            runs = list(rep["results"].items())
+            assert all(isinstance(res, dict) for _, res in runs)
+        except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as e:
+            raise EvalError(f"{p}: not a report of eval.py ({type(e).__name__}: {e})") from None
+        for name, res in runs:
             if name in results:
                 raise EvalError(f"model name {name!r} is in two merged reports")
             results[name] = res
         # a merged report lists its runs' devices already (its dtype is "(merged)")
-        wheres = rep["device"].split(" / ") if rep.get("dtype") == "(merged)" else [
+        wheres = str(rep.get("device")).split(" / ") if rep.get("dtype") == "(merged)" else [
             f"{rep.get('device', '?')} {rep.get('dtype', '?')}"]
         devices += [w for w in wheres if w not in devices]
     return results, " / ".join(devices)
@@ -609,12 +625,12 @@ def write_report(cfg, results, device, dtype):
         if name != ref and "greedy" in res and "greedy" in results[ref]:
             res["agreement"] = agreement(res["greedy"], results[ref]["greedy"])
     md, rel = report(results, ref)
-    os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "report.json"), "w") as fh:
-        json.dump({"config": asdict(cfg), "device": str(device), "dtype": str(dtype), "reference": ref,
-                   "results": results, "relative": rel}, fh, indent=2)
-    with open(os.path.join(cfg.out, "report.md"), "w") as fh:
-        fh.write(md + f"\n\n{device} {dtype}; acc_norm divides by UTF-8 bytes.\n")
+    os.makedirs(cfg.out, exist_ok=True)  # each file written beside, then renamed: never half a report
+    convert.write_json(os.path.join(cfg.out, "report.json"), {
+        "config": asdict(cfg), "device": str(device), "dtype": str(dtype), "reference": ref, "results": results,
+        "relative": rel})
+    convert.write_text(os.path.join(cfg.out, "report.md"),
+                       md + f"\n\n{device} {dtype}; acc_norm divides by UTF-8 bytes.\n")
     print(md)
     samples = {name: res["sample"] for name, res in results.items() if "sample" in res}
     if samples:

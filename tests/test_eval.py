@@ -374,6 +374,8 @@ def test_input_errors(tmp_path):
     enc = type("enc", (), {"n_vocab": 512, "eot_id": 0, "encode_ordinary": lambda self, t: list(t.encode())})()
     write_jsonl(tmp_path / "empty.jsonl", [])
     write_jsonl(tmp_path / "notext.jsonl", [{"title": "x"}])
+    (tmp_path / "noresults.json").write_text("{}")
+    (tmp_path / "garbage.json").write_text("not json")
     for call, words in [
             (lambda: E.load_task(str(tmp_path), "empty"), r"empty\.jsonl: no examples"),
             (lambda: E.text_tokens(str(tmp_path / "gone.jsonl"), enc, 10), r"gone\.jsonl: no such file"),
@@ -384,7 +386,9 @@ def test_input_errors(tmp_path):
             (lambda: E.ints("1024,2k", "passkey_lengths"), "--passkey_lengths: expected comma-separated integers"),
             (lambda: E.parse_models([f"a={tmp_path}", f"a={tmp_path}"]), "model name 'a' given twice"),
             (lambda: E.parse_models([f"a={tmp_path}/lr=1e-5/gone"]), r"lr=1e-5/gone: no such model directory"),
-            (lambda: E.merged_results([str(tmp_path / "r.json")]), r"r\.json: no such report")]:
+            (lambda: E.merged_results([str(tmp_path / "r.json")]), r"r\.json: no such report"),
+            (lambda: E.merged_results([str(tmp_path / "noresults.json")]), r"noresults\.json: not a report of eval"),
+            (lambda: E.merged_results([str(tmp_path / "garbage.json")]), r"garbage\.json: not a report of eval")]:
         with pytest.raises(E.EvalError, match=words):
             call()
     (tmp_path / "lr=1e-5").mkdir()  # a directory whose name holds "=", alone or named
@@ -403,6 +407,11 @@ def test_cli_errors(tmp_path):
     p = run_cli("--bogus-flag")
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         "error: unrecognized arguments: --bogus-flag (usage: eval.py --help)"]
+    p = run_cli("--models", str(tmp_path), "--device", "bogus")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == ["error: --device 'bogus': not a device (auto, cpu, "
+                                                                   "cuda, cuda:N)"]
+    p = run_cli("--models", str(tmp_path), "--device", "cuda:99")  # (none here or not 100 of them)
+    assert p.returncode == 2 and "error: --device cuda:99: no such GPU here" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_cli_unknown_task(tmp_path, capsys):

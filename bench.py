@@ -283,8 +283,8 @@ def decode(cfg):
     else:
         raise ValueError("bench.py decode needs --preset or --models NAME=DIR ...")
     contexts, batches = E.ints(cfg.contexts, "contexts"), E.ints(cfg.batches, "batches")
-    if min(contexts + batches, default=0) < 1:
-        raise data.UsageError("--contexts and --batches take positive integers")
+    if not (contexts and batches):
+        raise data.UsageError("--contexts and --batches take one positive integer or more")
     if cfg.compile and not cfg.cuda_graphs:
         raise ValueError("--compile compiles the graph decoder's step: drop --no-cuda_graphs")
     if cfg.compile:  # one compile per cache shape and model (they share Model.forward's code)
@@ -491,6 +491,9 @@ def main(argv):
     cls, fn = COMMANDS[args.command]
     cfg = data.config_from(cls, args)
     data.validate(cfg, **CHECKS[args.command])
+    if args.command == "distill" and cfg.layers > M.ModelConfig.from_name(cfg.preset).num_hidden_layers:
+        raise data.UsageError(f"--layers {cfg.layers}: {cfg.preset} has "
+                              f"{M.ModelConfig.from_name(cfg.preset).num_hidden_layers} (--layers keeps the first N)")
     fn(cfg)
 
 

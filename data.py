@@ -624,11 +624,11 @@ class UsageError(ValueError):
 def validate(cfg, positive=(), non_negative=(), choices=None):
     """Every named field of cfg in range, else a UsageError naming its flag (checked before any work starts)."""
     for name in positive:
-        if not getattr(cfg, name) > 0:
-            raise UsageError(f"--{name} must be positive, got {getattr(cfg, name)}")
+        if not 0 < getattr(cfg, name) < float("inf"):  # (NaN fails too)
+            raise UsageError(f"--{name} must be positive and finite, got {getattr(cfg, name)}")
     for name in non_negative:
-        if not getattr(cfg, name) >= 0:
-            raise UsageError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+        if not 0 <= getattr(cfg, name) < float("inf"):
+            raise UsageError(f"--{name} must be >= 0 and finite, got {getattr(cfg, name)}")
     for name, allowed in (choices or {}).items():
         if getattr(cfg, name) not in allowed:
             raise UsageError(f"--{name} must be one of {', '.join(map(str, allowed))}, got {getattr(cfg, name)!r}")

@@ -91,8 +91,8 @@ def check_doc(d, lambada):
         t = d.get("text")
         return None if isinstance(t, str) and " " in t.strip() else 'expected {"text": str} with two words or more'
     ctx, ch, label = d.get("context"), d.get("choices"), d.get("label")
-    if not (isinstance(ch, list) and ch and all(isinstance(c, str) for c in ch)):
-        return '"choices" must be a non-empty list of strings'
+    if not (isinstance(ch, list) and ch and all(isinstance(c, str) and c for c in ch)):
+        return '"choices" must be a non-empty list of non-empty strings'  # (an empty one scores 0 and always wins)
     if isinstance(ctx, list):
         if not (ctx and all(isinstance(c, str) for c in ctx) and len(ch) in (1, len(ctx))):
             return '"context" list must hold strings, one per choice'
@@ -444,9 +444,11 @@ def report(results, ref):
 
 def ints(s, what):
     try:
-        return [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise EvalError(f"--{what}: expected comma-separated integers, got {s!r}") from None
+        out = [int(x) for x in s.split(",") if x.strip()]
+        assert all(x > 0 for x in out)
+        return out
+    except (ValueError, AssertionError):
+        raise EvalError(f"--{what}: expected comma-separated positive integers, got {s!r}") from None
 
 
 def parse_models(specs):

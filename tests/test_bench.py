@@ -46,7 +46,9 @@ def test_decode_of_model_directories_from_the_command_line(tmp_path, capsys):
     bench.main(["decode", "--models", f"t={tmp_path / 't'}", "--contexts", "8", "--batches", "1", "--decode_steps", "2",
                 "--device", "cpu", "--dtype", "float32", "--out", str(tmp_path / "d.json")])
     assert [r["model"] for r in json.loads((tmp_path / "d.json").read_text())] == ["t"]
-    for args, words in [(["decode", "--preset", "tiny", "--batches", "0"], "--contexts and --batches"),
+    with pytest.raises(bench.E.EvalError, match="--batches: expected comma-separated positive integers"):
+        bench.main(["decode", "--preset", "tiny", "--batches", "0"])
+    for args, words in [(["decode", "--preset", "tiny", "--batches", ","], "--contexts and --batches"),
                         (["decode", "--preset", "tiny", "--device", "gpu9"], "--device 'gpu9'"),
                         (["distill", "--stage", "7"], "--stage must be one of 1, 2, 3"),
                         (["distill", "--micro_batch", "0"], "--micro_batch must be positive")]:
@@ -300,6 +302,7 @@ def test_flags_each_benchmark_refuses(monkeypatch):
                         (["distill", "--steps", "0"], "--steps must be positive"),
                         (["distill", "--seq_len", "0"], "--seq_len must be positive"),
                         (["distill", "--layers", "-1"], "--layers must be >= 0"),
+                        (["distill", "--preset", "tiny", "--layers", "4"], "--layers 4: tiny has 3"),
                         (["distill", "--batch_size", "-4"], "--batch_size must be >= 0"),
                         (["distill", "--preset", "qwen9"], "--preset must be one of")]:
         with pytest.raises(bench.data.UsageError, match=words):

@@ -363,7 +363,8 @@ def test_task_errors(tmp_path):
     for i, (doc, words) in enumerate([(["a", "b"], "expected a JSON object"),
                                       ({"context": "a", "choices": [], "label": 0}, '"choices" must be a non-empty'),
                                       ({"context": ["a", 1], "choices": ["b", "c"], "label": 0}, '"context" list'),
-                                      ({"context": 3, "choices": ["b"], "label": 0}, '"context" must be a string')]):
+                                      ({"context": 3, "choices": ["b"], "label": 0}, '"context" must be a string'),
+                                      ({"context": "a", "choices": ["", " b"], "label": 1}, '"choices" must be a')]):
         write_jsonl(tmp_path / f"odd{i}.jsonl", [doc])
         with pytest.raises(E.EvalError, match=f"odd{i}\\.jsonl:1: {words}"):
             E.load_task(str(tmp_path), f"odd{i}")
@@ -383,7 +384,8 @@ def test_input_errors(tmp_path):
              r'notext\.jsonl:1: expected \{"text": str\}'),
             (lambda: E.text_tokens(str(tmp_path / "prefix"), enc, 10), "neither a .jsonl"),
             (lambda: E.windows(np.arange(5), 8), "5 tokens do not fill one window of 8"),
-            (lambda: E.ints("1024,2k", "passkey_lengths"), "--passkey_lengths: expected comma-separated integers"),
+            (lambda: E.ints("1024,2k", "passkey_lengths"), "--passkey_lengths: expected comma-separated positive"),
+            (lambda: E.ints("1024,-3", "passkey_lengths"), "--passkey_lengths: expected comma-separated positive"),
             (lambda: E.parse_models([f"a={tmp_path}", f"a={tmp_path}"]), "model name 'a' given twice"),
             (lambda: E.parse_models([f"a={tmp_path}/lr=1e-5/gone"]), r"lr=1e-5/gone: no such model directory"),
             (lambda: E.merged_results([str(tmp_path / "r.json")]), r"r\.json: no such report"),

@@ -265,7 +265,8 @@ def test_data_of_another_tokenizer_is_refused(setup, tmp_path):
 @pytest.mark.parametrize("flag,value", [("--seq_len", "0"), ("--batch_size", "0"), ("--micro_batch", "0"),
                                         ("--ckpt_every", "0"), ("--log_every", "0"), ("--val_every", "0"),
                                         ("--loss_chunk", "0"), ("--lr", "-1e-3"), ("--dtype", "float16"),
-                                        ("--keep_ckpts", "0"), ("--tokens", "0"), ("--student", "rwkv9")])
+                                        ("--keep_ckpts", "0"), ("--tokens", "0"), ("--student", "rwkv9"),
+                                        ("--eps", "inf"), ("--lr", "nan"), ("--grad_clip", "inf")])
 def test_bad_values_name_their_flag(setup, flag, value):
     rc, out = cli("distill.py", "--teacher", setup / "teacher", "--data", setup / "train", "--out_dir",
                   setup / "never", flag, value)

@@ -226,7 +226,8 @@ def test_student_model_types():
     s = M.student_config(q2)
     for args, words in [((q2, "mamba"), "student 'mamba' is not one of rwkv6, rwkv7"),
                         ((s, "rwkv7"), "the teacher is already a student model"),
-                        ((q2, "rwkv7", (1, 3, -1)), r"attention_layers \[3, -1\] out of range 0..2")]:
+                        ((q2, "rwkv7", (1, 3, -1)), r"attention_layers \[3, -1\] out of range 0..2"),
+                        ((tiny_teacher(head_dim=24).cfg, "rwkv7"), "head size 24: the WKV kernels take")]:
         with pytest.raises(M.ConfigError, match=words):
             M.student_config(*args)
     with pytest.raises(M.ConfigError, match="unknown model preset 'qwen9'"):

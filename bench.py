@@ -49,11 +49,25 @@ def peak_gib(device):
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
 
+def read_rows(path):
+    # the rows a results file holds ([] for none); one line for a file that is not a list of rows (checked by main
+    # before a benchmark runs, not after)
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path}: a directory, not a JSON file")
+    try:
+        rows = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else []
+    except ValueError as e:
+        raise ValueError(f"{path}: not a JSON list of benchmark rows ({e})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: not a JSON list of benchmark rows (a {type(rows).__name__})")
+    return rows
+
+
 def write_rows(name, rows, out):
     # appended to the file's rows (each row carries its date and GPU), so runs of one session add up
     path = out or os.path.join(RESULTS, f"{name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    old = json.load(open(path)) if os.path.isfile(path) else []
+    old = read_rows(path)
     with open(path + ".tmp", "w") as fh:  # then renamed: a run stopped while writing leaves the file as it was
         json.dump(old + rows, fh, indent=2)
     os.replace(path + ".tmp", path)
@@ -491,6 +505,8 @@ def main(argv):
     cls, fn = COMMANDS[args.command]
     cfg = data.config_from(cls, args)
     data.validate(cfg, **CHECKS[args.command])
+    if cfg.out:
+        read_rows(cfg.out)
     if args.command == "distill" and cfg.layers > M.ModelConfig.from_name(cfg.preset).num_hidden_layers:
         raise data.UsageError(f"--layers {cfg.layers}: {cfg.preset} has "
                               f"{M.ModelConfig.from_name(cfg.preset).num_hidden_layers} (--layers keeps the first N)")

@@ -48,6 +48,11 @@ def test_decode_of_model_directories_from_the_command_line(tmp_path, capsys):
     assert [r["model"] for r in json.loads((tmp_path / "d.json").read_text())] == ["t"]
     with pytest.raises(bench.E.EvalError, match="--batches: expected comma-separated positive integers"):
         bench.main(["decode", "--preset", "tiny", "--batches", "0"])
+    (tmp_path / "obj.json").write_text('{"a": 1}')  # a results file that is not a list of rows, found before the run
+    with pytest.raises(ValueError, match="obj.json: not a JSON list of benchmark rows"):
+        bench.main(["decode", "--preset", "tiny", "--out", str(tmp_path / "obj.json")])
+    with pytest.raises(ValueError, match="a directory, not a JSON file"):
+        bench.main(["decode", "--preset", "tiny", "--out", str(tmp_path)])
     for args, words in [(["decode", "--preset", "tiny", "--batches", ","], "--contexts and --batches"),
                         (["decode", "--preset", "tiny", "--device", "gpu9"], "--device 'gpu9'"),
                         (["distill", "--stage", "7"], "--stage must be one of 1, 2, 3"),

@@ -422,13 +422,18 @@ def test_cli_unknown_task(tmp_path, capsys):
         E.main(["--models", str(tmp_path / "m"), "--tasks", "winograd", "--eval_dir", str(tmp_path)])
 
 
+def qwen2_tokenizer_model(shared, path, vocab_size=151936, layers=2, **init):
+    # a tiny random model with the real Qwen2 tokenizer, written to path
+    cfg = M.ModelConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    convert.save_model(M.Model(cfg).init_weights(**init).state_dict(), cfg, str(path),
+                       tokenizer_dir=str(shared / "tokenizers" / "qwen2"), dtype=torch.float32)
+    return path
+
+
 def test_end_to_end(shared, tmp_path):
     # a tiny random teacher with the real Qwen2 tokenizer, named twice: relative scores are exactly 1
-    cfg = M.ModelConfig(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=1, head_dim=16)
-    d = tmp_path / "tiny"
-    convert.save_model(M.Model(cfg).init_weights().state_dict(), cfg, str(d), tokenizer_dir=str(shared / "tokenizers" / "qwen2"),
-                       dtype=torch.float32)
+    d = qwen2_tokenizer_model(shared, tmp_path / "tiny")
     E.main(["--models", f"student={d}", f"teacher={d}", "--tasks", "lambada_openai,arc_challenge", "--limit", "6",
             "--eval_dir", str(shared / "eval"), "--val_data", str(shared / "data/gutenberg/val-00.jsonl.xz"),
             "--val_tokens", "600", "--val_window", "128", "--device", "cpu", "--out", str(tmp_path / "out")])
@@ -450,11 +455,8 @@ def test_agreement_by_hand():
 
 def test_agree_end_to_end(shared, tmp_path):
     # the teacher against itself under another name (every continuation identical) and against another random model
-    cfg = M.ModelConfig(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=1, head_dim=16)
     for name, seed in (("t", 0), ("o", 1)):
-        convert.save_model(M.Model(cfg).init_weights(seed=seed, std=0.2).state_dict(), cfg, str(tmp_path / name),
-                           tokenizer_dir=str(shared / "tokenizers" / "qwen2"), dtype=torch.float32)
+        qwen2_tokenizer_model(shared, tmp_path / name, seed=seed, std=0.2)
     E.main(["--models", f"teacher={tmp_path / 't'}", f"same={tmp_path / 't'}", f"other={tmp_path / 'o'}",
             "--tasks", "", "--agree", "3", "--agree_prompt", "20", "--max_new_tokens", "6", "--val_window", "64", "--val_tokens", "128",
             "--val_data", str(shared / "data/gutenberg/val-00.jsonl.xz"), "--device", "cpu", "--out", str(tmp_path / "out")])
@@ -470,10 +472,6 @@ def test_agree_end_to_end(shared, tmp_path):
 def test_another_models_tokenizer_is_refused(shared, tmp_path):
     # a tokenizer with ids past the model's vocabulary is another model's (its ids would index past the embedding);
     # found from config.json, before the model loads
-    cfg = M.ModelConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                        num_attention_heads=2, num_key_value_heads=1, head_dim=16)
-    d = tmp_path / "small"
-    convert.save_model(M.Model(cfg).init_weights().state_dict(), cfg, str(d), tokenizer_dir=str(shared / "tokenizers" / "qwen2"),
-                       dtype=torch.float32)
+    d = qwen2_tokenizer_model(shared, tmp_path / "small", vocab_size=1000, layers=1)
     with pytest.raises(E.EvalError, match=r"a tokenizer of 1516\d\d tokens for .*small, whose vocabulary has 1000"):
         E.main(["--models", f"s={d}", "--tasks", "", "--generate", "Hi", "--device", "cpu", "--out", str(tmp_path / "o")])

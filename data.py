@@ -257,9 +257,11 @@ def write_binidx(prefix, docs, vocab_size: int, tokenizer=None) -> tuple[int, in
             record = {"tokenizer": tokenizer.fingerprint, "n_vocab": tokenizer.n_vocab, "eot_id": tokenizer.eot_id,
                       "file": str(tokenizer.name)}
             Path(f"{prefix}.tok.json").write_text(json.dumps(record, indent=1) + "\n")
-    except BaseException:
+    except BaseException as e:
         tmp_bin.unlink(missing_ok=True)
         tmp_idx.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a write's error (a full disk) names no file
+            raise OSError(e.errno, f"{prefix}: writing the token files failed: {e.strerror}") from None
         raise
     return len(sizes), int(sizes.sum())
 

@@ -509,3 +509,25 @@ def test_cli_errors(tmp_path):
         "error: unrecognized arguments: --no-such-flag (usage: data.py --help)"]
     r = run_cli("tokenize", "--out", tmp_path / "e", tmp_path / "bad.jsonl")  # a subcommand's usage error names it
     assert r.returncode == 2 and r.stderr.strip() == "error: --tokenizer and --out are required (usage: data.py tokenize --help)"
+
+
+def test_a_failed_token_write_names_the_files(tmp_path, monkeypatch):
+    # a write's own error (a full disk) names no file: the writer's says which, and no partial file stays
+    import errno
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(data, "open", lambda p, *a, **k: Full(open(p, *a, **k)), raising=False)
+    with pytest.raises(OSError, match=r"x: writing the token files failed: No space left on device"):
+        data.write_binidx(tmp_path / "x", [np.arange(5)], 100)
+    assert list(tmp_path.iterdir()) == []

@@ -105,14 +105,14 @@ def config_from_hf(d):
     for k, v in kw.items():
         if k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "head_dim", "max_position_embeddings"):
-            if not (number(v) and v > 0 and v == int(v)):
+            if not (number(v) and v > 0 and float(v).is_integer()):
                 raise M.ConfigError(f"config.json: {k} must be a positive integer, got {v!r}")
             kw[k] = int(v)  # (64.0 as 64)
         if k in ("attention_bias", "tie_word_embeddings", "qk_norm", "untied_from_tied") and not isinstance(v, bool):
             raise M.ConfigError(f"config.json: {k} must be true or false, got {v!r}")
         if k == "rms_norm_eps" and not (number(v) and v > 0):
             raise M.ConfigError(f"config.json: rms_norm_eps must be a positive number, got {v!r}")
-        if k == "attention_layers" and not all(number(i) and i == int(i) and 0 <= i < n_layers for i in v):
+        if k == "attention_layers" and not all(number(i) and float(i).is_integer() and 0 <= i < n_layers for i in v):
             raise M.ConfigError(f"config.json: attention_layers must be layer numbers below {n_layers}, got {v!r}")
     return M.ModelConfig(**kw)
 
@@ -192,9 +192,10 @@ def iter_checkpoint(path):
         try:
             with open(index, encoding="utf-8") as fh:
                 files = sorted(set(json.load(fh)["weight_map"].values()))
-            assert all(isinstance(f, str) for f in files)
-        except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise M.ConfigError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
+        if not all(isinstance(f, str) for f in files):
+            raise M.ConfigError(f"{index}: not a safetensors index (its weight map holds file names that are not strings)")
     elif os.path.isfile(os.path.join(path, "model.safetensors")):
         files = ["model.safetensors"]
     elif any(f.endswith((".bin", ".pt", ".pth")) for f in os.listdir(path)):

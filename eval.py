@@ -445,10 +445,11 @@ def report(results, ref):
 def ints(s, what):
     try:
         out = [int(x) for x in s.split(",") if x.strip()]
-        assert all(x > 0 for x in out)
-        return out
-    except (ValueError, AssertionError):
-        raise EvalError(f"--{what}: expected comma-separated positive integers, got {s!r}") from None
+    except ValueError:
+        out = [0]
+    if min(out, default=1) < 1:
+        raise EvalError(f"--{what}: expected comma-separated positive integers, got {s!r}")
+    return out
 
 
 def parse_models(specs):
@@ -607,9 +608,10 @@ def merged_results(paths):
             with open(p, encoding="utf-8") as fh:
                 rep = json.load(fh)
             runs = list(rep["results"].items())
-            assert all(isinstance(res, dict) for _, res in runs)
-        except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise EvalError(f"{p}: not a report of eval.py ({type(e).__name__}: {e})") from None
+        if not all(isinstance(res, dict) for _, res in runs):
+            raise EvalError(f"{p}: not a report of eval.py (a model's results are not an object)")
         for name, res in runs:
             if name in results:
                 raise EvalError(f"model name {name!r} is in two merged reports")

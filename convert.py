@@ -195,7 +195,7 @@ def iter_checkpoint(path):
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise M.ConfigError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
         if not all(isinstance(f, str) for f in files):
-            raise M.ConfigError(f"{index}: not a safetensors index (its weight map holds file names that are not strings)")
+            raise M.ConfigError(f"{index}: not a safetensors index (file names in its weight map must be strings)")
     elif os.path.isfile(os.path.join(path, "model.safetensors")):
         files = ["model.safetensors"]
     elif any(f.endswith((".bin", ".pt", ".pth")) for f in os.listdir(path)):

@@ -451,9 +451,8 @@ def student_config(teacher_cfg, student="rwkv7", attention_layers=()):
     bad = [i for i in attention_layers if not 0 <= i < teacher_cfg.num_hidden_layers]
     if bad:
         raise ConfigError(f"attention_layers {bad} out of range 0..{teacher_cfg.num_hidden_layers - 1}")
-    N = teacher_cfg.head_dim  # (found here, not at the first forward of a run)
-    if N < 16 or N > 256 or N & (N - 1):
-        raise ConfigError(f"head size {N}: the WKV kernels take head sizes of 16, 32, 64, 128 or 256")
+    if teacher_cfg.head_dim not in wkv_kernel.HEAD_SIZES:  # (found here, not at the first forward of a run)
+        raise ConfigError(f"head size {teacher_cfg.head_dim}: the WKV kernels take {wkv_kernel.HEAD_SIZES}")
     cfg = replace(teacher_cfg, student=student, model_type=f"{student}qwen2", tie_word_embeddings=False,
                   attention_layers=sorted(set(attention_layers)), untied_from_tied=teacher_cfg.tie_word_embeddings)
     return replace(cfg, model_type=f"radlads_{student}") if unpublished(cfg) else cfg  # else this project's own type

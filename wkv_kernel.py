@@ -75,6 +75,7 @@ except OSError:  # not glibc
 
 USE_REFERENCE = False  # True: wkv6 / wkv7 run the per-timestep float32 loops (slow, the ground truth)
 CHUNK = 64  # BT: timesteps per chunk, one saved state each
+HEAD_SIZES = (16, 32, 64, 128, 256)  # N the kernels take
 SUB = 16  # rows per block of the triangular solve, and of one decay reference (BC) for logw down to -5
 FACTOR_LOG = 45  # decay factors inside a chunk stay under e^45: a BC-row reference allows logw >= -45 / (BC / 2 + 1)
 CHUNK_REF_FLOOR = -FACTOR_LOG / (CHUNK // 2 + 1)  # -1.36: the lowest decay floor that takes one reference per chunk
@@ -841,7 +842,7 @@ def _check(name, tensors, state, logw_min=-5.0):
     if x0.is_cuda and (B * H > 65535 or triton.cdiv(T, CHUNK) > 65535):  # a launch grid's second and third sizes
         raise ValueError(f"{name}: the kernels take B x H and T / {CHUNK} up to 65535, got {B * H} and "
                          f"{triton.cdiv(T, CHUNK)}: run it in parts")
-    if N < 16 or N > 256 or N & (N - 1):
+    if N not in HEAD_SIZES:
         raise ValueError(f"{name}: head size N = {N} unsupported; N must be a power of two in [16, 256]")
     if not -5.0 <= logw_min <= 0.0:
         raise ValueError(f"{name}: logw_min must lie in [-5, 0], got {logw_min}")

@@ -643,6 +643,12 @@ def checkpoint_dirs(root):
     return sorted(found, key=lambda d: int(d.rsplit("_", 1)[1]))
 
 
+def set_aside(path):
+    # a damaged checkpoint kept for a look as step_N.damaged, out of checkpoint_dirs (and so of the pruning's count)
+    shutil.rmtree(path + ".damaged", ignore_errors=True)
+    os.replace(path, path + ".damaged")
+
+
 def save_checkpoint(root, step, model, opt, rank, keep, run_config):
     """Collective: every process writes its shards; the oldest checkpoints beyond `keep` are removed."""
     import torch.distributed as dist
@@ -668,9 +674,8 @@ def save_checkpoint(root, step, model, opt, rank, keep, run_config):
                       ("no space left on device" if full else f"{type(e).__name__}: {str(e)[:300]}")) from None
     dist.barrier()
     if rank == 0:
-        if os.path.isdir(path):  # a damaged checkpoint of this step, skipped at resume: kept aside for a look
-            shutil.rmtree(path + ".damaged", ignore_errors=True)
-            os.replace(path, path + ".damaged")
+        if os.path.isdir(path):  # a damaged checkpoint of this step, skipped at resume
+            set_aside(path)
         os.replace(tmp, path)
         for old in checkpoint_dirs(root)[:-keep]:
             shutil.rmtree(old)

@@ -228,9 +228,8 @@ def resume(cfg, ckpt_root, student, opt, rank, device):
             print0(f"notice: skipping a damaged checkpoint: {err or f'{path}: another process could not load it'}")
             damaged.append(path)
             continue
-        for bad in damaged if rank == 0 else ():  # kept aside for a look, and out of save_checkpoint's count of
-            shutil.rmtree(bad + ".damaged", ignore_errors=True)  # the newest (which would delete good ones first)
-            os.replace(bad, bad + ".damaged")
+        for bad in damaged if rank == 0 else ():  # (counted as the newest, the pruning would delete good ones first)
+            convert.set_aside(bad)
         for g in opt.param_groups:  # this run's settings, not the checkpoint's (they differ under --resume_changed)
             g.update(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
         print0(f"resumed from {path} at step {step}")

@@ -49,6 +49,19 @@ def peak_gib(device):
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
 
+class OnBackward(torch.autograd.Function):
+    """Identity whose backward first calls callback(): a mark in the backward's timeline."""
+    @staticmethod
+    def forward(ctx, x, callback):
+        ctx.callback = callback
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.callback()
+        return g, None
+
+
 def read_rows(path):
     # the rows a results file holds ([] for none); one line for a file that is not a list of rows (checked by main
     # before a benchmark runs, not after)
@@ -433,31 +446,22 @@ def distill_step(cfg):
 def split_step(dcfg, teacher, student, hooks, opt, batch, device, distill, accum):
     # where a micro-batch's time goes: the teacher's forward alone, the student's forward and loss (with the teacher's
     # forward inside it, subtracted), the backward, the optimizer's step over accum; and every WKV call
-    wkv = dict(forward=0.0, backward=0.0)
-    grad_at = {}
+    wkv, grad_at = dict(forward=0.0, backward=0.0), {}
 
-    class Mark(torch.autograd.Function):  # identity; in the backward, the time its gradient arrives
-        @staticmethod
-        def forward(ctx, x, tag):
-            ctx.tag = tag
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            sync(device)
-            grad_at[ctx.tag] = time.perf_counter()
-            if ctx.tag == "inputs":  # the WKV backward ran between the output's mark and this one
-                wkv["backward"] += grad_at["inputs"] - grad_at.pop("output")
-            return g, None
+    def arrived(tag):  # in the backward: the time the gradient reaches the tagged tensor
+        sync(device)
+        grad_at[tag] = time.perf_counter()
+        if tag == "inputs":  # the WKV backward ran between the output's mark and this one
+            wkv["backward"] += grad_at["inputs"] - grad_at.pop("output")
 
     def timed(fn):
         def wrapped(r, *a):
             sync(device)
             t = time.perf_counter()
-            o, s = fn(Mark.apply(r, "inputs"), *a)
+            o, s = fn(OnBackward.apply(r, lambda: arrived("inputs")), *a)
             sync(device)
             wkv["forward"] += time.perf_counter() - t
-            return Mark.apply(o, "output"), s
+            return OnBackward.apply(o, lambda: arrived("output")), s
         return wrapped
 
     marks = []

@@ -14,19 +14,7 @@ import distill
 import model as M
 from distill import free_port
 
-
-class OnBackward(torch.autograd.Function):
-    """Identity whose backward first calls callback(): notes or times the backward of a stand-in."""
-    @staticmethod
-    def forward(ctx, x, callback):
-        ctx.callback = callback
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        ctx.callback()
-        return g, None
-
+OnBackward = bench.OnBackward  # identity calling back in its backward: notes or times a stand-in's
 
 
 def test_decode_smoke(tmp_path, capsys):

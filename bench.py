@@ -511,9 +511,8 @@ def main(argv):
     data.validate(cfg, **CHECKS[args.command])
     if cfg.out:
         read_rows(cfg.out)
-    if args.command == "distill" and cfg.layers > M.ModelConfig.from_name(cfg.preset).num_hidden_layers:
-        raise data.UsageError(f"--layers {cfg.layers}: {cfg.preset} has "
-                              f"{M.ModelConfig.from_name(cfg.preset).num_hidden_layers} (--layers keeps the first N)")
+    if args.command == "distill" and cfg.layers > (n := M.ModelConfig.from_name(cfg.preset).num_hidden_layers):
+        raise data.UsageError(f"--layers {cfg.layers}: {cfg.preset} has {n} (--layers keeps the first N)")
     fn(cfg)
 
 

@@ -7,7 +7,7 @@
 set -e
 L=/tmp/logs; mkdir -p $L; rm -f $L/DONE
 xz -dc .carry/k/ptxas.xz > /tmp/ptxas && chmod +x /tmp/ptxas
-VS="main $(ls .carry/k/ab)"
+VS="main $(echo $(ls .carry/k/ab))"
 for v in $VS; do rm -rf /tmp/ab_$v && mkdir -p /tmp/ab_$v && cp -r $(ls -A | grep -v "^.carry$") /tmp/ab_$v/; done
 for v in $(ls .carry/k/ab); do cp .carry/k/ab/$v/wkv_kernel.py /tmp/ab_$v/; done
 nvidia-smi --query-gpu=name,driver_version --format=csv > $L/gpu.txt

@@ -5,14 +5,14 @@
 # started meanwhile waits for it), AB_DONE at the end.
 set -e
 L=/tmp/logs; mkdir -p $L
-VS="main $(ls $1)"
+VS="main $(echo $(ls $1))"
 for v in $VS; do rm -rf /tmp/ab_$v && mkdir -p /tmp/ab_$v && cp -r $(ls -A | grep -v "^.carry$") /tmp/ab_$v/; done
 for v in $(ls $1); do cp $1/$v/wkv_kernel.py /tmp/ab_$v/; done
 cat > /tmp/ab_run.sh <<EOS
 export TRITON_PTXAS_PATH=/tmp/ptxas PYTHONUNBUFFERED=1; L=/tmp/logs
 for i in 1 2; do for v in $VS; do (cd /tmp/ab_\$v && python bench.py kernels --shapes 8x4096 --head_sizes 128 \\
   --out \$L/ab_\$v.json >> \$L/ab_\$v.out 2>&1); done; done; touch \$L/AB_TIMED
-for v in $(ls $1); do (cd /tmp/ab_\$v && python -m pytest -q -x tests/test_wkv_gpu.py -k wkv7 > \$L/ab_twg_\$v.out 2>&1); done
+for v in $(echo $(ls $1)); do (cd /tmp/ab_\$v && python -m pytest -q -x tests/test_wkv_gpu.py -k wkv7 > \$L/ab_twg_\$v.out 2>&1); done
 touch \$L/AB_DONE
 EOS
 setsid nohup bash /tmp/ab_run.sh > $L/ab.log 2>&1 < /dev/null &

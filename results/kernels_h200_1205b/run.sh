@@ -1,11 +1,12 @@
-# Two kernel variants against main's on one H200 (carry .carry/k: CUDA 13.5's ptxas.xz and ab/VARIANT/wkv_kernel.py;
+# Three kernel variants against main's on one H200 (carry .carry/k: CUDA 13.5's ptxas.xz and ab/VARIANT/wkv_kernel.py;
 # bash results/kernels_h200_1205b/run.sh && bash results/kit/poll.sh 540): dbl, wkv7's triangular solve by block
-# doubling; both, that and the input-gradient kernels reordered (fewer live tiles, products split over N).
-# The variants are this folder's patches to main's wkv_kernel.py (dbl.patch, both.patch); .carry/k/ab/NAME/wkv_kernel.py
+# doubling; din, the input-gradient kernels reordered (fewer live tiles, products split over N); both, the two.
+# The variants are this folder's patches to main's wkv_kernel.py (dbl.patch, both.patch; din is both.patch less
+# dbl.patch); .carry/k/ab/NAME/wkv_kernel.py
 # from `git show main:wkv_kernel.py > F && patch F results/kernels_h200_1205b/NAME.patch`.
 # 1. bench.py kernels at B8 T4096 N 64 and 128, the three trees in turn, twice (ab_TREE.json / .out);
 # 2. SmolLM2-135M step 2 (bench.py distill, micro-batch 96), main and both in turn, twice (sd_TREE.json / .out);
-# 3. tests/test_wkv_gpu.py whole on both (twg_both.out), then on dbl (twg_dbl.out).
+# 3. tests/test_wkv_gpu.py whole on both, din, dbl (twg_VARIANT.out).
 set -e
 L=/tmp/logs; mkdir -p $L; rm -f $L/DONE
 xz -dc .carry/k/ptxas.xz > /tmp/ptxas && chmod +x /tmp/ptxas
@@ -21,7 +22,7 @@ for i in 1 2; do for v in $VS; do (cd /tmp/ab_\$v && python bench.py kernels --s
   --out \$L/ab_\$v.json >> \$L/ab_\$v.out 2>&1); done; st kernels round \$i; done
 for i in 1 2; do for v in main both; do (cd /tmp/ab_\$v && python bench.py distill --preset smollm2-135m --stage 2 \\
   --micro_batch 96 --batch_size 96 --out \$L/sd_\$v.json >> \$L/sd_\$v.out 2>&1); done; st distill round \$i; done
-for v in both dbl; do (cd /tmp/ab_\$v && python -m pytest -q tests/test_wkv_gpu.py > \$L/twg_\$v.out 2>&1); st tests \$v; done
+for v in both din dbl; do (cd /tmp/ab_\$v && python -m pytest -q tests/test_wkv_gpu.py > \$L/twg_\$v.out 2>&1); st tests \$v; done
 touch \$L/DONE
 EOS
 setsid nohup bash /tmp/ab_run.sh > $L/run.log 2>&1 < /dev/null &

@@ -5,7 +5,6 @@
 # ranking behind evenly spaced layers. Started by results/kit/run.sh (about 25 GPU-minutes with the ferry if the 31
 # short runs take ~15 s each; 30 steps, not 40, to fit one hold; train.sh does the rest from a ranking made here).
 . results/kit/prep.sh  # in /tmp/repo: environment, st, teacher, data/gall, data/val, V, E
-for i in $(seq 36); do [ -f $L/ab.log ] && [ ! -f $L/AB_TIMED ] && sleep 5; done  # results/kit/ab.sh's timings first
 cp_logs() { for r in c g; do for s in 1 2; do for f in log.txt metrics.jsonl ranking.json; do
   [ -f runs/$r/stage$s/$f ] && cp runs/$r/stage$s/$f $L/${r}_stage${s}_$f; done; done; done; }
 python distill.py --stage 1 --teacher smol --data data/gall --out_dir runs/c --batch_size 64 --micro_batch 64 \

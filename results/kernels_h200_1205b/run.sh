@@ -5,8 +5,8 @@
 # dbl.patch); .carry/k/ab/NAME/wkv_kernel.py
 # from `git show main:wkv_kernel.py > F && patch F results/kernels_h200_1205b/NAME.patch`.
 # 1. bench.py kernels at B8 T4096 N128, the four trees in turn, twice (ab_TREE.json / .out);
-# 2. SmolLM2-135M step 2 (bench.py distill, micro-batch 96), main and both in turn, twice (sd_TREE.json / .out);
-# 3. tests/test_wkv_gpu.py whole on both (twg_both.out); if it fails, its wkv7 cases on din and dbl.
+# 3. SmolLM2-135M step 2 (bench.py distill, micro-batch 96), main and both in turn, twice (sd_TREE.json / .out);
+# 2. tests/test_wkv_gpu.py whole on both (twg_both.out); if it fails, its wkv7 cases on din and dbl.
 set -e
 L=/tmp/logs; mkdir -p $L; rm -f $L/DONE
 xz -dc .carry/k/ptxas.xz > /tmp/ptxas && chmod +x /tmp/ptxas
@@ -20,10 +20,10 @@ st() { echo "\$(date +%T) \$*" >> \$L/status.txt; }
 st start
 for i in 1 2; do for v in $VS; do (cd /tmp/ab_\$v && python bench.py kernels --shapes 8x4096 --head_sizes 128 \\
   --out \$L/ab_\$v.json >> \$L/ab_\$v.out 2>&1); done; st kernels round \$i; done
-for i in 1 2; do for v in main both; do (cd /tmp/ab_\$v && python bench.py distill --preset smollm2-135m --stage 2 \\
-  --micro_batch 96 --batch_size 96 --out \$L/sd_\$v.json >> \$L/sd_\$v.out 2>&1); done; st distill round \$i; done
 (cd /tmp/ab_both && python -m pytest -q tests/test_wkv_gpu.py > \$L/twg_both.out 2>&1) || for v in din dbl; do
   (cd /tmp/ab_\$v && python -m pytest -q -x tests/test_wkv_gpu.py -k wkv7 > \$L/twg_\$v.out 2>&1); done; st tests
+for i in 1 2; do for v in main both; do (cd /tmp/ab_\$v && python bench.py distill --preset smollm2-135m --stage 2 \\
+  --micro_batch 96 --batch_size 96 --out \$L/sd_\$v.json >> \$L/sd_\$v.out 2>&1); done; st distill round \$i; done
 touch \$L/DONE
 EOS
 setsid nohup bash /tmp/ab_run.sh > $L/run.log 2>&1 < /dev/null &

@@ -5,8 +5,8 @@
 # dbl.patch); .carry/k/ab/NAME/wkv_kernel.py
 # from `git show main:wkv_kernel.py > F && patch F results/kernels_h200_1205b/NAME.patch`.
 # 1. bench.py kernels at B8 T4096 N128, the four trees in turn, twice (ab_TREE.json / .out);
-# 3. SmolLM2-135M step 2 (bench.py distill, micro-batch 96), main and both in turn, twice (sd_TREE.json / .out);
 # 2. tests/test_wkv_gpu.py whole on both (twg_both.out); if it fails, its wkv7 cases on din and dbl.
+# 3. SmolLM2-135M step 2 (bench.py distill, micro-batch 96), main and both in turn, twice (sd_TREE.json / .out);
 set -e
 L=/tmp/logs; mkdir -p $L; rm -f $L/DONE
 xz -dc .carry/k/ptxas.xz > /tmp/ptxas && chmod +x /tmp/ptxas

@@ -446,8 +446,8 @@ def ints(s, what):
     try:
         out = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        out = [0]
-    if min(out, default=1) < 1:
+        out = None  # not integers
+    if out is None or any(x < 1 for x in out):
         raise EvalError(f"--{what}: expected comma-separated positive integers, got {s!r}")
     return out
 

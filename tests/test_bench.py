@@ -14,8 +14,6 @@ import distill
 import model as M
 from distill import free_port
 
-OnBackward = bench.OnBackward  # identity calling back in its backward: notes or times a stand-in's
-
 
 def test_decode_smoke(tmp_path, capsys):
     out = tmp_path / "decode.json"
@@ -163,7 +161,7 @@ def test_kernel_rows_floors_and_ratios(tmp_path, monkeypatch, capsys):
     ms = {("wkv6", 0): 1.0, ("wkv6", 1): 3.0, ("wkv7", 0): 2.0, ("wkv7", 1): 5.0, ("fla6", 0): 1.5,
           ("fla6", 1): 6.0, ("fla7", 0): 2.5, ("fla7", 1): 7.5, ("sdpa", 0): 0.5, ("sdpa", 1): 4.0}
 
-    tap = lambda x: OnBackward.apply(x, lambda: ran.append("backward"))  # notes its backward
+    tap = lambda x: bench.OnBackward.apply(x, lambda: ran.append("backward"))  # notes its backward
 
     def stand_in(name):
         def op(*xs, logw_min=None, **told):
@@ -329,7 +327,7 @@ def test_distill_step_speed_mfu_and_split(tmp_path, monkeypatch, capsys):
 
     def wkv7_slow(*a, **k):
         o, s = slow(1e-4, wkv7)(*a, **k)
-        return OnBackward.apply(o, lambda: advance(1e-3)), s  # its backward 1 ms
+        return bench.OnBackward.apply(o, lambda: advance(1e-3)), s  # its backward 1 ms
 
     def count(cfg, teacher, student):
         counted.append((teacher, student, flops_per_token(cfg, teacher, student)))

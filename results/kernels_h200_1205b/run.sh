@@ -1,10 +1,10 @@
-# Three kernel variants against main's on one H200 (carry .carry/k: CUDA 13.5's ptxas.xz and ab/VARIANT/wkv_kernel.py;
+# Four kernel variants against main's on one H200 (carry .carry/k: CUDA 13.5's ptxas.xz and ab/VARIANT/wkv_kernel.py;
 # bash results/kernels_h200_1205b/run.sh && bash results/kit/poll.sh 540): dbl, wkv7's triangular solve by block
 # doubling; din, the input-gradient kernels reordered (fewer live tiles, products split over N); both, the two.
 # The variants are this folder's patches to main's wkv_kernel.py (dbl.patch, both.patch; din is both.patch less
-# dbl.patch); .carry/k/ab/NAME/wkv_kernel.py
+# dbl.patch; b8 is both with WARPS["dinput"] = 8, by sed); .carry/k/ab/NAME/wkv_kernel.py
 # from `git show main:wkv_kernel.py > F && patch F results/kernels_h200_1205b/NAME.patch`.
-# 1. bench.py kernels at B8 T4096 N128, the four trees in turn, twice (ab_TREE.json / .out);
+# 1. bench.py kernels at B8 T4096 N128, the five trees in turn, twice (ab_TREE.json / .out);
 # 2. tests/test_wkv_gpu.py whole on both (twg_both.out); if it fails, its wkv7 cases on din and dbl.
 # 3. SmolLM2-135M step 2 (bench.py distill, micro-batch 96), main and both in turn, twice (sd_TREE.json / .out);
 set -e

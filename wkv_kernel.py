@@ -76,7 +76,7 @@ except OSError:  # not glibc
 USE_REFERENCE = False  # True: wkv6 / wkv7 run the per-timestep float32 loops (slow, the ground truth)
 CHUNK = 64  # BT: timesteps per chunk, one saved state each
 HEAD_SIZES = (16, 32, 64, 128, 256)  # N the kernels take
-SUB = 16  # rows per block of the triangular solve, and of one decay reference (BC) for logw down to -5
+SUB = 16  # rows of one decay reference (BC) for logw down to -5
 FACTOR_LOG = 45  # decay factors inside a chunk stay under e^45: a BC-row reference allows logw >= -45 / (BC / 2 + 1)
 CHUNK_REF_FLOOR = -FACTOR_LOG / (CHUNK // 2 + 1)  # -1.36: the lowest decay floor that takes one reference per chunk
 RWKV7_LOGW_MIN = -0.61  # RAD-RWKV7's log decay, -e^-0.5 sigmoid(.) > -0.6066, lies above it
@@ -166,8 +166,8 @@ def wkv7_ref(r, logw, k, v, a, b, state=None, check=True):
 
 
 def _tri_inverse(L):
-    # (I - L)^-1 for strictly lower-triangular L [..., BT, BT], by forward substitution (the kernels' _solve goes
-    # in SUB-row blocks; here one batched triangular solve), which stays accurate whenever the inverse itself is
+    # (I - L)^-1 for strictly lower-triangular L [..., BT, BT], by forward substitution (the kernels' _solve doubles
+    # blocks; here one batched triangular solve), which stays accurate whenever the inverse itself is
     # moderate. (Its Neumann-series product (I + L)(I + L^2)(I + L^4)... is not: when consecutive keys are alike
     # the entries of L are near 1 and its powers grow like binomial coefficients, up to 1e18 at BT = 64, before
     # they cancel.)
@@ -263,8 +263,8 @@ def wkv7_chunked(r, logw, k, v, a, b, state=None, logw_min=-5.0):
 # -----------------------------------------------------------------------------
 # Triton kernels. Parallel over (chunk, batch * head): _prep_kernel (R, A, K, W, Bt, gL; wkv6's: _mats6_kernel for
 # A, then _coef6_kernel for R, K, gL per key block), _out_kernel (O), _dmat_kernel (dV and the gradients of the
-# chunk's [BT, BT] matrices), _dinput_kernel (the input gradients, also parallel over key blocks). Serial over
-# chunks, parallel over (value block, batch * head): _state_kernel, forwards for X and backwards for dL/dX.
+# chunk's [BT, BT] matrices), _dinput6_kernel / _dinput7_kernel (the input gradients, also parallel over key blocks).
+# Serial over chunks, parallel over (value block, batch * head): _state_kernel, forwards for X and backwards for dL/dX.
 
 
 @triton.jit
@@ -286,19 +286,26 @@ def _mmx(x, y, BF16: tl.constexpr):
 
 
 @triton.jit
+def _mid_rows(b_gc, BT: tl.constexpr, BC: tl.constexpr):
+    # gc at the middle row of each row's BC-row block  # [BT, BK]
+    o_t = tl.arange(0, BT)
+    b_gm = tl.zeros_like(b_gc)
+    for i in tl.static_range(BT // BC):
+        b_gi = tl.sum(tl.where((o_t == i * BC + BC // 2)[:, None], b_gc, 0), 0)
+        b_gm = tl.where((o_t // BC == i)[:, None], b_gi[None, :], b_gm)
+    return b_gm
+
+
+@triton.jit
 def _load_block(r, w, k, a, b, p_x, m_x, BT: tl.constexpr, BC: tl.constexpr, HAS_AB: tl.constexpr):
     # one key block of the chunk's r, k, logw (and a, b) [BT, BK] in float32 with its cumulative log decays
-    o_t = tl.arange(0, BT)
     b_r = tl.load(r + p_x, mask=m_x, other=0).to(tl.float32)
     b_k = tl.load(k + p_x, mask=m_x, other=0).to(tl.float32)
     b_w = tl.load(w + p_x, mask=m_x, other=0).to(tl.float32)  # padded steps: logw = 0, no decay
     b_gc = tl.cumsum(b_w, 0)  # [BT, BK] inclusive
     b_gp = b_gc - b_w  # [BT, BK] exclusive
     b_gl = tl.sum(b_w, 0)  # [BK] the last row of b_gc
-    b_gm = tl.zeros_like(b_gc)  # [BT, BK] gc at the middle row of each row's BC-row block
-    for i in tl.static_range(BT // BC):
-        b_gi = tl.sum(tl.where((o_t == i * BC + BC // 2)[:, None], b_gc, 0), 0)
-        b_gm = tl.where((o_t // BC == i)[:, None], b_gi[None, :], b_gm)
+    b_gm = _mid_rows(b_gc, BT, BC)
     if HAS_AB:
         b_a = tl.load(a + p_x, mask=m_x, other=0).to(tl.float32)
         b_b = tl.load(b + p_x, mask=m_x, other=0).to(tl.float32)
@@ -314,6 +321,17 @@ def _col_factor(b_gc, i, BT: tl.constexpr, BC: tl.constexpr):
     b_gi = tl.sum(tl.where((o_t == i * BC + BC // 2)[:, None], b_gc, 0), 0)
     m_c = (o_t < (i + 1) * BC)[:, None]
     return tl.where(m_c, tl.exp(tl.where(m_c, b_gi[None, :] - b_gc, 0)), 0)
+
+
+@triton.jit
+def _col_factors(b_gc, BT: tl.constexpr, BC: tl.constexpr):
+    # _col_factor of every row block i  # [NB, BT, BK]
+    NB: tl.constexpr = BT // BC
+    o_i, o_t = tl.arange(0, NB), tl.arange(0, BT)
+    m_mid = o_t[None, :] == (o_i * BC + BC // 2)[:, None]  # [NB, BT]
+    b_gi = tl.sum(tl.where(m_mid[:, :, None], b_gc[None, :, :], 0), 1)  # [NB, BK] gc at the blocks' middle rows
+    m_c = o_t[None, :, None] < ((o_i + 1) * BC)[:, None, None]  # [NB, BT, 1] columns up to the block's end
+    return tl.where(m_c, tl.exp(tl.where(m_c, b_gi[:, None, :] - b_gc[None, :, :], 0)), 0)
 
 
 @triton.jit
@@ -346,23 +364,15 @@ def _tri_mats(r, w, k, a, b, p_t, m_x, N: tl.constexpr, BK: tl.constexpr, BT: tl
 
 @triton.jit
 def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, BS: tl.constexpr, BF16: tl.constexpr):
-    # (wkv7) T = (I - Lab)^-1 by forward substitution in BS-row blocks as in _tri_inverse, M = T Lak, A = Ark + Arb M
-    NB: tl.constexpr = BT // BS
-    o_t, o_c, o_i = tl.arange(0, BT), tl.arange(0, BS), tl.arange(0, NB)
-    # the diagonal blocks [NB, BS, BS]: block i of rows and columns of [NB, BS, NB, BS]
-    m_d = (o_i[:, None] == o_i[None, :])[:, None, :, None]  # [NB, 1, NB, 1]
-    b_L3 = tl.sum(tl.where(m_d, tl.reshape(b_Lab, (NB, BS, NB, BS)), 0), 2)
-    b_D3 = tl.where((o_c[:, None] == o_c[None, :])[None, :, :], 1.0, 0.0) + tl.zeros([NB, BS, BS], tl.float32)
-    for j in tl.static_range(1, BS):  # row j of every block, in float32 on the CUDA cores
-        m_j = (o_c == j)[None, :, None]  # [1, BS, 1]
-        b_l = tl.sum(tl.where(m_j, b_L3, 0), 1)  # [NB, BS] row j of L's blocks
-        b_D3 = tl.where(m_j, b_D3 + tl.sum(b_l[:, :, None] * b_D3, 1)[:, None, :], b_D3)
-    b_D = tl.reshape(tl.where(m_d, b_D3[:, :, None, :], 0), (BT, BT))  # block diagonal  # [BT, BT]
-    b_Lo = tl.where((o_t[:, None] // BS) != (o_t[None, :] // BS), b_Lab, 0)  # below the diagonal blocks
-    b_T = b_D
-    for i in tl.static_range(1, NB):  # row block i from the finished ones above it
-        b_Li = tl.where((o_t // BS == i)[:, None], b_Lo, 0)
-        b_T += _mmx(b_D, _mmx(b_Li, b_T, BF16), BF16)
+    # (wkv7) T = (I - Lab)^-1 by block doubling, M = T Lak, A = Ark + Arb M (BS unused). T_s: T's s x s diagonal
+    # blocks, L_s: Lab's entries from the upper to the lower half of each 2s x 2s diagonal block. On the 2s-blocks
+    # I - Lab = (I - Lab_s)(I - T_s L_s) and (T_s L_s)^2 = 0, so T_2s = T_s + T_s L_s T_s; T_1 = I, T_2 = I + L_1,
+    # T_BT = T. Every T_s is a part of T: nothing grows past T itself (unlike the Neumann series, see _tri_inverse)
+    o_t = tl.arange(0, BT)
+    b_x = o_t[:, None] ^ o_t[None, :]  # L_s: s <= row ^ col < 2s (Lab strictly lower)  # [BT, BT]
+    b_T = tl.where(b_x == 0, 1.0, tl.where(b_x == 1, b_Lab, 0))
+    for j in tl.static_range(1, BT.bit_length() - 1):  # s = 2^j
+        b_T += _mmx(_mmx(b_T, tl.where((b_x >> j) == 1, b_Lab, 0), BF16), b_T, BF16)
     b_M = _mmx(b_T, b_Lak, BF16)
     return b_T, b_M, b_Ark + _mmx(b_Arb, b_M, BF16)
 
@@ -489,56 +499,54 @@ def _out_kernel(R, A, v, states, o, T, NT,
 
 
 @triton.jit
-def _tri_grads(dAm, dArbm, dLakm, dLabm, p_mb, b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, BT: tl.constexpr,
-               BC: tl.constexpr, HAS_AB: tl.constexpr, BF16: tl.constexpr):
-    # one key block of dL/dr, dk (and da, db) through Ark (and Arb, Lak, Lab); dr, da still relative to their row
-    # block's middle row. Row t of block i of dL/dArk meets the columns scaled by block i's factors
+def _tri_rows(M1, M2, b_x1, b_x2, b_gc, BT: tl.constexpr, BC: tl.constexpr, BF16: tl.constexpr):
+    # sum over row blocks i of (M1 (x1 e_i) + M2 (x2 e_i)) on block i's rows, M1, M2 the chunk's [BT, BT]: one key
+    # block of wkv7's dL/dr (dArk, dArb; k, b) or da (dLak, dLab), relative to their row block's middle row
     NB: tl.constexpr = BT // BC
-    BK: tl.constexpr = b_r.shape[1]
+    BK: tl.constexpr = b_x1.shape[1]
     o_i, o_c, o_t = tl.arange(0, NB), tl.arange(0, BC), tl.arange(0, BT)
-    b_rm = b_r * tl.exp(b_gc - b_gm)  # [BT, BK]
-    b_am = b_a * tl.exp(b_gp - b_gm)
-    if HAS_AB and NB > 1:
-        # eight products: batched over the row blocks, [NB, BC, BT] x [NB, BT, BK] and [NB, BT, BC] x [NB, BC, BK]
-        p_rows = p_mb + (o_i[:, None, None] * BC + o_c[None, :, None]) * BT + o_t[None, None, :]  # [NB, BC, BT]
-        p_cols = p_mb + (o_i[:, None, None] * BC + o_c[None, None, :]) * BT + o_t[None, :, None]  # [NB, BT, BC]
-        m_mid = o_t[None, :] == (o_i * BC + BC // 2)[:, None]  # [NB, BT]
-        b_gi = tl.sum(tl.where(m_mid[:, :, None], b_gc[None, :, :], 0), 1)  # [NB, BK] gc at the blocks' middle rows
-        m_c = o_t[None, :, None] < ((o_i + 1) * BC)[:, None, None]  # [NB, BT, 1] columns up to the block's end
-        b_e = tl.where(m_c, tl.exp(tl.where(m_c, b_gi[:, None, :] - b_gc[None, :, :], 0)), 0)  # [NB, BT, BK]
-        b_rm3 = tl.reshape(b_rm, (NB, BC, BK))
-        b_kc = b_k[None, :, :] * b_e
-        b_dr = _mm(tl.load(dAm + p_rows), b_kc, BF16)  # [NB, BC, BK]
-        b_dk = b_e * _mm(tl.load(dAm + p_cols), b_rm3, BF16)  # [NB, BT, BK]
-        b_am3 = tl.reshape(b_am, (NB, BC, BK))
-        b_bc = b_b[None, :, :] * b_e
-        b_dr += _mm(tl.load(dArbm + p_rows), b_bc, BF16)
-        b_da = _mm(tl.load(dLakm + p_rows), b_kc, BF16) + _mm(tl.load(dLabm + p_rows), b_bc, BF16)
-        b_dk += b_e * _mm(tl.load(dLakm + p_cols), b_am3, BF16)
-        b_db = b_e * (_mm(tl.load(dArbm + p_cols), b_rm3, BF16) + _mm(tl.load(dLabm + p_cols), b_am3, BF16))
-        return tl.reshape(b_dr, (BT, BK)), tl.sum(b_dk, 0), tl.reshape(b_da, (BT, BK)), tl.sum(b_db, 0)
+    if NB > 1:
+        # batched over the row blocks: [NB, BC, BT] x [NB, BT, BK]
+        p_rows = (o_i[:, None, None] * BC + o_c[None, :, None]) * BT + o_t[None, None, :]  # [NB, BC, BT]
+        b_e = _col_factors(b_gc, BT, BC)
+        b_y = _mm(tl.load(M1 + p_rows), b_x1[None, :, :] * b_e, BF16)
+        b_y += _mm(tl.load(M2 + p_rows), b_x2[None, :, :] * b_e, BF16)
+        return tl.reshape(b_y, (BT, BK))
     else:
-        # [BT, BT] x [BT, BK] products a block, the mask "t in block i" on the [BT, BK] side: wkv6 (faster here than
-        # batching: the whole [BT, BT] matrix stays in registers), and wkv7 with one reference per chunk (NB = 1)
-        p_m = p_mb + o_t[:, None] * BT + o_t[None, :]
-        b_dA = tl.load(dAm + p_m)  # [BT, BT]
-        b_dr = tl.zeros_like(b_r)
-        b_dk, b_da, b_db = b_dr, b_dr, b_dr
-        if HAS_AB:
-            b_dArb, b_dLak, b_dLab = tl.load(dArbm + p_m), tl.load(dLakm + p_m), tl.load(dLabm + p_m)
+        # one reference per chunk (NB = 1): [BT, BT] x [BT, BK] products a block, "t in block i" on the [BT, BK] side
+        p_m = o_t[:, None] * BT + o_t[None, :]
+        b_M1 = tl.load(M1 + p_m)
+        b_y = tl.zeros_like(b_x1)
+        for i in tl.static_range(NB):
+            b_e = _col_factor(b_gc, i, BT, BC)
+            b_yi = _mm(b_M1, b_x1 * b_e, BF16) + _mm(tl.load(M2 + p_m), b_x2 * b_e, BF16)
+            b_y += tl.where((o_t // BC == i)[:, None], b_yi, 0)
+        return b_y
+
+
+@triton.jit
+def _tri_cols(M1, M2, b_x1, b_x2, b_gc, BT: tl.constexpr, BC: tl.constexpr, BF16: tl.constexpr):
+    # sum over row blocks i of e_i (M1^T x1_i + M2^T x2_i), x_i: x on block i's rows (x relative to their middle row):
+    # one key block of wkv7's dL/dk (dArk, dLak; r, a) or db (dArb, dLab) through the columns of the [BT, BT] matrices
+    NB: tl.constexpr = BT // BC
+    BK: tl.constexpr = b_x1.shape[1]
+    o_i, o_c, o_t = tl.arange(0, NB), tl.arange(0, BC), tl.arange(0, BT)
+    if NB > 1:
+        # batched over the row blocks: [NB, BT, BC] x [NB, BC, BK]
+        p_cols = (o_i[:, None, None] * BC + o_c[None, None, :]) * BT + o_t[None, :, None]  # [NB, BT, BC]
+        b_y = _mm(tl.load(M1 + p_cols), tl.reshape(b_x1, (NB, BC, BK)), BF16)
+        b_y += _mm(tl.load(M2 + p_cols), tl.reshape(b_x2, (NB, BC, BK)), BF16)
+        return tl.sum(_col_factors(b_gc, BT, BC) * b_y, 0)
+    else:
+        p_m = o_t[:, None] * BT + o_t[None, :]
+        b_M1 = tl.load(M1 + p_m)
+        b_y = tl.zeros_like(b_x1)
         for i in tl.static_range(NB):
             m_i = (o_t // BC == i)[:, None]
-            b_e = _col_factor(b_gc, i, BT, BC)
-            b_kc, b_ri = b_k * b_e, tl.where(m_i, b_rm, 0)
-            b_dr += tl.where(m_i, _mm(b_dA, b_kc, BF16), 0)
-            b_dk += b_e * _mm(tl.trans(b_dA), b_ri, BF16)
-            if HAS_AB:
-                b_bc, b_ai = b_b * b_e, tl.where(m_i, b_am, 0)
-                b_dr += tl.where(m_i, _mm(b_dArb, b_bc, BF16), 0)
-                b_da += tl.where(m_i, _mm(b_dLak, b_kc, BF16) + _mm(b_dLab, b_bc, BF16), 0)
-                b_dk += b_e * _mm(tl.trans(b_dLak), b_ai, BF16)
-                b_db += b_e * (_mm(tl.trans(b_dArb), b_ri, BF16) + _mm(tl.trans(b_dLab), b_ai, BF16))
-        return b_dr, b_dk, b_da, b_db
+            b_yi = _mm(tl.trans(b_M1), tl.where(m_i, b_x1, 0), BF16)
+            b_yi += _mm(tl.trans(tl.load(M2 + p_m)), tl.where(m_i, b_x2, 0), BF16)
+            b_y += _col_factor(b_gc, i, BT, BC) * b_yi
+        return b_y
 
 
 @triton.jit
@@ -602,51 +610,136 @@ def _dmat_kernel(A, K, W, AH, Bt, v, do, states, dstates, Tm, Mm, Arbm, Lakm, dv
 
 
 @triton.jit
-def _dinput_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, dAm, dArbm, dLakm, dLabm,
-                   dr, dw, dk, da, db, T, NT, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                   BK: tl.constexpr, HAS_AB: tl.constexpr, BF16: tl.constexpr):
-    # one chunk and key block: dL/dr, logw, k, a, b through R = r e^gc + Arb W, K = k e^(gL - gc) + M^T Bt,
-    # W = T a e^gp, Bt = b e^(gL - gc), e^gL X0, and the triangular matrices (their gradients from _dmat_kernel)
+def _tri_grads6(dAm, p_mb, b_r, b_k, b_gc, b_gm, BT: tl.constexpr, BC: tl.constexpr, BF16: tl.constexpr):
+    # one key block of wkv6's dL/dr (relative to its row block's middle row) and dk through A: [BT, BT] x [BT, BK]
+    # products a row block, "t in block i" on the [BT, BK] side (the whole [BT, BT] matrix stays in registers)
+    o_t = tl.arange(0, BT)
+    b_rm = b_r * tl.exp(b_gc - b_gm)  # [BT, BK]
+    b_dA = tl.load(dAm + p_mb + o_t[:, None] * BT + o_t[None, :])  # [BT, BT]
+    b_dr = tl.zeros_like(b_r)
+    b_dk = b_dr
+    for i in tl.static_range(BT // BC):
+        m_i = (o_t // BC == i)[:, None]
+        b_e = _col_factor(b_gc, i, BT, BC)
+        b_dr += tl.where(m_i, _mm(b_dA, b_k * b_e, BF16), 0)
+        b_dk += b_e * _mm(tl.trans(b_dA), tl.where(m_i, b_rm, 0), BF16)
+    return b_dr, b_dk
+
+
+@triton.jit
+def _dinput6_kernel(r, w, k, v, do, states, dstates, dAm, dr, dw, dk, T, NT, H: tl.constexpr, N: tl.constexpr,
+                    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BF16: tl.constexpr):
+    # wkv6, one chunk and key block: dL/dr, logw, k through R = r e^gc, K = k e^(gL - gc), e^gL X0 and A (its gradient
+    # from _dmat_kernel), every tile live at once (faster for wkv6 than wkv7's one gradient at a time, below)
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_t, o_n, o_k = tl.arange(0, BT), tl.arange(0, N), i_k * BK + tl.arange(0, BK)
+    o_n, o_k = tl.arange(0, N), i_k * BK + tl.arange(0, BK)
     p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
-    p_mb = (i_bh.to(tl.int64) * NT + i_t) * BT * BT  # the chunk's [BT, BT] matrices
-    p_m = p_mb + o_t[:, None] * BT + o_t[None, :]
+    p_mb = (i_bh.to(tl.int64) * NT + i_t) * BT * BT  # the chunk's [BT, BT] matrix
     p_s = (i_bh.to(tl.int64) * NT + i_t) * N * N + o_k[:, None] * N + o_n[None, :]  # [BK, N] rows of X0, dX1
     p_n, p_x = p_0 + p_t + o_n[None, :], p_t + o_k[None, :]  # [BT, N] full rows; [BT, BK] from the chunk's first row
-    r, w, k, a, b = r + p_0, w + p_0, k + p_0, a + p_0, b + p_0
-    b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, b_gl = _load_block(r, w, k, a, b, p_x, m_x, BT, BC, HAS_AB)
+    r, w, k = r + p_0, w + p_0, k + p_0
+    b_r, b_k, _, _, b_gc, _, b_gm, b_gl = _load_block(r, w, k, r, k, p_x, m_x, BT, BC, False)
     b_e_l = tl.exp(b_gl[None, :] - b_gc)
     b_s, b_ds = tl.load(states + p_s), tl.load(dstates + p_s)
     b_dR = _mm(tl.load(do + p_n, mask=m_x, other=0), tl.trans(b_s), BF16)  # [BT, BK] dL/dR, dL/dK
     b_dK = _mm(tl.load(v + p_n, mask=m_x, other=0), tl.trans(b_ds), BF16)
     # dL/dgL through e^gL X0 and k e^(gL - gc)  # [BK]
     b_dgl = tl.sum(b_s.to(tl.float32) * b_ds.to(tl.float32), 1) * tl.exp(b_gl) + tl.sum(b_dK * b_k * b_e_l, 0)
-    b_dr, b_dk, b_da, b_db = _tri_grads(dAm, dArbm, dLakm, dLabm, p_mb, b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm,
-                                        BT, BC, HAS_AB, BF16)
-    b_dr = b_dr * tl.exp(b_gc - b_gm) + b_dR * tl.exp(b_gc)  # R = r e^gc + ...
-    b_dk += b_dK * b_e_l  # K = k e^(gL - gc) + ...
-    # dL/dlogw_t = sum over s >= t of dL/dgc_s, + sum over s > t of dL/dgp_s, + dL/dgL
+    b_dr, b_dk = _tri_grads6(dAm, p_mb, b_r, b_k, b_gc, b_gm, BT, BC, BF16)
+    b_dr = b_dr * tl.exp(b_gc - b_gm) + b_dR * tl.exp(b_gc)  # R = r e^gc
+    b_dk += b_dK * b_e_l  # K = k e^(gL - gc)
+    # dL/dlogw_t = sum over s >= t of dL/dgc_s, + dL/dgL
     b_dgc = b_r * b_dr - b_k * b_dk
-    if HAS_AB:
-        b_Bt = b_b * b_e_l
-        b_Arb, b_M, b_T = tl.load(Arbm + p_m), tl.load(Mm + p_m), tl.load(Tm + p_m)
-        # W in R = .. + Arb W and in Bt^T W X0; Bt in Bt^T W X0 and in K = .. + M^T Bt
-        b_dW = _mm(tl.load(dY + p_n, mask=m_x, other=0), tl.trans(b_s), BF16) + _mm(tl.trans(b_Arb), b_dR, BF16)
-        b_dBt = _mm(tl.load(Y + p_n, mask=m_x, other=0), tl.trans(b_ds), BF16) + _mm(b_M, b_dK, BF16)
-        b_dgl += tl.sum(b_dBt * b_Bt, 0)
-        b_da = b_da * tl.exp(b_gp - b_gm) + _mm(tl.trans(b_T), b_dW, BF16) * tl.exp(b_gp)
-        b_db += b_dBt * b_e_l
-        b_dgc -= b_b * b_db
-        tl.store(da + p_0 + p_x, b_da.to(da.dtype.element_ty), mask=m_x)
-        tl.store(db + p_0 + p_x, b_db.to(db.dtype.element_ty), mask=m_x)
     b_dw = tl.sum(b_dgc, 0)[None, :] - tl.cumsum(b_dgc, 0) + b_dgc + b_dgl[None, :]
-    if HAS_AB:
-        b_dgp = b_a * b_da
-        b_dw += tl.sum(b_dgp, 0)[None, :] - tl.cumsum(b_dgp, 0)
     tl.store(dr + p_0 + p_x, b_dr.to(dr.dtype.element_ty), mask=m_x)
     tl.store(dk + p_0 + p_x, b_dk.to(dk.dtype.element_ty), mask=m_x)
     tl.store(dw + p_0 + p_x, b_dw.to(dw.dtype.element_ty), mask=m_x)
+
+
+@triton.jit
+def _ld(x, p_x, m_x):
+    # a [BT, BK] tile of the inputs in float32, loaded again where needed rather than kept live
+    return tl.load(x + p_x, mask=m_x, other=0).to(tl.float32)
+
+
+@triton.jit
+def _by_rows(x, S, p_t, m_x, N: tl.constexpr, BK: tl.constexpr, BF16: tl.constexpr):
+    # x S^T, x [BT, N] rows from p_t, S [BK, N] (X0 or dX1 rows), 32 columns of N at a time: neither whole in
+    # registers  # [BT, BK]
+    BN: tl.constexpr = min(N, 32)
+    b_y = tl.zeros([p_t.shape[0], BK], dtype=tl.float32)
+    for i_n in tl.static_range(N // BN):
+        o_n = i_n * BN + tl.arange(0, BN)
+        b_s = tl.load(S + tl.arange(0, BK)[:, None] * N + o_n[None, :])
+        b_y += _mm(tl.load(x + p_t + o_n[None, :], mask=m_x, other=0), tl.trans(b_s), BF16)
+    return b_y
+
+
+@triton.jit
+def _dinput7_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, dAm, dArbm, dLakm, dLabm,
+                    dr, dw, dk, da, db, T, NT, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr,
+                    BC: tl.constexpr, BK: tl.constexpr, BF16: tl.constexpr):
+    # wkv7, one chunk and key block: dL/dr, logw, k, a, b through R = r e^gc + Arb W, K = k e^(gL - gc) + M^T Bt,
+    # W = T a e^gp, Bt = b e^(gL - gc), e^gL X0, and the triangular matrices (their gradients from _dmat_kernel).
+    # One gradient at a time, stored once complete, its inputs loaded (again) where it needs them, products over
+    # N in pieces: few tiles live at once (all of them at once spilled 848 bytes a thread at N = 128 on sm_90)
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_t, o_k = tl.arange(0, BT), i_k * BK + tl.arange(0, BK)
+    p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
+    p_c = i_bh.to(tl.int64) * NT + i_t
+    # the chunk's [BT, BT] matrices and [BK, N] rows of X0, dX1, int32 offsets from there; the [BT, BK] tiles'
+    # offsets in int64 (one set for every input: fewer registers than as many moved pointers)
+    p_mb, p_sb = p_c * BT * BT, p_c * N * N + i_k * BK * N
+    Tm, Mm, Arbm, dAm, dArbm, dLakm, dLabm = Tm + p_mb, Mm + p_mb, Arbm + p_mb, dAm + p_mb, dArbm + p_mb, \
+        dLakm + p_mb, dLabm + p_mb
+    states, dstates = states + p_sb, dstates + p_sb
+    p_m, p_x = o_t[:, None] * BT + o_t[None, :], p_0 + p_t + o_k[None, :]
+    b_w = _ld(w, p_x, m_x)  # padded steps: logw = 0, no decay
+    b_gc, b_gl = tl.cumsum(b_w, 0), tl.sum(b_w, 0)  # [BT, BK], [BK] its last row
+    b_gm = _mid_rows(b_gc, BT, BC)
+    # dL/dgL through e^gL X0, [BK, BN] at a time; k e^(gL - gc) and b e^(gL - gc) add theirs below  # [BK]
+    BN: tl.constexpr = min(N, 32)
+    b_dgl = tl.zeros([BK], dtype=tl.float32)
+    for i_n in tl.static_range(N // BN):
+        p_s = tl.arange(0, BK)[:, None] * N + i_n * BN + tl.arange(0, BN)[None, :]
+        b_dgl += tl.sum(tl.load(states + p_s).to(tl.float32) * tl.load(dstates + p_s).to(tl.float32), 1)
+    b_dgl *= tl.exp(b_gl)
+    # dL/dr through R = r e^gc + ... and Ark, Arb
+    b_dR = _by_rows(do + p_0, states, p_t, m_x, N, BK, BF16)  # [BT, BK] dL/dR
+    b_dr = _tri_rows(dAm, dArbm, _ld(k, p_x, m_x), _ld(b, p_x, m_x), b_gc, BT, BC, BF16)
+    b_dr = b_dr * tl.exp(b_gc - b_gm) + b_dR * tl.exp(b_gc)
+    tl.store(dr + p_x, b_dr.to(dr.dtype.element_ty), mask=m_x)
+    # dL/dlogw_t = sum over s >= t of dL/dgc_s, + sum over s > t of dL/dgp_s, + dL/dgL
+    b_dgc = _ld(r, p_x, m_x) * b_dr
+    # dL/da through W = T a e^gp (W in R = .. + Arb W and in Bt^T W X0) and Lak, Lab
+    b_dW = _by_rows(dY + p_0, states, p_t, m_x, N, BK, BF16)
+    b_dW += _mm(tl.trans(tl.load(Arbm + p_m)), b_dR, BF16)
+    b_gp = b_gc - b_w
+    b_da = _tri_rows(dLakm, dLabm, _ld(k, p_x, m_x), _ld(b, p_x, m_x), b_gc, BT, BC, BF16)
+    b_da = b_da * tl.exp(b_gp - b_gm) + _mm(tl.trans(tl.load(Tm + p_m)), b_dW, BF16) * tl.exp(b_gp)
+    tl.store(da + p_x, b_da.to(da.dtype.element_ty), mask=m_x)
+    b_dgp = _ld(a, p_x, m_x) * b_da
+    b_am = _ld(a, p_x, m_x) * tl.exp(b_gp - b_gm)  # r, a relative to their row block's middle row
+    b_rm = _ld(r, p_x, m_x) * tl.exp(b_gc - b_gm)
+    # dL/dk through K = k e^(gL - gc) + ... and Ark, Lak
+    b_e_l = tl.exp(b_gl[None, :] - b_gc)
+    b_dK = _by_rows(v + p_0, dstates, p_t, m_x, N, BK, BF16)  # [BT, BK] dL/dK
+    b_k = _ld(k, p_x, m_x)
+    b_dgl += tl.sum(b_dK * b_k * b_e_l, 0)
+    b_dk = _tri_cols(dAm, dLakm, b_rm, b_am, b_gc, BT, BC, BF16) + b_dK * b_e_l
+    tl.store(dk + p_x, b_dk.to(dk.dtype.element_ty), mask=m_x)
+    b_dgc -= b_k * b_dk
+    # dL/db through Bt = b e^(gL - gc) (in Bt^T W X0 and K = .. + M^T Bt) and Arb, Lab
+    b_dBt = _by_rows(Y + p_0, dstates, p_t, m_x, N, BK, BF16)
+    b_dBt += _mm(tl.load(Mm + p_m), b_dK, BF16)
+    b_b = _ld(b, p_x, m_x)
+    b_dgl += tl.sum(b_dBt * b_b * b_e_l, 0)
+    b_db = _tri_cols(dArbm, dLabm, b_rm, b_am, b_gc, BT, BC, BF16) + b_dBt * b_e_l
+    tl.store(db + p_x, b_db.to(db.dtype.element_ty), mask=m_x)
+    b_dgc -= b_b * b_db
+    b_dw = tl.sum(b_dgc, 0)[None, :] - tl.cumsum(b_dgc, 0) + b_dgc + b_dgl[None, :]
+    b_dw += tl.sum(b_dgp, 0)[None, :] - tl.cumsum(b_dgp, 0)
+    tl.store(dw + p_x, b_dw.to(dw.dtype.element_ty), mask=m_x)
 
 
 # -----------------------------------------------------------------------------
@@ -781,11 +874,14 @@ def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk, BC, prep=None):
             BK=_dmat_tiles(N)[0], BV=min(BLOCK_V["dmat"], N), HAS_AB=a is not None, BF16=BF16,
             num_warps=_dmat_tiles(N)[1],
             num_stages=3 if BF16 else 1)  # float32 tiles pipelined three deep need 442 KB of shared memory at N = 128
+    BK, grid = min(BLOCK_K["dinput"], N), (N // min(BLOCK_K["dinput"], N), int(NT), B * H)
     with _mma_v2("dinput"):
-        _dinput_kernel[(N // min(BLOCK_K["dinput"], N), int(NT), B * H)](
-            r, w, k, v, r if a is None else a, r if b is None else b, do, states, dstates, Y, dY, *mats[:3],
-            *dmats, dr, dw, dk, da, db, T, NT, H=H, N=N, BT=CHUNK, BC=BC, BK=min(BLOCK_K["dinput"], N),
-            HAS_AB=a is not None, BF16=BF16, num_warps=WARPS["dinput"])
+        if a is None:
+            _dinput6_kernel[grid](r, w, k, v, do, states, dstates, dmats[0], dr, dw, dk, T, NT, H=H, N=N, BT=CHUNK,
+                                  BC=BC, BK=BK, BF16=BF16, num_warps=WARPS["dinput"])
+        else:
+            _dinput7_kernel[grid](r, w, k, v, a, b, do, states, dstates, Y, dY, *mats[:3], *dmats, dr, dw, dk, da, db,
+                                  T, NT, H=H, N=N, BT=CHUNK, BC=BC, BK=BK, BF16=BF16, num_warps=WARPS["dinput"])
     return dr, dw, dk, dv, (da if a is not None else None), (db if b is not None else None), ds0
 
 

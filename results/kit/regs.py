@@ -29,9 +29,11 @@ VARIANTS = [  # (kernel, options, the recurrences that run it)
     ("_coef6_kernel", dict(maxnreg=128), ("wkv6",)),
     ("_prep_kernel", dict(maxnreg=168), ("wkv7",)),
     ("_prep_kernel", dict(num_warps=8, maxnreg=128), ("wkv7",)),
-    ("_dinput_kernel", dict(num_warps=8, maxnreg=128), ("wkv6", "wkv7")),
-    ("_dinput_kernel", dict(maxnreg=168), ("wkv6", "wkv7")),
-    ("_dinput_kernel", dict(num_warps=8), ("wkv7",)),  # wkv7's spills 768 -> 320 bytes a thread, compiled
+    ("_dinput6_kernel", dict(num_warps=8, maxnreg=128), ("wkv6",)),
+    ("_dinput7_kernel", dict(num_warps=8, maxnreg=128), ("wkv7",)),
+    ("_dinput6_kernel", dict(maxnreg=168), ("wkv6",)),
+    ("_dinput7_kernel", dict(maxnreg=168), ("wkv7",)),
+    ("_dinput7_kernel", dict(num_warps=8), ("wkv7",)),  # wkv7's spills 768 -> 320 bytes a thread, compiled
     ("_dmat_kernel", dict(maxnreg=168), ("wkv7",)),
 ]
 

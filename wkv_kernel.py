@@ -512,16 +512,9 @@ def _tri_rows(M1, M2, b_x1, b_x2, b_gc, BT: tl.constexpr, BC: tl.constexpr, BF16
         b_y = _mm(tl.load(M1 + p_rows), b_x1[None, :, :] * b_e, BF16)
         b_y += _mm(tl.load(M2 + p_rows), b_x2[None, :, :] * b_e, BF16)
         return tl.reshape(b_y, (BT, BK))
-    else:
-        # one reference per chunk (NB = 1): [BT, BT] x [BT, BK] products a block, "t in block i" on the [BT, BK] side
-        p_m = o_t[:, None] * BT + o_t[None, :]
-        b_M1 = tl.load(M1 + p_m)
-        b_y = tl.zeros_like(b_x1)
-        for i in tl.static_range(NB):
-            b_e = _col_factor(b_gc, i, BT, BC)
-            b_yi = _mm(b_M1, b_x1 * b_e, BF16) + _mm(tl.load(M2 + p_m), b_x2 * b_e, BF16)
-            b_y += tl.where((o_t // BC == i)[:, None], b_yi, 0)
-        return b_y
+    else:  # one reference per chunk: [BT, BT] x [BT, BK]
+        p_m, b_e = o_t[:, None] * BT + o_t[None, :], _col_factor(b_gc, 0, BT, BC)
+        return _mm(tl.load(M1 + p_m), b_x1 * b_e, BF16) + _mm(tl.load(M2 + p_m), b_x2 * b_e, BF16)
 
 
 @triton.jit
@@ -537,16 +530,10 @@ def _tri_cols(M1, M2, b_x1, b_x2, b_gc, BT: tl.constexpr, BC: tl.constexpr, BF16
         b_y = _mm(tl.load(M1 + p_cols), tl.reshape(b_x1, (NB, BC, BK)), BF16)
         b_y += _mm(tl.load(M2 + p_cols), tl.reshape(b_x2, (NB, BC, BK)), BF16)
         return tl.sum(_col_factors(b_gc, BT, BC) * b_y, 0)
-    else:
+    else:  # one reference per chunk: [BT, BT]^T x [BT, BK]
         p_m = o_t[:, None] * BT + o_t[None, :]
-        b_M1 = tl.load(M1 + p_m)
-        b_y = tl.zeros_like(b_x1)
-        for i in tl.static_range(NB):
-            m_i = (o_t // BC == i)[:, None]
-            b_yi = _mm(tl.trans(b_M1), tl.where(m_i, b_x1, 0), BF16)
-            b_yi += _mm(tl.trans(tl.load(M2 + p_m)), tl.where(m_i, b_x2, 0), BF16)
-            b_y += _col_factor(b_gc, i, BT, BC) * b_yi
-        return b_y
+        b_y = _mm(tl.trans(tl.load(M1 + p_m)), b_x1, BF16) + _mm(tl.trans(tl.load(M2 + p_m)), b_x2, BF16)
+        return _col_factor(b_gc, 0, BT, BC) * b_y
 
 
 @triton.jit

@@ -1,12 +1,12 @@
 # The README's kernel table in one hold, flash-linear-attention 0.6.0 beside. Carry .carry/k (CUDA 13.5's ptxas.xz,
 # the fla-core and flash-linear-attention wheels, and fla_autotune.tgz if an earlier hold brought one back), then
 # bash results/kit/kernels.sh [HEAD_SIZES] && bash results/kit/poll.sh 560 (and poll.sh again at once until DONE).
-# 1. fla's autotuning (about 9 minutes per head size), one process per head size at once, timings thrown away;
-#    its results stay in TRITON_CACHE_DIR and come back as fla_autotune.tgz for the next hold. Beside them (no
-#    timing is kept from this phase) tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas.
+# 1. fla's autotuning (about 9-10 minutes per head size) alone on the GPU, one head size at a time, timings thrown
+#    away; its results stay in TRITON_CACHE_DIR and come back as fla_autotune.tgz for the next hold.
 # 2. our kernels with CUDA 13.5's ptxas (wgmma in every kernel) at every shape: kernels.json.
 # 3. fla at every shape with Triton's own ptxas, autotuned already (our kernels again, mma.sync): kernels_fla.json.
-# 4. results/kit/regs.py: the register-bound kernels with more warps an SM (register caps), timed against the defaults.
+# 4. a per-kernel profile of ours (results/wkv7_chunk_ref_h200/prof.py, B8 T4096 N128): prof.out.
+# 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8 minutes on an H200, 16 on an H100): twg.out.
 L=/tmp/logs
 if [ "$1" != run ]; then
   set -e
@@ -25,12 +25,12 @@ keep() { (cd /tmp/tcache && find . -name "*.autotune.json" | tar -czf $L/fla_aut
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache
 st start
 for N in $NS; do PYTHONPATH=/tmp/site python bench.py kernels --shapes 8x4096 --head_sizes $N --out /tmp/warm_$N.json \
-  > $L/warm_N$N.out 2>&1 & done
-TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py > $L/twg.out 2>&1 &
-wait; keep; st fla autotuned for $NS, tests done
+  > $L/warm_N$N.out 2>&1; done
+keep; st fla autotuned for $NS
 TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --fla_shapes 0x0 \
   --out $L/kernels.json > $L/ours.out 2>&1; st ours done
 PYTHONPATH=/tmp/site python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --out $L/kernels_fla.json \
   > $L/fla.out 2>&1; keep; st fla done
-TRITON_PTXAS_PATH=/tmp/ptxas python results/kit/regs.py > $L/regs.out 2>&1; st regs done
+TRITON_PTXAS_PATH=/tmp/ptxas PYTHONPATH=. python results/wkv7_chunk_ref_h200/prof.py > $L/prof.out 2>&1; st profile done
+TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py > $L/twg.out 2>&1; st tests done
 touch $L/DONE

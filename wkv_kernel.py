@@ -363,8 +363,8 @@ def _tri_mats(r, w, k, a, b, p_t, m_x, N: tl.constexpr, BK: tl.constexpr, BT: tl
 
 
 @triton.jit
-def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, BS: tl.constexpr, BF16: tl.constexpr):
-    # (wkv7) T = (I - Lab)^-1 by block doubling, M = T Lak, A = Ark + Arb M (BS unused). T_s: T's s x s diagonal
+def _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT: tl.constexpr, BF16: tl.constexpr):
+    # (wkv7) T = (I - Lab)^-1 by block doubling, M = T Lak, A = Ark + Arb M. T_s: T's s x s diagonal
     # blocks, L_s: Lab's entries from the upper to the lower half of each 2s x 2s diagonal block. On the 2s-blocks
     # I - Lab = (I - Lab_s)(I - T_s L_s) and (T_s L_s)^2 = 0, so T_2s = T_s + T_s L_s T_s; T_1 = I, T_2 = I + L_1,
     # T_BT = T. Every T_s is a part of T: nothing grows past T itself (unlike the Neumann series, see _tri_inverse)
@@ -411,14 +411,14 @@ def _coefs(r, w, k, a, b, R, K, W, Bt, gl, AH, b_T, b_M, b_Arb, p_0, p_t, m_x, i
 
 @triton.jit
 def _prep_kernel(r, w, k, a, b, R, A, K, W, Bt, gl, AH, Tm, Mm, Arbm, Lakm, T, NT,
-                 H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
-                 BK: tl.constexpr, BF16: tl.constexpr, KEEP: tl.constexpr):
+                 H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                 BF16: tl.constexpr, KEEP: tl.constexpr):
     # wkv7's chunk pass, one program per chunk. KEEP (the backward): also AH = a e^gp and the chunk's T, M, Arb, Lak
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
     r, w, k, a, b, R, K, W, Bt = r + p_0, w + p_0, k + p_0, a + p_0, b + p_0, R + p_0, K + p_0, W + p_0, Bt + p_0
     b_Ark, b_Arb, b_Lak, b_Lab = _tri_mats(r, w, k, a, b, p_t, m_x, N, BK, BT, BC, True, BF16)
-    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, BS, BF16)
+    b_T, b_M, b_A = _solve(b_Ark, b_Arb, b_Lak, b_Lab, BT, BF16)
     tl.store(A + p_0 // N * BT + p_t // N * BT + tl.arange(0, BT)[None, :], b_A.to(A.dtype.element_ty), mask=m_x)
     if KEEP:
         o_t = tl.arange(0, BT)
@@ -705,8 +705,8 @@ def _dinput7_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, 
     b_da = _tri_rows(dLakm, dLabm, _ld(k, p_x, m_x), _ld(b, p_x, m_x), b_gc, BT, BC, BF16)
     b_da = b_da * tl.exp(b_gp - b_gm) + _mm(tl.trans(tl.load(Tm + p_m)), b_dW, BF16) * tl.exp(b_gp)
     tl.store(da + p_x, b_da.to(da.dtype.element_ty), mask=m_x)
-    b_dgp = _ld(a, p_x, m_x) * b_da
-    b_am = _ld(a, p_x, m_x) * tl.exp(b_gp - b_gm)  # r, a relative to their row block's middle row
+    b_a = _ld(a, p_x, m_x)
+    b_dgp, b_am = b_a * b_da, b_a * tl.exp(b_gp - b_gm)  # b_am: r, a relative to their row block's middle row
     b_rm = _ld(r, p_x, m_x) * tl.exp(b_gc - b_gm)
     # dL/dk through K = k e^(gL - gc) + ... and Ark, Lak
     b_e_l = tl.exp(b_gl[None, :] - b_gc)
@@ -807,7 +807,7 @@ def _prep(r, w, k, a, b, BC, keep=False):
                                                  num_warps=WARPS["coef6"])
     else:
         _prep_kernel[(int(NT), B * H)](r, w, k, a, b, R, A, K, W, Bt, gl, AH, *mats, T, NT, H=H, N=N, BT=CHUNK,
-                                       BC=BC, BS=SUB, BK=min(BLOCK_K["prep"], N), BF16=BF16, KEEP=keep,
+                                       BC=BC, BK=min(BLOCK_K["prep"], N), BF16=BF16, KEEP=keep,
                                        num_warps=WARPS["prep"])
     return R, A, K, W, Bt, gl, AH, mats
 
@@ -861,7 +861,8 @@ def _launch_bwd(r, w, k, v, a, b, states, do, dsT, state_vk, BC, prep=None):
             BK=_dmat_tiles(N)[0], BV=min(BLOCK_V["dmat"], N), HAS_AB=a is not None, BF16=BF16,
             num_warps=_dmat_tiles(N)[1],
             num_stages=3 if BF16 else 1)  # float32 tiles pipelined three deep need 442 KB of shared memory at N = 128
-    BK, grid = min(BLOCK_K["dinput"], N), (N // min(BLOCK_K["dinput"], N), int(NT), B * H)
+    BK = min(BLOCK_K["dinput"], N)
+    grid = (N // BK, int(NT), B * H)
     with _mma_v2("dinput"):
         if a is None:
             _dinput6_kernel[grid](r, w, k, v, do, states, dstates, dmats[0], dr, dw, dk, T, NT, H=H, N=N, BT=CHUNK,

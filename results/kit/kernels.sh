@@ -1,5 +1,6 @@
 # The README's kernel table in one hold, flash-linear-attention 0.6.0 beside. Carry .carry/k (CUDA 13.5's ptxas.xz,
-# the fla-core and flash-linear-attention wheels, and fla_autotune.tgz if an earlier hold brought one back), then
+# the fla-core and flash-linear-attention wheels, and fla_autotune.tgz if an earlier hold of the same GPU brought one
+# back: the cache key names sm_90 alone, so an H100's tuning would be taken as it is on an H200), then
 # bash results/kit/kernels.sh [HEAD_SIZES] && bash results/kit/poll.sh 560 (and poll.sh again at once until DONE).
 # 1. fla's autotuning (about 9-10 minutes per head size) alone on the GPU, one head size at a time, timings thrown
 #    away; its results stay in TRITON_CACHE_DIR and come back as fla_autotune.tgz for the next hold.

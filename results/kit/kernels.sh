@@ -4,7 +4,9 @@
 # bash results/kit/kernels.sh [HEAD_SIZES] && bash results/kit/poll.sh 560 (and poll.sh again at once until DONE).
 # 1. fla's autotuning (about 9-10 minutes per head size) alone on the GPU, one head size at a time, timings thrown
 #    away; its results stay in TRITON_CACHE_DIR and come back as fla_autotune.tgz for the next hold.
-# 2. our kernels with CUDA 13.5's ptxas (wgmma in every kernel) at every shape: kernels.json.
+# 2. our kernels with CUDA 13.5's ptxas (wgmma in every kernel) at every shape: kernels.json; then each variant
+#    .carry/k/ab/NAME/wkv_kernel.py the same way (kernels_NAME.json), and whether it computes main's bits (same.py), each followed by main again at
+#    B8 T4096 (ours_again.out: the drift between them).
 # 3. fla at every shape with Triton's own ptxas, autotuned already (our kernels again, mma.sync): kernels_fla.json.
 # 4. a per-kernel profile of ours (results/wkv7_chunk_ref_h200/prof.py, B8 T4096 N128): prof.out.
 # 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8 minutes on an H200, 16 on an H100): twg.out.
@@ -16,6 +18,8 @@ if [ "$1" != run ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .carry/k/*.whl
   [ ! -f .carry/k/fla_autotune.tgz ] || tar -xzf .carry/k/fla_autotune.tgz -C /tmp/tcache
   rm -rf /tmp/repo && mkdir -p /tmp/repo && cp -r $(ls -A | grep -v "^.carry$") /tmp/repo/
+  for v in $(ls .carry/k/ab 2>/dev/null); do rm -rf /tmp/ab_$v && cp -r /tmp/repo /tmp/ab_$v && \
+    cp .carry/k/ab/$v/wkv_kernel.py /tmp/ab_$v/; done
   nvidia-smi --query-gpu=name,driver_version --format=csv > $L/gpu.txt
   cd /tmp/repo && setsid nohup bash results/kit/kernels.sh run "${1:-64,128,256}" > $L/run.log 2>&1 < /dev/null &
   exit 0
@@ -30,6 +34,12 @@ for N in $NS; do PYTHONPATH=/tmp/site python bench.py kernels --shapes 8x4096 --
 keep; st fla autotuned for $NS
 TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --fla_shapes 0x0 \
   --out $L/kernels.json > $L/ours.out 2>&1; st ours done
+for d in /tmp/ab_*/; do [ -d "$d" ] || continue; v=$(basename $d | cut -c4-)
+  (cd $d && TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} \
+   --fla_shapes 0x0 --out $L/kernels_$v.json > $L/ours_$v.out 2>&1
+   TRITON_PTXAS_PATH=/tmp/ptxas python results/kit/same.py /tmp/repo . >> $L/ours_$v.out 2>&1); st ours $v done
+  TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes 8x4096 --head_sizes ${2:-64,128,256} \
+    --fla_shapes 0x0 --out $L/kernels_again.json >> $L/ours_again.out 2>&1; done
 PYTHONPATH=/tmp/site python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --out $L/kernels_fla.json \
   > $L/fla.out 2>&1; keep; st fla done
 TRITON_PTXAS_PATH=/tmp/ptxas PYTHONPATH=. python results/wkv7_chunk_ref_h200/prof.py > $L/prof.out 2>&1; st profile done

@@ -1,12 +1,13 @@
 # The README's kernel table in one hold, flash-linear-attention 0.6.0 beside. Carry .carry/k (CUDA 13.5's ptxas.xz,
-# the fla-core and flash-linear-attention wheels, and fla_autotune.tgz if an earlier hold of the same GPU brought one
-# back: the cache key names sm_90 alone, so an H100's tuning would be taken as it is on an H200), then
+# the fla-core and flash-linear-attention wheels, and fla_autotune_h100.tgz / _h200.tgz where an earlier hold of that
+# GPU brought its fla_autotune.tgz back: the cache key names sm_90 alone, so each GPU gets only its own), then
 # bash results/kit/kernels.sh [HEAD_SIZES] && bash results/kit/poll.sh 560 (and poll.sh again at once until DONE).
 # 1. fla's autotuning (about 9-10 minutes per head size) alone on the GPU, one head size at a time, timings thrown
-#    away; its results stay in TRITON_CACHE_DIR and come back as fla_autotune.tgz for the next hold.
+#    away (seconds where the tuning came along); its results stay in TRITON_CACHE_DIR and come back as
+#    fla_autotune.tgz for the next hold.
 # 2. our kernels with CUDA 13.5's ptxas (wgmma in every kernel) at every shape: kernels.json; then each variant
-#    .carry/k/ab/NAME/wkv_kernel.py the same way (kernels_NAME.json), and whether it computes main's bits (same.py), each followed by main again at
-#    B8 T4096 (ours_again.out: the drift between them).
+#    .carry/k/ab/NAME/wkv_kernel.py the same way (kernels_NAME.json) and whether it computes main's bits (same.py),
+#    each followed by main again at B8 T4096 (ours_again.out: the drift between them).
 # 3. fla at every shape with Triton's own ptxas, autotuned already (our kernels again, mma.sync): kernels_fla.json.
 # 4. a per-kernel profile of ours (results/wkv7_chunk_ref_h200/prof.py, B8 T4096 N128): prof.out.
 # 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8 minutes on an H200, 16 on an H100): twg.out.
@@ -16,7 +17,8 @@ if [ "$1" != run ]; then
   mkdir -p $L /tmp/site /tmp/tcache
   xz -dc .carry/k/ptxas.xz > /tmp/ptxas && chmod +x /tmp/ptxas
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .carry/k/*.whl
-  [ ! -f .carry/k/fla_autotune.tgz ] || tar -xzf .carry/k/fla_autotune.tgz -C /tmp/tcache
+  G=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o "H[0-9]*" | tr H h)
+  [ ! -f .carry/k/fla_autotune_$G.tgz ] || tar -xzf .carry/k/fla_autotune_$G.tgz -C /tmp/tcache
   rm -rf /tmp/repo && mkdir -p /tmp/repo && cp -r $(ls -A | grep -v "^.carry$") /tmp/repo/
   for v in $(ls .carry/k/ab 2>/dev/null); do rm -rf /tmp/ab_$v && cp -r /tmp/repo /tmp/ab_$v && \
     cp .carry/k/ab/$v/wkv_kernel.py /tmp/ab_$v/; done

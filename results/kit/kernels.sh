@@ -6,27 +6,30 @@
 #    away (seconds where the tuning came along); its results stay in TRITON_CACHE_DIR and come back as
 #    fla_autotune.tgz for the next hold.
 # 2. our kernels with CUDA 13.5's ptxas (wgmma in every kernel) at every shape: kernels.json; then each variant
-#    .carry/k/ab/NAME/wkv_kernel.py the same way (kernels_NAME.json) and whether it computes main's bits (same.py),
+#    .carry/k/ab/NAME/wkv_kernel.py at B8 T4096 (kernels_NAME.json) and whether it computes main's bits (same.py),
 #    each followed by main again at B8 T4096 (ours_again.out: the drift between them).
 # 3. fla at every shape with Triton's own ptxas, autotuned already (our kernels again, mma.sync): kernels_fla.json.
 # 4. a per-kernel profile of ours (results/wkv7_chunk_ref_h200/prof.py, B8 T4096 N128): prof.out.
-# 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8 minutes on an H200, 16 on an H100): twg.out.
+# 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8 minutes on an H200, 14-16 on an H100): twg.out; on the
+#    variant that .carry/k/test_tree names, if it is there, else on main's kernels.
 L=/tmp/logs
 if [ "$1" != run ]; then
   set -e
   mkdir -p $L /tmp/site /tmp/tcache
   xz -dc .carry/k/ptxas.xz > /tmp/ptxas && chmod +x /tmp/ptxas
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .carry/k/*.whl
-  G=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o "H[0-9]*" | tr H h)
+  G=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -o "H[0-9][0-9]*" | head -1 | tr H h)
   [ ! -f .carry/k/fla_autotune_$G.tgz ] || tar -xzf .carry/k/fla_autotune_$G.tgz -C /tmp/tcache
   rm -rf /tmp/repo && mkdir -p /tmp/repo && cp -r $(ls -A | grep -v "^.carry$") /tmp/repo/
   for v in $(ls .carry/k/ab 2>/dev/null); do rm -rf /tmp/ab_$v && cp -r /tmp/repo /tmp/ab_$v && \
     cp .carry/k/ab/$v/wkv_kernel.py /tmp/ab_$v/; done
+  rm -f /tmp/test_tree; [ ! -f .carry/k/test_tree ] || cp .carry/k/test_tree /tmp/test_tree
   nvidia-smi --query-gpu=name,driver_version --format=csv > $L/gpu.txt
   cd /tmp/repo && setsid nohup bash results/kit/kernels.sh run "${1:-64,128,256}" > $L/run.log 2>&1 < /dev/null &
   exit 0
 fi
-NS=${2//,/ } S=8x4096,64x512,2x16384
+NS=${2//,/ } S=8x4096,64x512,2x16384 TT=/tmp/repo
+[ ! -f /tmp/test_tree ] || TT=/tmp/ab_$(cat /tmp/test_tree)  # the tree the GPU tests run on: main's, or a variant
 st() { echo "$(date +%T) $*" >> $L/status.txt; }
 keep() { (cd /tmp/tcache && find . -name "*.autotune.json" | tar -czf $L/fla_autotune.tgz -T -); }
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache
@@ -37,7 +40,7 @@ keep; st fla autotuned for $NS
 TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --fla_shapes 0x0 \
   --out $L/kernels.json > $L/ours.out 2>&1; st ours done
 for d in /tmp/ab_*/; do [ -d "$d" ] || continue; v=$(basename $d | cut -c4-)
-  (cd $d && TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} \
+  (cd $d && TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes 8x4096 --head_sizes ${2:-64,128,256} \
    --fla_shapes 0x0 --out $L/kernels_$v.json > $L/ours_$v.out 2>&1
    TRITON_PTXAS_PATH=/tmp/ptxas python results/kit/same.py /tmp/repo . >> $L/ours_$v.out 2>&1); st ours $v done
   TRITON_PTXAS_PATH=/tmp/ptxas python bench.py kernels --shapes 8x4096 --head_sizes ${2:-64,128,256} \
@@ -45,5 +48,6 @@ for d in /tmp/ab_*/; do [ -d "$d" ] || continue; v=$(basename $d | cut -c4-)
 PYTHONPATH=/tmp/site python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --out $L/kernels_fla.json \
   > $L/fla.out 2>&1; keep; st fla done
 TRITON_PTXAS_PATH=/tmp/ptxas PYTHONPATH=. python results/wkv7_chunk_ref_h200/prof.py > $L/prof.out 2>&1; st profile done
-TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py > $L/twg.out 2>&1; st tests done
+(cd $TT && TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py > $L/twg.out 2>&1)
+st tests done in $TT
 touch $L/DONE

@@ -268,6 +268,12 @@ def wkv7_chunked(r, logw, k, v, a, b, state=None, logw_min=-5.0):
 
 
 @triton.jit
+def _exp(x):
+    # 2^x for x a sum of log decays in base 2 (the kernels scale logw by log2 e as they load it): one ex2.approx.ftz
+    return tl.math.exp2(x)
+
+
+@triton.jit
 def _mm(x, y, BF16: tl.constexpr):
     # matrix product in float32 accumulation; bfloat16 operands when the inputs are bfloat16, else TF32
     if BF16:
@@ -301,7 +307,7 @@ def _load_block(r, w, k, a, b, p_x, m_x, BT: tl.constexpr, BC: tl.constexpr, HAS
     # one key block of the chunk's r, k, logw (and a, b) [BT, BK] in float32 with its cumulative log decays
     b_r = tl.load(r + p_x, mask=m_x, other=0).to(tl.float32)
     b_k = tl.load(k + p_x, mask=m_x, other=0).to(tl.float32)
-    b_w = tl.load(w + p_x, mask=m_x, other=0).to(tl.float32)  # padded steps: logw = 0, no decay
+    b_w = tl.load(w + p_x, mask=m_x, other=0).to(tl.float32) * 1.4426950408889634  # base 2
     b_gc = tl.cumsum(b_w, 0)  # [BT, BK] inclusive
     b_gp = b_gc - b_w  # [BT, BK] exclusive
     b_gl = tl.sum(b_w, 0)  # [BK] the last row of b_gc
@@ -320,7 +326,7 @@ def _col_factor(b_gc, i, BT: tl.constexpr, BC: tl.constexpr):
     o_t = tl.arange(0, BT)
     b_gi = tl.sum(tl.where((o_t == i * BC + BC // 2)[:, None], b_gc, 0), 0)
     m_c = (o_t < (i + 1) * BC)[:, None]
-    return tl.where(m_c, tl.exp(tl.where(m_c, b_gi[None, :] - b_gc, 0)), 0)
+    return tl.where(m_c, _exp(tl.where(m_c, b_gi[None, :] - b_gc, 0)), 0)
 
 
 @triton.jit
@@ -331,7 +337,7 @@ def _col_factors(b_gc, BT: tl.constexpr, BC: tl.constexpr):
     m_mid = o_t[None, :] == (o_i * BC + BC // 2)[:, None]  # [NB, BT]
     b_gi = tl.sum(tl.where(m_mid[:, :, None], b_gc[None, :, :], 0), 1)  # [NB, BK] gc at the blocks' middle rows
     m_c = o_t[None, :, None] < ((o_i + 1) * BC)[:, None, None]  # [NB, BT, 1] columns up to the block's end
-    return tl.where(m_c, tl.exp(tl.where(m_c, b_gi[:, None, :] - b_gc[None, :, :], 0)), 0)
+    return tl.where(m_c, _exp(tl.where(m_c, b_gi[:, None, :] - b_gc[None, :, :], 0)), 0)
 
 
 @triton.jit
@@ -344,8 +350,8 @@ def _tri_mats(r, w, k, a, b, p_t, m_x, N: tl.constexpr, BK: tl.constexpr, BT: tl
     for i_k in range(N // BK):
         p_x = p_t + i_k * BK + tl.arange(0, BK)[None, :]
         b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, _ = _load_block(r, w, k, a, b, p_x, m_x, BT, BC, HAS_AB)
-        b_rm = b_r * tl.exp(b_gc - b_gm)  # rows relative to their block's middle row  # [BT, BK]
-        b_am = b_a * tl.exp(b_gp - b_gm)
+        b_rm = b_r * _exp(b_gc - b_gm)  # rows relative to their block's middle row  # [BT, BK]
+        b_am = b_a * _exp(b_gp - b_gm)
         for i in tl.static_range(BT // BC):  # row block i against the columns up to its end
             m_i = (o_t // BC == i)[:, None]
             b_e = _col_factor(b_gc, i, BT, BC)
@@ -394,15 +400,15 @@ def _coefs(r, w, k, a, b, R, K, W, Bt, gl, AH, b_T, b_M, b_Arb, p_0, p_t, m_x, i
     o_k = i_k * BK + tl.arange(0, BK)
     p_x = p_t + o_k[None, :]
     b_r, b_k, b_a, b_b, b_gc, b_gp, _, b_gl = _load_block(r, w, k, a, b, p_x, m_x, BT, BT, HAS_AB)
-    b_e_l = tl.exp(b_gl[None, :] - b_gc)
-    b_R, b_K = b_r * tl.exp(b_gc), b_k * b_e_l  # [BT, BK]
+    b_e_l = _exp(b_gl[None, :] - b_gc)
+    b_R, b_K = b_r * _exp(b_gc), b_k * b_e_l  # [BT, BK]
     if HAS_AB:
-        b_W, b_Bt = _mmx(b_T, b_a * tl.exp(b_gp), BF16), b_b * b_e_l
+        b_W, b_Bt = _mmx(b_T, b_a * _exp(b_gp), BF16), b_b * b_e_l
         b_R += _mmx(b_Arb, b_W, BF16)
         b_K += _mmx(tl.trans(b_M), b_Bt, BF16)
         tl.store(W + p_x, b_W.to(W.dtype.element_ty), mask=m_x)
         if KEEP:
-            tl.store(AH + p_0 + p_x, (b_a * tl.exp(b_gp)).to(AH.dtype.element_ty), mask=m_x)
+            tl.store(AH + p_0 + p_x, (b_a * _exp(b_gp)).to(AH.dtype.element_ty), mask=m_x)
         tl.store(Bt + p_x, b_Bt.to(Bt.dtype.element_ty), mask=m_x)
     tl.store(R + p_x, b_R.to(R.dtype.element_ty), mask=m_x)
     tl.store(K + p_x, b_K.to(K.dtype.element_ty), mask=m_x)
@@ -474,7 +480,7 @@ def _state_kernel(C, x, P, Q, gl, s_in, s_out, saved, T, NT, s_k, s_v,
         p_x, p_xv = p_t + o_k[None, :], p_t + o_v[None, :]  # [BT, N], [BT, BV]
         b_C = tl.load(C + p_0 + p_x, mask=m_x, other=0)  # [BT, N]
         b_x = tl.load(x + p_0 + p_xv, mask=m_x, other=0)  # [BT, BV]
-        b_sn = tl.exp(tl.load(gl + p_c + o_k))[:, None] * b_s + _mm(tl.trans(b_C), b_x, BF16)
+        b_sn = _exp(tl.load(gl + p_c + o_k))[:, None] * b_s + _mm(tl.trans(b_C), b_x, BF16)
         if HAS_AB:
             b_P = tl.load(P + p_0 + p_x, mask=m_x, other=0)
             b_Q = tl.load(Q + p_0 + p_x, mask=m_x, other=0)
@@ -601,7 +607,7 @@ def _tri_grads6(dAm, p_mb, b_r, b_k, b_gc, b_gm, BT: tl.constexpr, BC: tl.conste
     # one key block of wkv6's dL/dr (relative to its row block's middle row) and dk through A: [BT, BT] x [BT, BK]
     # products a row block, "t in block i" on the [BT, BK] side (the whole [BT, BT] matrix stays in registers)
     o_t = tl.arange(0, BT)
-    b_rm = b_r * tl.exp(b_gc - b_gm)  # [BT, BK]
+    b_rm = b_r * _exp(b_gc - b_gm)  # [BT, BK]
     b_dA = tl.load(dAm + p_mb + o_t[:, None] * BT + o_t[None, :])  # [BT, BT]
     b_dr = tl.zeros_like(b_r)
     b_dk = b_dr
@@ -626,14 +632,14 @@ def _dinput6_kernel(r, w, k, v, do, states, dstates, dAm, dr, dw, dk, T, NT, H: 
     p_n, p_x = p_0 + p_t + o_n[None, :], p_t + o_k[None, :]  # [BT, N] full rows; [BT, BK] from the chunk's first row
     r, w, k = r + p_0, w + p_0, k + p_0
     b_r, b_k, _, _, b_gc, _, b_gm, b_gl = _load_block(r, w, k, r, k, p_x, m_x, BT, BC, False)
-    b_e_l = tl.exp(b_gl[None, :] - b_gc)
+    b_e_l = _exp(b_gl[None, :] - b_gc)
     b_s, b_ds = tl.load(states + p_s), tl.load(dstates + p_s)
     b_dR = _mm(tl.load(do + p_n, mask=m_x, other=0), tl.trans(b_s), BF16)  # [BT, BK] dL/dR, dL/dK
     b_dK = _mm(tl.load(v + p_n, mask=m_x, other=0), tl.trans(b_ds), BF16)
     # dL/dgL through e^gL X0 and k e^(gL - gc)  # [BK]
-    b_dgl = tl.sum(b_s.to(tl.float32) * b_ds.to(tl.float32), 1) * tl.exp(b_gl) + tl.sum(b_dK * b_k * b_e_l, 0)
+    b_dgl = tl.sum(b_s.to(tl.float32) * b_ds.to(tl.float32), 1) * _exp(b_gl) + tl.sum(b_dK * b_k * b_e_l, 0)
     b_dr, b_dk = _tri_grads6(dAm, p_mb, b_r, b_k, b_gc, b_gm, BT, BC, BF16)
-    b_dr = b_dr * tl.exp(b_gc - b_gm) + b_dR * tl.exp(b_gc)  # R = r e^gc
+    b_dr = b_dr * _exp(b_gc - b_gm) + b_dR * _exp(b_gc)  # R = r e^gc
     b_dk += b_dK * b_e_l  # K = k e^(gL - gc)
     # dL/dlogw_t = sum over s >= t of dL/dgc_s, + dL/dgL
     b_dgc = b_r * b_dr - b_k * b_dk
@@ -681,7 +687,7 @@ def _dinput7_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, 
         dLakm + p_mb, dLabm + p_mb
     states, dstates = states + p_sb, dstates + p_sb
     p_m, p_x = o_t[:, None] * BT + o_t[None, :], p_0 + p_t + o_k[None, :]
-    b_w = _ld(w, p_x, m_x)  # padded steps: logw = 0, no decay
+    b_w = _ld(w, p_x, m_x) * 1.4426950408889634  # base 2
     b_gc, b_gl = tl.cumsum(b_w, 0), tl.sum(b_w, 0)  # [BT, BK], [BK] its last row
     b_gm = _mid_rows(b_gc, BT, BC)
     # dL/dgL through e^gL X0, [BK, BN] at a time; k e^(gL - gc) and b e^(gL - gc) add theirs below  # [BK]
@@ -690,11 +696,11 @@ def _dinput7_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, 
     for i_n in tl.static_range(N // BN):
         p_s = tl.arange(0, BK)[:, None] * N + i_n * BN + tl.arange(0, BN)[None, :]
         b_dgl += tl.sum(tl.load(states + p_s).to(tl.float32) * tl.load(dstates + p_s).to(tl.float32), 1)
-    b_dgl *= tl.exp(b_gl)
+    b_dgl *= _exp(b_gl)
     # dL/dr through R = r e^gc + ... and Ark, Arb
     b_dR = _by_rows(do + p_0, states, p_t, m_x, N, BK, BF16)  # [BT, BK] dL/dR
     b_dr = _tri_rows(dAm, dArbm, _ld(k, p_x, m_x), _ld(b, p_x, m_x), b_gc, BT, BC, BF16)
-    b_dr = b_dr * tl.exp(b_gc - b_gm) + b_dR * tl.exp(b_gc)
+    b_dr = b_dr * _exp(b_gc - b_gm) + b_dR * _exp(b_gc)
     tl.store(dr + p_x, b_dr.to(dr.dtype.element_ty), mask=m_x)
     # dL/dlogw_t = sum over s >= t of dL/dgc_s, + sum over s > t of dL/dgp_s, + dL/dgL
     b_dgc = _ld(r, p_x, m_x) * b_dr
@@ -703,13 +709,13 @@ def _dinput7_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, 
     b_dW += _mm(tl.trans(tl.load(Arbm + p_m)), b_dR, BF16)
     b_gp = b_gc - b_w
     b_da = _tri_rows(dLakm, dLabm, _ld(k, p_x, m_x), _ld(b, p_x, m_x), b_gc, BT, BC, BF16)
-    b_da = b_da * tl.exp(b_gp - b_gm) + _mm(tl.trans(tl.load(Tm + p_m)), b_dW, BF16) * tl.exp(b_gp)
+    b_da = b_da * _exp(b_gp - b_gm) + _mm(tl.trans(tl.load(Tm + p_m)), b_dW, BF16) * _exp(b_gp)
     tl.store(da + p_x, b_da.to(da.dtype.element_ty), mask=m_x)
     b_a = _ld(a, p_x, m_x)
-    b_dgp, b_am = b_a * b_da, b_a * tl.exp(b_gp - b_gm)  # b_am: r, a relative to their row block's middle row
-    b_rm = _ld(r, p_x, m_x) * tl.exp(b_gc - b_gm)
+    b_dgp, b_am = b_a * b_da, b_a * _exp(b_gp - b_gm)  # b_am: r, a relative to their row block's middle row
+    b_rm = _ld(r, p_x, m_x) * _exp(b_gc - b_gm)
     # dL/dk through K = k e^(gL - gc) + ... and Ark, Lak
-    b_e_l = tl.exp(b_gl[None, :] - b_gc)
+    b_e_l = _exp(b_gl[None, :] - b_gc)
     b_dK = _by_rows(v + p_0, dstates, p_t, m_x, N, BK, BF16)  # [BT, BK] dL/dK
     b_k = _ld(k, p_x, m_x)
     b_dgl += tl.sum(b_dK * b_k * b_e_l, 0)

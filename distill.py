@@ -458,12 +458,14 @@ def step_loss(cfg, teacher, student, batch, hooks):
         with torch.no_grad():
             teacher(x, hidden=True)
         cos, sin = student.rope(torch.arange(x.shape[1], device=x.device)[None])
-        v_first, loss, fn = None, 0.0, compiled(align_loss) if cfg.compile else align_loss
+        loss, fn = 0.0, compiled(align_loss) if cfg.compile else align_loss
         mixers = [i for i in range(len(hooks)) if student.cfg.mixer(i) != "attention"]  # (attention passes v_first on)
-        # the one path between layers: RAD-RWKV7's later mixers mix in v_first, the first one's values, so their
-        # losses also train its v_proj (as the authors' trainer does; the residual stream is the teacher's)
+        # the one path between layers: RAD-RWKV7's later mixers mix in v_first, layer 0's values, so their losses
+        # also train its v_proj (as the authors' trainer does; the residual stream is the teacher's). A hybrid's
+        # layer 0 kept as attention is the teacher's own: its values are the teacher's, and nothing trains them
+        v_first = hooks[0].captured[2] if student.cfg.mixer(0) == "attention" else None
         for i in mixers:
-            h, t_out = hooks[i].captured
+            h, t_out, _ = hooks[i].captured
             s_out, v_first = student.model.layers[i].self_attn(h, cos, sin, v_first)
             loss = loss + fn(t_out, s_out)
         loss = loss / len(mixers)
@@ -482,11 +484,11 @@ def step_loss(cfg, teacher, student, batch, hooks):
 def capture_attention(module, args, out):
     # step 1: each teacher attention keeps its (input, output) on itself. One hook for every layer: a hook closing over
     # the layer's number would make torch.compile build a graph per teacher block, and run those past 8 eager
-    module.captured = (args[0], out[0])
+    module.captured = (args[0], out[0], out[1])
 
 
 def attention_hooks(teacher):
-    # -> the teacher's attention modules; after each teacher forward, module.captured holds (input, output)
+    # -> the teacher's attention modules; after each teacher forward, module.captured holds (input, output, v_first)
     mods = [block.self_attn for block in teacher.model.layers]
     for m in mods:
         m.register_forward_hook(capture_attention)
@@ -500,8 +502,7 @@ def flops_per_token(cfg, teacher, student):
     # time mixers only, on the teacher's hidden states, which need no gradient: RAD-RWKV7's matrices that read them
     # (no token shift) take 4 per weight; its teacher skips the head and last MLP.
     sc = student.cfg
-    first = min((i for i in range(sc.num_hidden_layers) if sc.mixer(i) == "rwkv7"), default=-1)
-    idle = (".r_k", f".{first}.self_attn.v1", f".{first}.self_attn.v2")  # never run: r_k, the first layer's value mix
+    idle = (".r_k", ".0.self_attn.v1", ".0.self_attn.v2")  # never run: r_k, layer 0's value mix
 
     def mats(model, keep=lambda n: True):  # the blocks' matrices (not the [1, 1, C] vectors) whose names pass keep
         return sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and p.shape[-2] > 1

@@ -94,6 +94,8 @@ class Attention(nn.Module):
         q = apply_rope(self.q_norm(self.q_proj(x).view(B, T, self.H, self.N)), cos, sin)  # (B, T, H, N)
         k = apply_rope(self.k_norm(self.k_proj(x).view(B, T, self.KVH, self.N)), cos, sin)  # (B, T, KVH, N)
         v = self.v_proj(x).view(B, T, self.KVH, self.N)
+        if v_first is None:  # layer 0: its values are v_first (SPEC §2.2) for a RAD-RWKV7 hybrid's later mixers too
+            v_first = repeat_kv(v, self.H // self.KVH)
         if cache is None:
             y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                is_causal=True, enable_gqa=self.H != self.KVH)
@@ -265,7 +267,7 @@ class RWKV7Attention(nn.Module):
         g = torch.sigmoid(x @ self.g1) @ self.g2
         kk = F.normalize(k.float(), dim=-1)  # unit key per head, float32
         if v_first is None:
-            v_first = v  # the first recurrent layer's values feed every later layer
+            v_first = v  # layer 0: its values feed every later layer
         else:
             v = v + (v_first - v) * torch.sigmoid(self.v0 + (x @ self.v1) @ self.v2).view(B, T, H, N)
         logw = -math.exp(-0.5) * torch.sigmoid(d).view(B, T, H, N)  # w = exp(logw) in (0.545, 1)

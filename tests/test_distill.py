@@ -434,6 +434,23 @@ def test_step_losses_match_their_definitions():
     assert got_h.item() == pytest.approx((per_layer[0] + per_layer[2]).item() / 2, rel=1e-5)
     distill.prepare_student(cfg1, hybrid)
     assert [any(p.requires_grad for p in b.self_attn.parameters()) for b in hybrid.model.layers] == [True, False, True]
+    # layer 0 kept as attention: the later mixers' v_first is its values, the teacher's (as in the model's forward)
+    hybrid0 = M.make_student(teacher, "rwkv7", [0])
+    hybrid0.load_state_dict(student.state_dict(), strict=False)
+    with torch.no_grad():
+        got_0, h, want_0 = distill.step_loss(cfg1, teacher, hybrid0, batch, hooks)[0], teacher.model.embed_tokens(x), []
+        for i, (tb, sb) in enumerate(zip(teacher.model.layers, hybrid0.model.layers)):
+            n = tb.input_layernorm(h)
+            t_out, vf = tb.self_attn(n, cos, sin)
+            v_first = vf if i == 0 else v_first
+            if i > 0:
+                s_out = sb.self_attn(n, cos, sin, v_first)[0]
+                want_0.append(((t_out - s_out).pow(2).sum(-1).sqrt() / math.sqrt(h.shape[-1])).mean())
+            h = h + t_out
+            h = h + tb.mlp(tb.post_attention_layernorm(h))
+    assert got_0.item() == pytest.approx(torch.stack(want_0).mean().item(), rel=1e-5)
+    # v_proj is still the teacher's in both, so giving layer 0 back leaves the later layers' losses as they were
+    assert torch.allclose(torch.stack(want_0), torch.stack(per_layer[1:]), rtol=1e-5)
 
 
 def test_step1_v_first_carries_the_later_layers_losses():
@@ -449,7 +466,7 @@ def test_step1_v_first_carries_the_later_layers_losses():
     distill.step_loss(cfg1, teacher, student, batch, hooks)[0].backward()
     first = student.model.layers[0].self_attn
     g_all, first.v_proj.weight.grad = first.v_proj.weight.grad, None
-    n, t_out = hooks[0].captured
+    n, t_out, _ = hooks[0].captured
     cos, sin = student.rope(torch.arange(batch.shape[1] - 1)[None])
     (distill.align_loss(t_out, first(n, cos, sin)[0]) / 3).backward()  # its own layer's share of the mean alone
     g_own = first.v_proj.weight.grad
@@ -503,9 +520,9 @@ def test_peak_flops_per_gpu_and_dtype(monkeypatch):
 
 
 def test_compiled_teacher_has_one_graph_per_kind_of_block():
-    # step 1's compiled teacher with its attention hooks: a graph for the blocks and one for the last (it stops after
-    # its attention), the same for every layer; past torch.compile's recompile limit (8) a graph per layer would
-    # leave the deeper layers uncompiled
+    # step 1's compiled teacher with its attention hooks: a graph for layer 0 (its values start v_first), one for the
+    # blocks after it and one for the last (it stops after its attention); past torch.compile's recompile limit (8) a
+    # graph per layer would leave the deeper layers uncompiled
     import distill
     cfg = M.ModelConfig(**M.PRESETS["tiny"])
     cfg.num_hidden_layers = 12
@@ -518,7 +535,7 @@ def test_compiled_teacher_has_one_graph_per_kind_of_block():
     for _ in range(2):
         with torch.no_grad():
             teacher(x, hidden=True)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 3
     assert all(hooks[i].captured[0].shape == (2, 16, cfg.hidden_size) for i in range(12))
 
 

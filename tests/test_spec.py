@@ -107,8 +107,8 @@ CASES = [("rwkv6", "qwen2", []), ("rwkv7", "qwen2", [1]), ("rwkv6", "qwen3", [])
 @pytest.mark.parametrize("kind,teacher,kept", CASES, ids=[f"{k}-{t}-attention{a}".replace(" ", "") for k, t, a in CASES])
 def test_mixers_match_the_method_written_out(kind, teacher, kept, monkeypatch):
     # students of a Qwen3 teacher: q/k norms on r and k; of a Llama 3.x one: the teacher's scaled RoPE. Hybrids:
-    # v_first skips an attention layer, and with layer 0 kept as attention SPEC §2.2's "layer 0" (v_first = v) is
-    # read as the first recurrent layer
+    # v_first skips an attention layer, and layer 0 kept as attention still gives SPEC §2.2's v_first = v (its own
+    # v_proj's values, repeated to H heads), so that no later mixer's v_first changes with the choice of layer 0
     monkeypatch.setattr(wkv_kernel, "USE_REFERENCE", True)
     s = student(kind, kept, teacher)
     c = s.cfg
@@ -122,6 +122,10 @@ def test_mixers_match_the_method_written_out(kind, teacher, kept, monkeypatch):
         for blk in s.model.layers:
             att = blk.self_attn
             if isinstance(att, M.Attention):
+                vf = att(x, cos, sin, vf)[1]
+                if vf_ref is None:
+                    vf_ref = att.v_proj(x).view(B, T, c.num_key_value_heads, c.head_dim).repeat_interleave(
+                        c.num_attention_heads // c.num_key_value_heads, dim=2)
                 continue
             out, vf = att(x, cos, sin, vf)
             if kind == "rwkv6":

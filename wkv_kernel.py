@@ -267,9 +267,13 @@ def wkv7_chunked(r, logw, k, v, a, b, state=None, logw_min=-5.0):
 # Serial over chunks, parallel over (value block, batch * head): _state_kernel, forwards for X and backwards for dL/dX.
 
 
+# The kernels scale logw by log2 e as they load it: 2^x of a sum of those log decays is one ex2.approx.ftz (tl.exp
+# takes five instructions); the comments write e^g, the same number
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+
+
 @triton.jit
 def _exp(x):
-    # 2^x for x a sum of log decays in base 2 (the kernels scale logw by log2 e as they load it): one ex2.approx.ftz
     return tl.math.exp2(x)
 
 
@@ -307,7 +311,7 @@ def _load_block(r, w, k, a, b, p_x, m_x, BT: tl.constexpr, BC: tl.constexpr, HAS
     # one key block of the chunk's r, k, logw (and a, b) [BT, BK] in float32 with its cumulative log decays
     b_r = tl.load(r + p_x, mask=m_x, other=0).to(tl.float32)
     b_k = tl.load(k + p_x, mask=m_x, other=0).to(tl.float32)
-    b_w = tl.load(w + p_x, mask=m_x, other=0).to(tl.float32) * 1.4426950408889634  # base 2
+    b_w = tl.load(w + p_x, mask=m_x, other=0).to(tl.float32) * LOG2E  # padded steps: logw = 0, no decay
     b_gc = tl.cumsum(b_w, 0)  # [BT, BK] inclusive
     b_gp = b_gc - b_w  # [BT, BK] exclusive
     b_gl = tl.sum(b_w, 0)  # [BK] the last row of b_gc
@@ -687,7 +691,7 @@ def _dinput7_kernel(r, w, k, v, a, b, do, states, dstates, Y, dY, Tm, Mm, Arbm, 
         dLakm + p_mb, dLabm + p_mb
     states, dstates = states + p_sb, dstates + p_sb
     p_m, p_x = o_t[:, None] * BT + o_t[None, :], p_0 + p_t + o_k[None, :]
-    b_w = _ld(w, p_x, m_x) * 1.4426950408889634  # base 2
+    b_w = _ld(w, p_x, m_x) * LOG2E  # padded steps: logw = 0, no decay
     b_gc, b_gl = tl.cumsum(b_w, 0), tl.sum(b_w, 0)  # [BT, BK], [BK] its last row
     b_gm = _mid_rows(b_gc, BT, BC)
     # dL/dgL through e^gL X0, [BK, BN] at a time; k e^(gL - gc) and b e^(gL - gc) add theirs below  # [BK]

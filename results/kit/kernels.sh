@@ -11,7 +11,7 @@
 # 3. fla at every shape with Triton's own ptxas, autotuned already (our kernels again, mma.sync): kernels_fla.json.
 # 4. a per-kernel profile of ours (results/wkv7_chunk_ref_h200/prof.py, B8 T4096 N128): prof.out.
 # 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8 minutes on an H200, 14-16 on an H100): twg.out; on the
-#    variant that .carry/k/test_tree names, if it is there, else on main's kernels.
+#    variant that .carry/k/test_tree names, if it is there, else on main's kernels; TESTK=EXPR runs only -k EXPR.
 L=/tmp/logs
 if [ "$1" != run ]; then
   set -e
@@ -48,6 +48,6 @@ for d in /tmp/ab_*/; do [ -d "$d" ] || continue; v=$(basename $d | cut -c4-)
 PYTHONPATH=/tmp/site python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --out $L/kernels_fla.json \
   > $L/fla.out 2>&1; keep; st fla done
 TRITON_PTXAS_PATH=/tmp/ptxas PYTHONPATH=. python results/wkv7_chunk_ref_h200/prof.py > $L/prof.out 2>&1; st profile done
-(cd $TT && TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py > $L/twg.out 2>&1)
+(cd $TT && TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py ${TESTK:+-k "$TESTK"} > $L/twg.out 2>&1)
 st tests done in $TT
 touch $L/DONE

@@ -36,35 +36,37 @@ import model as M
 # -----------------------------------------------------------------------------
 # HF directories: read and write any model model.py builds
 
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+# ModelConfig's llama3 RoPE fields; rope_scaling names them without "rope_"
+ROPE_FIELDS = ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "original_max_position_embeddings")
+
+
 def config_from_hf(d):
     """An HF config.json dict -> model.ModelConfig; refuses with one line what model.py cannot represent."""
+    def need(ok, why):  # the first failed check, as one ConfigError
+        if not ok:
+            raise M.ConfigError(f"config.json: {why}")
+
     mt = d.get("model_type")
     students = [f"{k}qwen2" for k in M.student_kinds()] + [f"radlads_{k}" for k in M.student_kinds()]
     known = ["qwen2", "qwen3", "llama"] + students
-    if mt not in known:
-        raise M.ConfigError(f"config.json: model_type {mt!r} is not supported ({', '.join(known)})")
-    if d.get("use_sliding_window"):
-        raise M.ConfigError("config.json: use_sliding_window=true is not supported (full causal attention only)")
-    if any(t != "full_attention" for t in d.get("layer_types") or []):
-        raise M.ConfigError("config.json: layer_types other than full_attention are not supported")
-    if d.get("hidden_act", "silu") != "silu":
-        raise M.ConfigError(f"config.json: hidden_act {d['hidden_act']!r} is not supported (silu only)")
-    if d.get("mlp_bias"):
-        raise M.ConfigError("config.json: mlp_bias=true is not supported")
+    need(mt in known, f"model_type {mt!r} is not supported ({', '.join(known)})")
+    need(not d.get("use_sliding_window"), "use_sliding_window=true is not supported (full causal attention only)")
+    need(all(t == "full_attention" for t in d.get("layer_types") or []),
+         "layer_types other than full_attention are not supported")
+    need(d.get("hidden_act", "silu") == "silu", f"hidden_act {d.get('hidden_act')!r} is not supported (silu only)")
+    need(not d.get("mlp_bias"), "mlp_bias=true is not supported")
     # RoPE as transformers reads it: rope_scaling before rope_parameters, the theta inside before the one outside
     rope = d.get("rope_scaling") or d.get("rope_parameters") or {}
-    if not isinstance(rope, dict):
-        raise M.ConfigError(f"config.json: rope_scaling must be an object or null, got {rope!r}")
+    need(isinstance(rope, dict), f"rope_scaling must be an object or null, got {rope!r}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "llama3"):
-        raise M.ConfigError(f"config.json: rope type {rope_type!r} is not supported (default, llama3)")
-    if rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise M.ConfigError("config.json: partial_rotary_factor other than 1 is not supported")
+    need(rope_type in ("default", "llama3"), f"rope type {rope_type!r} is not supported (default, llama3)")
+    need(rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)) == 1.0,
+         "partial_rotary_factor other than 1 is not supported")
     theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
-    if mt in ("llama", "qwen3") and d.get("attention_bias"):
-        raise M.ConfigError(f"config.json: attention_bias=true for {mt} (o_proj bias) is not supported")
-    H = d["num_attention_heads"]
-    n_layers = d["num_hidden_layers"]
+    need(mt not in ("llama", "qwen3") or not d.get("attention_bias"),
+         f"attention_bias=true for {mt} (o_proj bias) is not supported")
+    H, n_layers = d["num_attention_heads"], d["num_hidden_layers"]
     max_pos = d.get("max_position_embeddings", 2048 if mt == "llama" else 32768)
     kw = dict(
         vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
@@ -77,59 +79,46 @@ def config_from_hf(d):
         qk_norm=d.get("qk_norm", mt == "qwen3"), model_type=mt,
         bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
     if rope_type == "llama3":
-        missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in rope]
-        if missing:
-            raise M.ConfigError(f"config.json: llama3 rope scaling without {missing[0]}")
-        kw.update(rope_type="llama3", rope_factor=float(rope["factor"]),
-                  rope_low_freq_factor=float(rope["low_freq_factor"]),
-                  rope_high_freq_factor=float(rope["high_freq_factor"]),
+        for k in ("factor", "low_freq_factor", "high_freq_factor"):
+            need(k in rope, f"llama3 rope scaling without {k}")
+        kw.update({f: float(rope[f.removeprefix("rope_")]) for f in ROPE_FIELDS[:3]}, rope_type="llama3",
                   original_max_position_embeddings=int(rope.get("original_max_position_embeddings", max_pos)))
     if mt in students:  # a RAD-RWKV student: the published format, or this project's own (radlads_*)
         att = d.get("attention_layers")
         if att is None:  # the published format keeps the last num_attention_layers layers
             n_att = d.get("num_attention_layers", 0)
-            if not isinstance(n_att, int):
-                raise M.ConfigError(f"config.json: num_attention_layers is {n_att!r} and no attention_layers list")
+            need(isinstance(n_att, int), f"num_attention_layers is {n_att!r} and no attention_layers list")
             att = list(range(n_layers - n_att, n_layers))
         student = mt.removeprefix("radlads_").removesuffix("qwen2")
         # SPEC §5's switches, where given, must name this code's student (the authors' GroupNorm variant, say, is not)
         want = dict(balance_state=True, groupnorm_att=False, attention_output_bias=False, use_rope=student == "rwkv7",
                     use_tokenshift=student == "rwkv6", gate_rank_type=1 if student == "rwkv6" else 2)
-        bad = [f for f, v in want.items() if f in d and d[f] != v]
-        if bad:
-            raise M.ConfigError(f"config.json: {bad[0]}={d[bad[0]]!r} is another {mt} than RAD-RWKV's "
-                                f"({bad[0]}={want[bad[0]]!r}): not supported")
+        for f, v in want.items():
+            need(d.get(f, v) == v, f"{f}={d.get(f)!r} is another {mt} than RAD-RWKV's ({f}={v!r}): not supported")
         kw.update(student=student, attention_layers=list(att), untied_from_tied=d.get("untied_from_tied", False))
     # each field of its kind: the string "false" would pass for true, a size as a string fail deep inside torch
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     for k, v in kw.items():
         if k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "head_dim", "max_position_embeddings"):
-            if not (number(v) and v > 0 and float(v).is_integer()):
-                raise M.ConfigError(f"config.json: {k} must be a positive integer, got {v!r}")
+            need(number(v) and v > 0 and float(v).is_integer(), f"{k} must be a positive integer, got {v!r}")
             kw[k] = int(v)  # (64.0 as 64)
-        if k in ("attention_bias", "tie_word_embeddings", "qk_norm", "untied_from_tied") and not isinstance(v, bool):
-            raise M.ConfigError(f"config.json: {k} must be true or false, got {v!r}")
-        if k == "rms_norm_eps" and not (number(v) and v > 0):
-            raise M.ConfigError(f"config.json: rms_norm_eps must be a positive number, got {v!r}")
-        if k == "attention_layers" and not all(number(i) and float(i).is_integer() and 0 <= i < n_layers for i in v):
-            raise M.ConfigError(f"config.json: attention_layers must be layer numbers below {n_layers}, got {v!r}")
+        need(k not in ("attention_bias", "tie_word_embeddings", "qk_norm", "untied_from_tied") or isinstance(v, bool),
+             f"{k} must be true or false, got {v!r}")
+        need(k != "rms_norm_eps" or (number(v) and v > 0), f"rms_norm_eps must be a positive number, got {v!r}")
+        need(k != "attention_layers" or all(number(i) and float(i).is_integer() and 0 <= i < n_layers for i in v),
+             f"attention_layers must be layer numbers below {n_layers}, got {v!r}")
     return M.ModelConfig(**kw)
 
 
-ROPE_FIELDS = {"rope_factor": "factor", "rope_low_freq_factor": "low_freq_factor",  # ModelConfig -> rope_scaling
-               "rope_high_freq_factor": "high_freq_factor",
-               "original_max_position_embeddings": "original_max_position_embeddings"}
-
-
 def config_to_hf(cfg):
-    arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}.get(cfg.model_type, "LlamaForCausalLM")
-    d = {"architectures": [arch], "hidden_act": "silu", "torch_dtype": "bfloat16", "use_sliding_window": False}
+    d = {"architectures": [ARCHITECTURES.get(cfg.model_type, "LlamaForCausalLM")], "hidden_act": "silu",
+         "torch_dtype": "bfloat16", "use_sliding_window": False}
     d.update({f.name: getattr(cfg, f.name) for f in fields(cfg)
               if f.name not in ("student", "attention_layers", "untied_from_tied", "rope_type", *ROPE_FIELDS)})
     # scaled RoPE where transformers reads it (null: plain RoPE)
     d["rope_scaling"] = None if cfg.rope_type == "default" else \
-        {"rope_type": cfg.rope_type, **{k: getattr(cfg, f) for f, k in ROPE_FIELDS.items()}}
+        {"rope_type": cfg.rope_type, **{f.removeprefix("rope_"): getattr(cfg, f) for f in ROPE_FIELDS}}
     if cfg.student:  # SPEC §5: every student field written explicitly
         C, n_att = cfg.hidden_size, len(cfg.attention_layers)
         # model_type rwkv*qwen2: the published format; radlads_*: this project's own, for a student that format would
@@ -327,7 +316,6 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
 # -----------------------------------------------------------------------------
 # GGUF -> Hugging Face checkpoint
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # GGUF tensor name (inside blk.N.) -> HF module name (inside model.layers.N.)
 BLOCK_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",

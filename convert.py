@@ -148,8 +148,7 @@ def attention_layers(spec):
             raise data.UsageError(f"--attention_layers {spec!r}: expected layer indices like 20,21 or "
                                   "RANKING.json:K") from None
     try:
-        with open(path) as fh:
-            ranking = [r["layer"] for r in json.load(fh)["ranking"]]
+        ranking = [r["layer"] for r in json.loads(Path(path).read_text())["ranking"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a layer ranking of eval.py --rank_layers ({e})") from None
     if not k.isdigit() or not 0 < int(k) <= len(ranking):
@@ -162,8 +161,7 @@ def read_config(path, name="config.json"):
     if not os.path.isfile(f):
         raise FileNotFoundError(f"{path}: no {name} (expected an HF model directory)")
     try:
-        with open(f, encoding="utf-8") as fh:
-            d = json.load(fh)
+        d = json.loads(Path(f).read_text(encoding="utf-8"))
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
         return config_from_hf(d)
@@ -179,8 +177,7 @@ def iter_checkpoint(path):
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         try:
-            with open(index, encoding="utf-8") as fh:
-                files = sorted(set(json.load(fh)["weight_map"].values()))
+            files = sorted(set(json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise M.ConfigError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
         if not all(isinstance(f, str) for f in files):
@@ -269,8 +266,7 @@ def write_safetensors(tensors, path):
     try:
         save_file(tensors, tmp, metadata={"format": "pt"})
     except SafetensorError as e:  # a full disk, a read-only directory: its own message names no file
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise OSError(f"{path}: cannot write the weights ({e})") from None
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
@@ -282,33 +278,28 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
     clear_weights(out_dir)
     if cfg.tie_word_embeddings:
         state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
-    shards, cur, size = [], {}, 0
+    shards, size = [{}], 0
     for k in sorted(state_dict):
         t = state_dict[k].detach().to("cpu", dtype).contiguous()
-        if cur and size + t.numel() * t.element_size() > max_shard_bytes:
-            shards.append(cur)
-            cur, size = {}, 0
-        cur[k], size = t, size + t.numel() * t.element_size()
-    shards.append(cur)
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards, size = shards + [{}], 0
+        shards[-1][k], size = t, size + t.nbytes
     names = ["model.safetensors"] if len(shards) == 1 else \
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards):
         write_safetensors(shard, os.path.join(out_dir, name))
     if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
+        index = {"metadata": {"total_size": sum(t.nbytes for s in shards for t in s.values())},
                  "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
-        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
-            json.dump(index, fh, indent=2)
-    hf = config_to_hf(cfg)
-    hf["torch_dtype"] = str(dtype).replace("torch.", "")
+        Path(out_dir, "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    hf = {**config_to_hf(cfg), "torch_dtype": str(dtype).replace("torch.", "")}
     if hf["model_type"].startswith("radlads_"):  # never a directory that claims a published format and loads wrong
         print(f"note: {out_dir} is written as model_type {hf['model_type']}, not {cfg.student}qwen2: "
               f"{M.unpublished(cfg)}")
-    if tokenizer_dir:
-        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                  "special_tokens_map.json", "vocab.json", "merges.txt"):
-            if os.path.isfile(os.path.join(tokenizer_dir, f)):
-                shutil.copy(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+              "special_tokens_map.json", "vocab.json", "merges.txt"):
+        if tokenizer_dir and os.path.isfile(os.path.join(tokenizer_dir, f)):
+            shutil.copy(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
     write_json(os.path.join(out_dir, "config.json"), hf)
     return out_dir
 

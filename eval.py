@@ -557,6 +557,7 @@ def write_ranking(cfg, paths, device, dtype):
     base, rows = rank_layers(teacher, student, x_all, cfg.batch_size)
     out = {"teacher": teacher_dir, "student": path, "val_data": cfg.val_data, "tokens": x_all.numel(),
            "device": str(device), "dtype": str(dtype), "kl": base, "ranking": rows}
+    os.makedirs(cfg.out, exist_ok=True)  # (again: the ranking took minutes to hours)
     convert.write_json(os.path.join(cfg.out, "ranking.json"), out)
     plot_ranking(out, os.path.join(cfg.out, "ranking.png"))
     print(markdown_table(["rank", "layer given attention", "KL(teacher || student)", "KL as it is"],
@@ -618,7 +619,7 @@ def write_report(cfg, results, device, dtype):
         if name != ref and "greedy" in res and "greedy" in results[ref]:
             res["agreement"] = agreement(res["greedy"], results[ref]["greedy"])
     md, rel = report(results, ref)
-    # (cfg.out exists: evaluate made it.) Each file written beside, then renamed: never half a report
+    os.makedirs(cfg.out, exist_ok=True)  # each file written beside, then renamed: never half a report
     convert.write_json(os.path.join(cfg.out, "report.json"), {
         "config": asdict(cfg), "device": str(device), "dtype": str(dtype), "reference": ref, "results": results,
         "relative": rel})

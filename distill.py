@@ -242,18 +242,6 @@ def resume(cfg, ckpt_root, student, opt, rank, device):
 
 # ----------------------------------------------------------------------------- models and sharding
 
-def shard(model, mp, split_mixers=False, frozen=False):
-    # FSDP2: each block (and in step 1 each time mixer on its own) then the root, whose embedding and head stay
-    # gathered from the forward to the backward; a frozen model has no backward, so its root is freed after forward.
-    # Step 1 calls the mixers alone, which makes each a root of its own: told to free their weights after forward,
-    # or all of them would stay gathered until the backward
-    for block in model.model.layers:
-        if split_mixers:
-            fully_shard(block.self_attn, mp_policy=mp, reshard_after_forward=True)
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp, reshard_after_forward=frozen)
-
-
 def init_source(cfg):
     # where the student starts: "teacher" (a fresh student) or an HF student directory
     if cfg.init_from != "auto":
@@ -286,12 +274,20 @@ def prepare_teacher(cfg, teacher):
 
 
 def sharded(model_cfg, dtype, device, mp, tensors, what, split_mixers=False, prepare=None, frozen=False):
-    # built on the meta device, sharded, then filled from (key, tensor) pairs (None: random, for benchmarks)
+    # built on the meta device, sharded, then filled from (key, tensor) pairs (None: random, for benchmarks).
+    # FSDP2: each block (and in step 1 each time mixer on its own) then the root, whose embedding and head stay
+    # gathered from the forward to the backward; a frozen model has no backward, so its root is freed after forward.
+    # Step 1 calls the mixers alone, which makes each a root of its own: told to free their weights after forward,
+    # or all of them would stay gathered until the backward
     with torch.device("meta"):
         model = M.Model(model_cfg).to(dtype)
     if prepare:
         prepare(model)
-    shard(model, mp, split_mixers, frozen)
+    for block in model.model.layers:
+        if split_mixers:
+            fully_shard(block.self_attn, mp_policy=mp, reshard_after_forward=True)
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp, reshard_after_forward=frozen)
     model.to_empty(device=device)
     return model.init_weights() if tensors is None else convert.load_into(model, tensors, what)
 
@@ -299,7 +295,6 @@ def sharded(model_cfg, dtype, device, mp, tensors, what, split_mixers=False, pre
 def build(cfg, device, mp, teacher_cfg=None, teacher=None):
     """Teacher (frozen, compute dtype) and student (float32 master weights), sharded. teacher_cfg: a random
     teacher of that shape instead of --teacher (bench.py); teacher: one built already (--rank_steps)."""
-    dtype = getattr(torch, cfg.dtype)
     att = convert.attention_layers(cfg.attention_layers)
     if teacher is None and (cfg.stage in (1, 2) or cfg.init_from == "teacher"):
         if teacher_cfg is None and not cfg.teacher:
@@ -308,8 +303,8 @@ def build(cfg, device, mp, teacher_cfg=None, teacher=None):
         if tcfg.student:
             raise ValueError(f"--teacher {cfg.teacher} is a student model ({tcfg.model_type})")
         tensors = None if teacher_cfg else convert.iter_checkpoint(cfg.teacher)
-        teacher = sharded(tcfg, dtype, device, mp, tensors, cfg.teacher, prepare=lambda m: prepare_teacher(cfg, m),
-                          frozen=True).requires_grad_(False).eval()
+        teacher = sharded(tcfg, getattr(torch, cfg.dtype), device, mp, tensors, cfg.teacher, frozen=True,
+                          prepare=lambda m: prepare_teacher(cfg, m)).requires_grad_(False).eval()
     src = init_source(cfg)
     if src == "teacher":  # (the teacher is built above: step 1 or --init_from teacher)
         scfg = M.student_config(teacher.cfg, cfg.student, att)
@@ -324,30 +319,27 @@ def build(cfg, device, mp, teacher_cfg=None, teacher=None):
             raise ValueError(f"--init_from {src} is not a student model")
         tensors = convert.iter_checkpoint(src)
         if att and set(att) != set(scfg.attention_layers):
-            scfg, tensors = restore_attention(cfg, src, scfg, att, tensors)
+            # a hybrid from a student: step 1 trains each layer alone, so one step-1 run serves every choice of
+            # attention layers; the layers named by --attention_layers get the teacher's attention weights back
+            lost = sorted(set(scfg.attention_layers) - set(att))
+            if lost:
+                raise ValueError(f"--attention_layers {cfg.attention_layers}: layers {lost} are attention in {src}, "
+                                 f"and a recurrent layer needs step 1; name them too")
+            if not cfg.teacher:
+                raise ValueError(f"--attention_layers on the student {src} needs --teacher (for its attention weights)")
+            hcfg = M.student_config(convert.read_config(cfg.teacher), scfg.student, att)
+            if dataclasses.replace(hcfg, attention_layers=scfg.attention_layers, model_type=scfg.model_type) != scfg:
+                raise ValueError(f"--attention_layers: {src} is not a student of --teacher {cfg.teacher}")
+            back = tuple(f"model.layers.{i}.self_attn." for i in sorted(set(att) - set(scfg.attention_layers)))
+            scfg, tensors = hcfg, itertools.chain(((k, t) for k, t in tensors if not k.startswith(back)),
+                                                  ((k, t) for k, t in convert.iter_checkpoint(cfg.teacher)
+                                                   if k.startswith(back)))
     if cfg.stage == 1 and len(scfg.attention_layers) == scfg.num_hidden_layers:
         raise ValueError("step 1 has no time mixer to align: every layer is an attention layer")
     if teacher is not None and teacher.cfg.vocab_size != scfg.vocab_size:
         raise ValueError(f"vocab mismatch: teacher {teacher.cfg.vocab_size}, student {scfg.vocab_size}")
     student = sharded(scfg, torch.float32, device, mp, tensors, src, cfg.stage == 1, lambda m: prepare_student(cfg, m))
     return teacher, student
-
-
-def restore_attention(cfg, src, scfg, att, tensors):
-    """A hybrid from a student: step 1 trains each layer alone, so one step-1 run serves every choice of attention
-    layers; the layers named by --attention_layers get the teacher's attention weights back, the rest stay."""
-    lost = sorted(set(scfg.attention_layers) - set(att))
-    if lost:
-        raise ValueError(f"--attention_layers {cfg.attention_layers}: layers {lost} are attention in {src}, and "
-                         f"a recurrent layer needs step 1; name them too")
-    if not cfg.teacher:
-        raise ValueError(f"--attention_layers on the student {src} needs --teacher (for its attention weights)")
-    hcfg = M.student_config(convert.read_config(cfg.teacher), scfg.student, att)
-    if dataclasses.replace(hcfg, attention_layers=scfg.attention_layers, model_type=scfg.model_type) != scfg:
-        raise ValueError(f"--attention_layers: {src} is not a student of --teacher {cfg.teacher}")
-    back = tuple(f"model.layers.{i}.self_attn." for i in sorted(set(att) - set(scfg.attention_layers)))
-    return hcfg, itertools.chain(((k, t) for k, t in tensors if not k.startswith(back)),
-                                 ((k, t) for k, t in convert.iter_checkpoint(cfg.teacher) if k.startswith(back)))
 
 
 def make_optimizer(cfg, student, device):

@@ -444,13 +444,15 @@ def compiled(fn):
 def step_loss(cfg, teacher, student, batch, hooks):
     """-> (loss to minimise, [objective, student cross-entropy]) averaged over this micro-batch."""
     x, y = batch[:, :-1], batch[:, 1:]
+    fn = align_loss if cfg.stage == 1 else kl_and_ce if cfg.stage == 2 else ce_only
+    fn = compiled(fn) if cfg.compile else fn
     if cfg.stage == 1:
         # teacher-forced alignment: the teacher's forward supplies each layer's normed input and
         # attention output (captured by hooks); each student mixer runs on that same input
         with torch.no_grad():
             teacher(x, hidden=True)
         cos, sin = student.rope(torch.arange(x.shape[1], device=x.device)[None])
-        loss, fn = 0.0, compiled(align_loss) if cfg.compile else align_loss
+        loss = 0.0
         mixers = [i for i in range(len(hooks)) if student.cfg.mixer(i) != "attention"]  # (attention passes v_first on)
         # the one path between layers: RAD-RWKV7's later mixers mix in v_first, layer 0's values, so their losses
         # also train its v_proj (as the authors' trainer does; the residual stream is the teacher's). A hybrid's
@@ -462,14 +464,11 @@ def step_loss(cfg, teacher, student, batch, hooks):
             loss = loss + fn(t_out, s_out)
         loss = loss / len(mixers)
         return loss, torch.stack([loss.detach(), torch.zeros_like(loss.detach())])
+    targets = (y,)
     if cfg.stage == 2:
         with torch.no_grad():
-            t_logits = teacher(x)  # (B, T, V) in the compute dtype; float32 only chunk by chunk
-        fn = compiled(kl_and_ce) if cfg.compile else kl_and_ce
-        out = student(x, head=lambda h, w: chunked(fn, cfg.loss_chunk, h, w, t_logits, y))
-    else:
-        fn = compiled(ce_only) if cfg.compile else ce_only
-        out = student(x, head=lambda h, w: chunked(fn, cfg.loss_chunk, h, w, y))
+            targets = (teacher(x), y)  # teacher logits (B, T, V) in the compute dtype; float32 only chunk by chunk
+    out = student(x, head=lambda h, w: chunked(fn, cfg.loss_chunk, h, w, *targets))
     return out[0], out.detach()
 
 

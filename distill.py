@@ -563,25 +563,21 @@ def train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, w
     return tot / world, norm
 
 
-def final_check(cfg, teacher, student, hooks, batch, device):
-    # the objective of the last update's weights on a batch they were not trained on (collective), as train_step's
-    with torch.no_grad():
-        tot = step_loss(cfg, teacher, student, batch.to(device), hooks)[1]
-    dist.all_reduce(tot)
-    return tot / dist.get_world_size(), torch.zeros((), device=device)
-
-
-def evaluate(cfg, teacher, student, hooks, ds, rank, world, device):
-    # a fixed set of windows from the start of the validation data, dealt out to the processes (collective)
-    student.eval()
+def evaluate(cfg, teacher, student, hooks, ds, rank, world, device, batch=None):
+    # [objective, student cross-entropy] without gradients, averaged over the processes (collective): of a fixed set of
+    # windows from the start of the validation data ds, dealt out to the processes (in eval mode); or, with batch, the
+    # final weights' check on one batch they were not trained on, as train_step's
+    student.train(batch is not None)
+    batches = [batch] if batch is not None else \
+        data.val_batches(ds, cfg.seq_len, cfg.micro_batch, cfg.val_batches, rank, world)
     tot, n = torch.zeros(2, device=device), 0
     with torch.no_grad():
-        for b in data.val_batches(ds, cfg.seq_len, cfg.micro_batch, cfg.val_batches, rank, world):
+        for b in batches:
             tot += step_loss(cfg, teacher, student, b.to(device), hooks)[1]
             n += 1
     dist.all_reduce(tot)
     student.train()
-    return (tot / (n * world)).tolist()
+    return tot / (n * world)
 
 
 def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, rank, world, device):
@@ -594,7 +590,7 @@ def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, ra
             train_step(c, teacher, s, None, opt, lrs, step, c.rank_steps, get_batch, world, device)
             optimizer_step(opt)
             opt.zero_grad(set_to_none=True)
-        return evaluate(c, teacher, s, None, val_ds, rank, world, device)[0]
+        return evaluate(c, teacher, s, None, val_ds, rank, world, device)[0].item()
 
     if cfg.warmup_steps >= cfg.rank_steps:
         print0(f"notice: every one of the {cfg.rank_steps} steps of each short run is in the LR warmup (--warmup_steps "
@@ -616,12 +612,21 @@ def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, ra
     return out
 
 
-def log_val(cfg, step, steps, v, metrics):
-    line = f"step {step}/{steps} | val loss {v[0]:.4f}" + (f" | val ce {v[1]:.4f}" if cfg.stage == 2 else "")
+def log(line, record, metrics, log_path=None):
+    # a line on the console (and in log.txt), a record in metrics.jsonl (rank 0 only: metrics is None elsewhere)
     print0(line)
+    if log_path:
+        with open(log_path, "a") as fh:
+            fh.write(line + "\n")
     if metrics:
-        metrics.write(json.dumps({"step": step, "val_loss": v[0], "val_ce": v[1]}) + "\n")
+        metrics.write(json.dumps(record) + "\n")
         metrics.flush()
+
+
+def log_val(cfg, step, steps, v, metrics):
+    v = v.tolist()
+    log(f"step {step}/{steps} | val loss {v[0]:.4f}" + (f" | val ce {v[1]:.4f}" if cfg.stage == 2 else ""),
+        {"step": step, "val_loss": v[0], "val_ce": v[1]}, metrics)
 
 
 def log_step(cfg, step, steps, tot, norm, lr, dt, world, fpt, peak, device, log_path, metrics):
@@ -630,26 +635,11 @@ def log_step(cfg, step, steps, tot, norm, lr, dt, world, fpt, peak, device, log_
     mem = (f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else  # peak so far
            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS")  # Linux: ru_maxrss in KiB
     rate = lambda x: f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
-    line = (f"step {step}/{steps} | loss {tot[0]:.4f}" + (f" | ce {tot[1]:.4f}" if cfg.stage == 2 else "") +
-            f" | lr {lr:.2e} | norm {norm:.3f} | {dt * 1000:.0f} ms | {rate(tps)} tok/s"
-            f" | {rate(tps / world)} tok/s/dev | mfu {mfu} | mem {mem}")
-    print0(line)
-    with open(log_path, "a") as fh:
-        fh.write(line + "\n")
-    metrics.write(json.dumps({"step": step, "loss": tot[0], "ce": tot[1], "lr": lr, "norm": norm,
-                              "ms": dt * 1000, "tok_s": tps}) + "\n")
-    metrics.flush()
-
-
-def open_metrics(path):
-    # for appending; a last line that a crash cut short is ended first (else this run's first record joins it)
-    fh = open(path, "a")
-    if fh.tell():
-        with open(path, "rb") as last:
-            last.seek(-1, os.SEEK_END)
-            if last.read(1) != b"\n":
-                fh.write("\n")
-    return fh
+    log(f"step {step}/{steps} | loss {tot[0]:.4f}" + (f" | ce {tot[1]:.4f}" if cfg.stage == 2 else "") +
+        f" | lr {lr:.2e} | norm {norm:.3f} | {dt * 1000:.0f} ms | {rate(tps)} tok/s"
+        f" | {rate(tps / world)} tok/s/dev | mfu {mfu} | mem {mem}",
+        {"step": step, "loss": tot[0], "ce": tot[1], "lr": lr, "norm": norm, "ms": dt * 1000, "tok_s": tps},
+        metrics, log_path)
 
 
 def finish(cfg, student, stage_dir, rank, metrics):
@@ -718,12 +708,20 @@ def main(argv):
     start = resume(cfg, ckpt_root, student, opt, rank, device)
     if start > steps:
         raise data.UsageError(f"--max_steps {cfg.max_steps}: the run in {ckpt_root} is at step {start} already")
-    log_path = os.path.join(stage_dir, "log.txt")
+    log_path, metrics = os.path.join(stage_dir, "log.txt"), None
     if rank == 0:
         with open(log_path, "a") as fh:
             fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} torch {torch.__version__} world {world} "
                      f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}\n")
             fh.write("# config " + json.dumps(dataclasses.asdict(cfg)) + "\n")
+        # metrics.jsonl for appending; a last line that a crash cut short is ended first (else this run's first
+        # record joins it)
+        metrics = open(os.path.join(stage_dir, "metrics.jsonl"), "a")
+        if metrics.tell():
+            with open(metrics.name, "rb") as last:
+                last.seek(-1, os.SEEK_END)
+                if last.read(1) != b"\n":
+                    metrics.write("\n")
     n_total, n_new = M.param_count(student)
     print0(f"step {cfg.stage}: {student.cfg.model_type} student, {n_total / 1e6:.1f}M params ({n_new / 1e6:.2f}M new), "
            f"{world} processes, {steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens, accumulation "
@@ -731,18 +729,15 @@ def main(argv):
     fpt, peak = flops_per_token(cfg, teacher, student), peak_flops(cfg, device)
 
     # loop: validation, the gradients, a checkpoint of the weights that just gave them, the update, a log line
-    metrics = open_metrics(os.path.join(stage_dir, "metrics.jsonl")) if rank == 0 else None
-    save = lambda step: convert.save_checkpoint(ckpt_root, step, student, opt, rank, cfg.keep_ckpts,
-                                                dataclasses.asdict(cfg))
     student.train()
     with tqdm(total=steps, initial=start, disable=rank != 0, dynamic_ncols=True, leave=False) as bar:
         for step in range(start, steps + 1):
             if val_ds is not None and step % cfg.val_every == 0 and step < steps:
                 log_val(cfg, step, steps, evaluate(cfg, teacher, student, hooks, val_ds, rank, world, device), metrics)
             t0 = time.perf_counter()
-            if step == steps:  # the final weights are checked on one more batch before they are kept
-                tot, norm = final_check(cfg, teacher, student, hooks, get_batch(step * cfg.batch_size // cfg.micro_batch
-                                                                                // world), device)
+            if step == steps:  # the final weights are checked on one more batch (as train_step's) before they are kept
+                tot = evaluate(cfg, teacher, student, hooks, None, rank, world, device, get_batch(step * accum))
+                norm = torch.zeros((), device=device)
             else:
                 tot, norm = train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, world, device)
             if not torch.isfinite(tot).all() or not torch.isfinite(norm):  # never keep weights that produce this
@@ -752,7 +747,8 @@ def main(argv):
                                          "(lower --lr and resume from it, in a new --out_dir or with --resume_changed)")
             if step > start and (step % cfg.ckpt_every == 0 or step == steps):
                 t_save = time.perf_counter()
-                save(step)  # the state after `step` updates, whose loss and gradient are finite
+                # the state after `step` updates, whose loss and gradient are finite
+                convert.save_checkpoint(ckpt_root, step, student, opt, rank, cfg.keep_ckpts, dataclasses.asdict(cfg))
                 t0 += time.perf_counter() - t_save  # a log line's time and tokens/s are the step's alone
             if step == steps:
                 break

@@ -158,13 +158,12 @@ def setup_distributed():
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
-    device = torch.device("cpu")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), device
 
 
@@ -182,8 +181,7 @@ def lock_stage_dir(stage_dir, rank, device):
         try:
             fcntl.flock(_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _lock.truncate(0)
-            _lock.write(f"{os.getpid()}\n")
-            _lock.flush()
+            print(os.getpid(), file=_lock, flush=True)
             for tmp in glob.glob(os.path.join(glob.escape(stage_dir), "ckpt", "step_*.tmp")):  # a killed run's
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError:
@@ -251,16 +249,16 @@ def init_source(cfg):
 
 def prepare_student(cfg, student):
     # what trains (step 1: the time mixers only; the teacher runs the rest), recomputation, compilation
-    for block in student.model.layers:
+    if cfg.stage == 1:
+        student.requires_grad_(False)
+    for i, block in enumerate(student.model.layers):
         block.checkpointing = cfg.activation_checkpointing and cfg.stage > 1
         if cfg.compile and cfg.stage == 1:  # step 1 calls the time mixers alone
             block.self_attn.compile()
         elif cfg.compile:  # the block's computation inside the checkpoint: the WKV call (not traced) breaks the
             # graph, and a graph break inside a compiled checkpoint would run the whole checkpointed block eager
             block._forward = torch.compile(block._forward)
-    if cfg.stage == 1:  # (a hybrid's attention layers are the teacher's: nothing to align)
-        student.requires_grad_(False)
-        for i, block in enumerate(student.model.layers):
+        if cfg.stage == 1:  # (a hybrid's attention layers are the teacher's: nothing to align)
             block.self_attn.requires_grad_(student.cfg.mixer(i) != "attention")
 
 
@@ -552,9 +550,8 @@ def train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, w
         g["lr"] = get_lr(step, total, lr0, lr1, cfg.warmup_steps)
     tot = torch.zeros(2, device=device)
     for a in range(accum):
-        batch = get_batch(step * accum + a)
         student.set_requires_gradient_sync(cfg.accum_sync or a == accum - 1)
-        loss, parts = step_loss(cfg, teacher, student, batch.to(device), hooks)
+        loss, parts = step_loss(cfg, teacher, student, get_batch(step * accum + a).to(device), hooks)
         (loss / accum).backward()
         tot += parts / accum
     norm = torch.nn.utils.clip_grad_norm_(fill_grads(opt), cfg.grad_clip)
@@ -782,18 +779,14 @@ def plot(stage_dir):
             rows.append(json.loads(line))
         except ValueError:  # a line a crash cut short
             pass
-    # a resumed run logs the steps after its checkpoint again: keep the last value per step
-    train = sorted({r["step"]: r["loss"] for r in rows if "loss" in r}.items())
-    val = sorted({r["step"]: r["val_loss"] for r in rows if "val_loss" in r}.items())
     plt.figure(figsize=(6, 4))
-    for pts, label in [(train, "train"), (val, "val")]:
+    for key, label in [("loss", "train"), ("val_loss", "val")]:
+        # a resumed run logs the steps after its checkpoint again: keep the last value per step
+        pts = sorted({r["step"]: r[key] for r in rows if key in r}.items())
         if pts:
             plt.plot(*zip(*pts), label=label)
-    plt.xlabel("step")
-    plt.ylabel("loss")
-    plt.yscale("log")
+    plt.gca().set(xlabel="step", ylabel="loss", yscale="log", title=os.path.basename(os.path.normpath(stage_dir)))
     plt.legend()
-    plt.title(os.path.basename(os.path.normpath(stage_dir)))
     plt.savefig(os.path.join(stage_dir, "loss.png"), dpi=120, bbox_inches="tight")
     plt.close()
 

@@ -475,19 +475,10 @@ def read_documents(paths, text_field: str = "text"):
             raise DataError(f"{path}: cannot read: {e}") from None
 
 
-_enc = None  # the tokenizer of this (worker) process
-
-
-def _worker_init(tokenizer_path, in_pool=True):
-    global _enc
-    if in_pool:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _enc = load_tokenizer(tokenizer_path)
-
-
-def _encode_docs(texts):
-    eot = np.array([_enc.eot_id], np.uint32)
-    return [np.concatenate([_enc.encode_to_numpy(t), eot]).astype(token_dtype(_enc.n_vocab)) for t in texts]
+def _encode_docs(tokenizer_path, texts):
+    enc = load_tokenizer(tokenizer_path)  # (built once per process)
+    eot = np.array([enc.eot_id], np.uint32)
+    return [np.concatenate([enc.encode_to_numpy(t), eot]).astype(token_dtype(enc.n_vocab)) for t in texts]
 
 
 def _batches(texts, max_chars):
@@ -504,16 +495,17 @@ def _batches(texts, max_chars):
 
 def encode_documents(texts, tokenizer_path, workers: int = 1, batch_chars: int = 1 << 21):
     """The token arrays of `texts`, each ending in eot_id, in order, encoded by `workers` processes."""
+    load_tokenizer(tokenizer_path)  # a bad tokenizer fails here, before any input is read
     if workers <= 1:
-        _worker_init(tokenizer_path, in_pool=False)
         for batch in _batches(texts, batch_chars):
-            yield from _encode_docs(batch)
+            yield from _encode_docs(tokenizer_path, batch)
         return
-    # apply_async and a bounded queue, not imap, which would read the whole input ahead
-    pool, pending = multiprocessing.Pool(workers, _worker_init, (tokenizer_path,)), deque()
+    # apply_async and a bounded queue, not imap, which would read the whole input ahead; the workers ignore Ctrl-C,
+    # which is the parent's to handle
+    pool, pending = multiprocessing.Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)), deque()
     try:
         for batch in _batches(texts, batch_chars):
-            pending.append(pool.apply_async(_encode_docs, (batch,)))
+            pending.append(pool.apply_async(_encode_docs, (tokenizer_path, batch)))
             if len(pending) >= 2 * workers:
                 yield from pending.popleft().get()
         while pending:

@@ -641,15 +641,9 @@ def run(main, argv=None):
     malloc_tune(1 << 20)
     try:
         main(sys.argv[1:] if argv is None else argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(1)
+    except (*ERRORS, KeyboardInterrupt) as e:  # (UsageError is a ValueError)
+        print(f"error: {'interrupted' if isinstance(e, KeyboardInterrupt) else e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UsageError) else 1)
 
 
 def main(argv):

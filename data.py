@@ -149,12 +149,11 @@ def _load_tokenizer(path: Path) -> Tokenizer:
     if any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in tok.get("added_tokens", [])):
         raise DataError(f"{path}: added tokens with lstrip, rstrip or single_word are not supported")
 
-    # tiktoken merges, of all adjacent pairs, the one whose joined bytes have the lowest rank (= id);
-    # HF merges the pair listed first in `merges`. The two agree when the ids of the merge results
-    # never decrease in merge order and every other token is a single byte or an added token
-    # (matched before BPE). Qwen2's and GPT-2-style vocabularies make each token by one merge;
-    # Llama 3's, converted from tiktoken ranks, lists every split of a token into two tokens, one
-    # after another. Any other order is refused rather than tokenized differently.
+    # tiktoken merges, of all adjacent pairs, the one whose joined bytes have the lowest rank (= id); HF merges the pair
+    # listed first in `merges`. The two agree when the ids of the merge results never decrease in merge order and every
+    # other token is a single byte or an added token (matched before BPE). Qwen2's and GPT-2-style vocabularies make
+    # each token by one merge; Llama 3's, converted from tiktoken ranks, lists every split of a token into two tokens,
+    # one after another. Any other order is refused rather than tokenized differently.
     vocab, merged = model["vocab"], []
     for m in model["merges"]:
         left, right = m.split(" ") if isinstance(m, str) else m
@@ -206,9 +205,8 @@ def load_tokenizer(path) -> Tokenizer:
 
 
 # -----------------------------------------------------------------------------
-# binidx. PREFIX.bin: the tokens. PREFIX.idx (Megatron MMIDIDX): magic, <Q version = 1,
-# <B dtype code, <Q n_docs, <Q n_doc_idx, int32 sizes[n_docs], int64 byte offsets[n_docs],
-# int64 doc_idx[n_doc_idx]
+# binidx. PREFIX.bin: the tokens. PREFIX.idx (Megatron MMIDIDX): magic, <Q version = 1, <B dtype code, <Q n_docs,
+# <Q n_doc_idx, int32 sizes[n_docs], int64 byte offsets[n_docs], int64 doc_idx[n_doc_idx]
 
 MAGIC = b"MMIDIDX\x00\x00"
 HEADER = struct.Struct("<QBQQ")  # version, dtype code, n_docs, n_doc_idx (after the magic)
@@ -229,7 +227,6 @@ def write_binidx(prefix, docs, vocab_size: int, tokenizer=None) -> tuple[int, in
     interrupt, in `docs` too, leaves no PREFIX.bin/.idx behind.
     """
     dtype = token_dtype(vocab_size)
-    bin_path, idx_path = Path(f"{prefix}.bin"), Path(f"{prefix}.idx")
     tmp_bin, tmp_idx = Path(f"{prefix}.bin.tmp"), Path(f"{prefix}.idx.tmp")
     tmp_bin.parent.mkdir(parents=True, exist_ok=True)
     sizes = []
@@ -251,8 +248,8 @@ def write_binidx(prefix, docs, vocab_size: int, tokenizer=None) -> tuple[int, in
             f.write(sizes.astype(np.int32).tobytes() + offsets.tobytes())
             f.write(np.arange(len(sizes) + 1, dtype=np.int64).tobytes())  # doc_idx: 0, 1, ..., n_docs
         Path(f"{prefix}.tok.json").unlink(missing_ok=True)  # the record of the files replaced now is not theirs
-        os.replace(tmp_bin, bin_path)
-        os.replace(tmp_idx, idx_path)
+        os.replace(tmp_bin, f"{prefix}.bin")
+        os.replace(tmp_idx, f"{prefix}.idx")
         if tokenizer is not None:
             record = {"tokenizer": tokenizer.fingerprint, "n_vocab": tokenizer.n_vocab, "eot_id": tokenizer.eot_id,
                       "file": str(tokenizer.name)}

@@ -149,12 +149,11 @@ def _load_tokenizer(path: Path) -> Tokenizer:
     if any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in tok.get("added_tokens", [])):
         raise DataError(f"{path}: added tokens with lstrip, rstrip or single_word are not supported")
 
-    # tiktoken merges, of all adjacent pairs, the one whose joined bytes have the lowest rank (= id);
-    # HF merges the pair listed first in `merges`. The two agree when the ids of the merge results
-    # never decrease in merge order and every other token is a single byte or an added token
-    # (matched before BPE). Qwen2's and GPT-2-style vocabularies make each token by one merge;
-    # Llama 3's, converted from tiktoken ranks, lists every split of a token into two tokens, one
-    # after another. Any other order is refused rather than tokenized differently.
+    # tiktoken merges, of all adjacent pairs, the one whose joined bytes have the lowest rank (= id); HF merges the pair
+    # listed first in `merges`. The two agree when the ids of the merge results never decrease in merge order and every
+    # other token is a single byte or an added token (matched before BPE). Qwen2's and GPT-2-style vocabularies make
+    # each token by one merge; Llama 3's, converted from tiktoken ranks, lists every split of a token into two tokens,
+    # one after another. Any other order is refused rather than tokenized differently.
     vocab, merged = model["vocab"], []
     for m in model["merges"]:
         left, right = m.split(" ") if isinstance(m, str) else m
@@ -206,9 +205,8 @@ def load_tokenizer(path) -> Tokenizer:
 
 
 # -----------------------------------------------------------------------------
-# binidx. PREFIX.bin: the tokens. PREFIX.idx (Megatron MMIDIDX): magic, <Q version = 1,
-# <B dtype code, <Q n_docs, <Q n_doc_idx, int32 sizes[n_docs], int64 byte offsets[n_docs],
-# int64 doc_idx[n_doc_idx]
+# binidx. PREFIX.bin: the tokens. PREFIX.idx (Megatron MMIDIDX): magic, <Q version = 1, <B dtype code, <Q n_docs,
+# <Q n_doc_idx, int32 sizes[n_docs], int64 byte offsets[n_docs], int64 doc_idx[n_doc_idx]
 
 MAGIC = b"MMIDIDX\x00\x00"
 HEADER = struct.Struct("<QBQQ")  # version, dtype code, n_docs, n_doc_idx (after the magic)
@@ -229,7 +227,6 @@ def write_binidx(prefix, docs, vocab_size: int, tokenizer=None) -> tuple[int, in
     interrupt, in `docs` too, leaves no PREFIX.bin/.idx behind.
     """
     dtype = token_dtype(vocab_size)
-    bin_path, idx_path = Path(f"{prefix}.bin"), Path(f"{prefix}.idx")
     tmp_bin, tmp_idx = Path(f"{prefix}.bin.tmp"), Path(f"{prefix}.idx.tmp")
     tmp_bin.parent.mkdir(parents=True, exist_ok=True)
     sizes = []
@@ -251,8 +248,8 @@ def write_binidx(prefix, docs, vocab_size: int, tokenizer=None) -> tuple[int, in
             f.write(sizes.astype(np.int32).tobytes() + offsets.tobytes())
             f.write(np.arange(len(sizes) + 1, dtype=np.int64).tobytes())  # doc_idx: 0, 1, ..., n_docs
         Path(f"{prefix}.tok.json").unlink(missing_ok=True)  # the record of the files replaced now is not theirs
-        os.replace(tmp_bin, bin_path)
-        os.replace(tmp_idx, idx_path)
+        os.replace(tmp_bin, f"{prefix}.bin")
+        os.replace(tmp_idx, f"{prefix}.idx")
         if tokenizer is not None:
             record = {"tokenizer": tokenizer.fingerprint, "n_vocab": tokenizer.n_vocab, "eot_id": tokenizer.eot_id,
                       "file": str(tokenizer.name)}
@@ -360,20 +357,10 @@ def is_prime(n: int) -> bool:
     bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
     if n < 2 or any(n % b == 0 for b in bases):
         return n in bases
-    d, s = n - 1, 0
-    while d % 2 == 0:
-        d, s = d // 2, s + 1
-    for b in bases:
-        x = pow(b, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
+    s = ((n - 1) & (1 - n)).bit_length() - 1  # n - 1 = d * 2^s with d odd
+    d = (n - 1) >> s
+    # n passes base b if b^d = 1 or b^(d * 2^r) = -1 (mod n) for some r < s; a composite fails one of these bases
+    return all(pow(b, d, n) == 1 or any(pow(b, d << r, n) == n - 1 for r in range(s)) for b in bases)
 
 
 def magic_prime(n_tokens: int, ctx_len: int) -> int:
@@ -485,19 +472,10 @@ def read_documents(paths, text_field: str = "text"):
             raise DataError(f"{path}: cannot read: {e}") from None
 
 
-_enc = None  # the tokenizer of this (worker) process
-
-
-def _worker_init(tokenizer_path, in_pool=True):
-    global _enc
-    if in_pool:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _enc = load_tokenizer(tokenizer_path)
-
-
-def _encode_docs(texts):
-    eot = np.array([_enc.eot_id], np.uint32)
-    return [np.concatenate([_enc.encode_to_numpy(t), eot]).astype(token_dtype(_enc.n_vocab)) for t in texts]
+def _encode_docs(tokenizer_path, texts):
+    enc = load_tokenizer(tokenizer_path)  # (built once per process)
+    eot = np.array([enc.eot_id], np.uint32)
+    return [np.concatenate([enc.encode_to_numpy(t), eot]).astype(token_dtype(enc.n_vocab)) for t in texts]
 
 
 def _batches(texts, max_chars):
@@ -514,16 +492,17 @@ def _batches(texts, max_chars):
 
 def encode_documents(texts, tokenizer_path, workers: int = 1, batch_chars: int = 1 << 21):
     """The token arrays of `texts`, each ending in eot_id, in order, encoded by `workers` processes."""
+    load_tokenizer(tokenizer_path)  # a bad tokenizer fails here, before any input is read
     if workers <= 1:
-        _worker_init(tokenizer_path, in_pool=False)
         for batch in _batches(texts, batch_chars):
-            yield from _encode_docs(batch)
+            yield from _encode_docs(tokenizer_path, batch)
         return
-    # apply_async and a bounded queue, not imap, which would read the whole input ahead
-    pool, pending = multiprocessing.Pool(workers, _worker_init, (tokenizer_path,)), deque()
+    # apply_async and a bounded queue, not imap, which would read the whole input ahead; the workers ignore Ctrl-C,
+    # which is the parent's to handle
+    pool, pending = multiprocessing.Pool(workers, signal.signal, (signal.SIGINT, signal.SIG_IGN)), deque()
     try:
         for batch in _batches(texts, batch_chars):
-            pending.append(pool.apply_async(_encode_docs, (batch,)))
+            pending.append(pool.apply_async(_encode_docs, (tokenizer_path, batch)))
             if len(pending) >= 2 * workers:
                 yield from pending.popleft().get()
         while pending:
@@ -659,15 +638,9 @@ def run(main, argv=None):
     malloc_tune(1 << 20)
     try:
         main(sys.argv[1:] if argv is None else argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(1)
+    except (*ERRORS, KeyboardInterrupt) as e:  # (UsageError is a ValueError)
+        print(f"error: {'interrupted' if isinstance(e, KeyboardInterrupt) else e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UsageError) else 1)
 
 
 def main(argv):

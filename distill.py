@@ -158,13 +158,12 @@ def setup_distributed():
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
-    device = torch.device("cpu")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), device
 
 
@@ -182,8 +181,7 @@ def lock_stage_dir(stage_dir, rank, device):
         try:
             fcntl.flock(_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _lock.truncate(0)
-            _lock.write(f"{os.getpid()}\n")
-            _lock.flush()
+            print(os.getpid(), file=_lock, flush=True)
             for tmp in glob.glob(os.path.join(glob.escape(stage_dir), "ckpt", "step_*.tmp")):  # a killed run's
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError:
@@ -242,18 +240,6 @@ def resume(cfg, ckpt_root, student, opt, rank, device):
 
 # ----------------------------------------------------------------------------- models and sharding
 
-def shard(model, mp, split_mixers=False, frozen=False):
-    # FSDP2: each block (and in step 1 each time mixer on its own) then the root, whose embedding and head stay
-    # gathered from the forward to the backward; a frozen model has no backward, so its root is freed after forward.
-    # Step 1 calls the mixers alone, which makes each a root of its own: told to free their weights after forward,
-    # or all of them would stay gathered until the backward
-    for block in model.model.layers:
-        if split_mixers:
-            fully_shard(block.self_attn, mp_policy=mp, reshard_after_forward=True)
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp, reshard_after_forward=frozen)
-
-
 def init_source(cfg):
     # where the student starts: "teacher" (a fresh student) or an HF student directory
     if cfg.init_from != "auto":
@@ -263,16 +249,16 @@ def init_source(cfg):
 
 def prepare_student(cfg, student):
     # what trains (step 1: the time mixers only; the teacher runs the rest), recomputation, compilation
-    for block in student.model.layers:
+    if cfg.stage == 1:
+        student.requires_grad_(False)
+    for i, block in enumerate(student.model.layers):
         block.checkpointing = cfg.activation_checkpointing and cfg.stage > 1
         if cfg.compile and cfg.stage == 1:  # step 1 calls the time mixers alone
             block.self_attn.compile()
         elif cfg.compile:  # the block's computation inside the checkpoint: the WKV call (not traced) breaks the
             # graph, and a graph break inside a compiled checkpoint would run the whole checkpointed block eager
             block._forward = torch.compile(block._forward)
-    if cfg.stage == 1:  # (a hybrid's attention layers are the teacher's: nothing to align)
-        student.requires_grad_(False)
-        for i, block in enumerate(student.model.layers):
+        if cfg.stage == 1:  # (a hybrid's attention layers are the teacher's: nothing to align)
             block.self_attn.requires_grad_(student.cfg.mixer(i) != "attention")
 
 
@@ -286,12 +272,20 @@ def prepare_teacher(cfg, teacher):
 
 
 def sharded(model_cfg, dtype, device, mp, tensors, what, split_mixers=False, prepare=None, frozen=False):
-    # built on the meta device, sharded, then filled from (key, tensor) pairs (None: random, for benchmarks)
+    # built on the meta device, sharded, then filled from (key, tensor) pairs (None: random, for benchmarks).
+    # FSDP2: each block (and in step 1 each time mixer on its own) then the root, whose embedding and head stay
+    # gathered from the forward to the backward; a frozen model has no backward, so its root is freed after forward.
+    # Step 1 calls the mixers alone, which makes each a root of its own: told to free their weights after forward,
+    # or all of them would stay gathered until the backward
     with torch.device("meta"):
         model = M.Model(model_cfg).to(dtype)
     if prepare:
         prepare(model)
-    shard(model, mp, split_mixers, frozen)
+    for block in model.model.layers:
+        if split_mixers:
+            fully_shard(block.self_attn, mp_policy=mp, reshard_after_forward=True)
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp, reshard_after_forward=frozen)
     model.to_empty(device=device)
     return model.init_weights() if tensors is None else convert.load_into(model, tensors, what)
 
@@ -299,7 +293,6 @@ def sharded(model_cfg, dtype, device, mp, tensors, what, split_mixers=False, pre
 def build(cfg, device, mp, teacher_cfg=None, teacher=None):
     """Teacher (frozen, compute dtype) and student (float32 master weights), sharded. teacher_cfg: a random
     teacher of that shape instead of --teacher (bench.py); teacher: one built already (--rank_steps)."""
-    dtype = getattr(torch, cfg.dtype)
     att = convert.attention_layers(cfg.attention_layers)
     if teacher is None and (cfg.stage in (1, 2) or cfg.init_from == "teacher"):
         if teacher_cfg is None and not cfg.teacher:
@@ -308,8 +301,8 @@ def build(cfg, device, mp, teacher_cfg=None, teacher=None):
         if tcfg.student:
             raise ValueError(f"--teacher {cfg.teacher} is a student model ({tcfg.model_type})")
         tensors = None if teacher_cfg else convert.iter_checkpoint(cfg.teacher)
-        teacher = sharded(tcfg, dtype, device, mp, tensors, cfg.teacher, prepare=lambda m: prepare_teacher(cfg, m),
-                          frozen=True).requires_grad_(False).eval()
+        teacher = sharded(tcfg, getattr(torch, cfg.dtype), device, mp, tensors, cfg.teacher, frozen=True,
+                          prepare=lambda m: prepare_teacher(cfg, m)).requires_grad_(False).eval()
     src = init_source(cfg)
     if src == "teacher":  # (the teacher is built above: step 1 or --init_from teacher)
         scfg = M.student_config(teacher.cfg, cfg.student, att)
@@ -324,30 +317,27 @@ def build(cfg, device, mp, teacher_cfg=None, teacher=None):
             raise ValueError(f"--init_from {src} is not a student model")
         tensors = convert.iter_checkpoint(src)
         if att and set(att) != set(scfg.attention_layers):
-            scfg, tensors = restore_attention(cfg, src, scfg, att, tensors)
+            # a hybrid from a student: step 1 trains each layer alone, so one step-1 run serves every choice of
+            # attention layers; the layers named by --attention_layers get the teacher's attention weights back
+            lost = sorted(set(scfg.attention_layers) - set(att))
+            if lost:
+                raise ValueError(f"--attention_layers {cfg.attention_layers}: layers {lost} are attention in {src}, "
+                                 f"and a recurrent layer needs step 1; name them too")
+            if not cfg.teacher:
+                raise ValueError(f"--attention_layers on the student {src} needs --teacher (for its attention weights)")
+            hcfg = M.student_config(convert.read_config(cfg.teacher), scfg.student, att)
+            if dataclasses.replace(hcfg, attention_layers=scfg.attention_layers, model_type=scfg.model_type) != scfg:
+                raise ValueError(f"--attention_layers: {src} is not a student of --teacher {cfg.teacher}")
+            back = tuple(f"model.layers.{i}.self_attn." for i in sorted(set(att) - set(scfg.attention_layers)))
+            scfg, tensors = hcfg, itertools.chain(((k, t) for k, t in tensors if not k.startswith(back)),
+                                                  ((k, t) for k, t in convert.iter_checkpoint(cfg.teacher)
+                                                   if k.startswith(back)))
     if cfg.stage == 1 and len(scfg.attention_layers) == scfg.num_hidden_layers:
         raise ValueError("step 1 has no time mixer to align: every layer is an attention layer")
     if teacher is not None and teacher.cfg.vocab_size != scfg.vocab_size:
         raise ValueError(f"vocab mismatch: teacher {teacher.cfg.vocab_size}, student {scfg.vocab_size}")
     student = sharded(scfg, torch.float32, device, mp, tensors, src, cfg.stage == 1, lambda m: prepare_student(cfg, m))
     return teacher, student
-
-
-def restore_attention(cfg, src, scfg, att, tensors):
-    """A hybrid from a student: step 1 trains each layer alone, so one step-1 run serves every choice of attention
-    layers; the layers named by --attention_layers get the teacher's attention weights back, the rest stay."""
-    lost = sorted(set(scfg.attention_layers) - set(att))
-    if lost:
-        raise ValueError(f"--attention_layers {cfg.attention_layers}: layers {lost} are attention in {src}, and "
-                         f"a recurrent layer needs step 1; name them too")
-    if not cfg.teacher:
-        raise ValueError(f"--attention_layers on the student {src} needs --teacher (for its attention weights)")
-    hcfg = M.student_config(convert.read_config(cfg.teacher), scfg.student, att)
-    if dataclasses.replace(hcfg, attention_layers=scfg.attention_layers, model_type=scfg.model_type) != scfg:
-        raise ValueError(f"--attention_layers: {src} is not a student of --teacher {cfg.teacher}")
-    back = tuple(f"model.layers.{i}.self_attn." for i in sorted(set(att) - set(scfg.attention_layers)))
-    return hcfg, itertools.chain(((k, t) for k, t in tensors if not k.startswith(back)),
-                                 ((k, t) for k, t in convert.iter_checkpoint(cfg.teacher) if k.startswith(back)))
 
 
 def make_optimizer(cfg, student, device):
@@ -452,13 +442,15 @@ def compiled(fn):
 def step_loss(cfg, teacher, student, batch, hooks):
     """-> (loss to minimise, [objective, student cross-entropy]) averaged over this micro-batch."""
     x, y = batch[:, :-1], batch[:, 1:]
+    fn = align_loss if cfg.stage == 1 else kl_and_ce if cfg.stage == 2 else ce_only
+    fn = compiled(fn) if cfg.compile else fn
     if cfg.stage == 1:
         # teacher-forced alignment: the teacher's forward supplies each layer's normed input and
         # attention output (captured by hooks); each student mixer runs on that same input
         with torch.no_grad():
             teacher(x, hidden=True)
         cos, sin = student.rope(torch.arange(x.shape[1], device=x.device)[None])
-        loss, fn = 0.0, compiled(align_loss) if cfg.compile else align_loss
+        loss = 0.0
         mixers = [i for i in range(len(hooks)) if student.cfg.mixer(i) != "attention"]  # (attention passes v_first on)
         # the one path between layers: RAD-RWKV7's later mixers mix in v_first, layer 0's values, so their losses
         # also train its v_proj (as the authors' trainer does; the residual stream is the teacher's). A hybrid's
@@ -470,14 +462,11 @@ def step_loss(cfg, teacher, student, batch, hooks):
             loss = loss + fn(t_out, s_out)
         loss = loss / len(mixers)
         return loss, torch.stack([loss.detach(), torch.zeros_like(loss.detach())])
+    targets = (y,)
     if cfg.stage == 2:
         with torch.no_grad():
-            t_logits = teacher(x)  # (B, T, V) in the compute dtype; float32 only chunk by chunk
-        fn = compiled(kl_and_ce) if cfg.compile else kl_and_ce
-        out = student(x, head=lambda h, w: chunked(fn, cfg.loss_chunk, h, w, t_logits, y))
-    else:
-        fn = compiled(ce_only) if cfg.compile else ce_only
-        out = student(x, head=lambda h, w: chunked(fn, cfg.loss_chunk, h, w, y))
+            targets = (teacher(x), y)  # teacher logits (B, T, V) in the compute dtype; float32 only chunk by chunk
+    out = student(x, head=lambda h, w: chunked(fn, cfg.loss_chunk, h, w, *targets))
     return out[0], out.detach()
 
 
@@ -561,9 +550,8 @@ def train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, w
         g["lr"] = get_lr(step, total, lr0, lr1, cfg.warmup_steps)
     tot = torch.zeros(2, device=device)
     for a in range(accum):
-        batch = get_batch(step * accum + a)
         student.set_requires_gradient_sync(cfg.accum_sync or a == accum - 1)
-        loss, parts = step_loss(cfg, teacher, student, batch.to(device), hooks)
+        loss, parts = step_loss(cfg, teacher, student, get_batch(step * accum + a).to(device), hooks)
         (loss / accum).backward()
         tot += parts / accum
     norm = torch.nn.utils.clip_grad_norm_(fill_grads(opt), cfg.grad_clip)
@@ -572,25 +560,21 @@ def train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, w
     return tot / world, norm
 
 
-def final_check(cfg, teacher, student, hooks, batch, device):
-    # the objective of the last update's weights on a batch they were not trained on (collective), as train_step's
-    with torch.no_grad():
-        tot = step_loss(cfg, teacher, student, batch.to(device), hooks)[1]
-    dist.all_reduce(tot)
-    return tot / dist.get_world_size(), torch.zeros((), device=device)
-
-
-def evaluate(cfg, teacher, student, hooks, ds, rank, world, device):
-    # a fixed set of windows from the start of the validation data, dealt out to the processes (collective)
-    student.eval()
+def evaluate(cfg, teacher, student, hooks, ds, rank, world, device, batch=None):
+    # [objective, student cross-entropy] without gradients, averaged over the processes (collective): of a fixed set of
+    # windows from the start of the validation data ds, dealt out to the processes (in eval mode); or, with batch, the
+    # final weights' check on one batch they were not trained on, as train_step's
+    student.train(batch is not None)
+    batches = [batch] if batch is not None else \
+        data.val_batches(ds, cfg.seq_len, cfg.micro_batch, cfg.val_batches, rank, world)
     tot, n = torch.zeros(2, device=device), 0
     with torch.no_grad():
-        for b in data.val_batches(ds, cfg.seq_len, cfg.micro_batch, cfg.val_batches, rank, world):
+        for b in batches:
             tot += step_loss(cfg, teacher, student, b.to(device), hooks)[1]
             n += 1
     dist.all_reduce(tot)
     student.train()
-    return (tot / (n * world)).tolist()
+    return tot / (n * world)
 
 
 def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, rank, world, device):
@@ -603,7 +587,7 @@ def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, ra
             train_step(c, teacher, s, None, opt, lrs, step, c.rank_steps, get_batch, world, device)
             optimizer_step(opt)
             opt.zero_grad(set_to_none=True)
-        return evaluate(c, teacher, s, None, val_ds, rank, world, device)[0]
+        return evaluate(c, teacher, s, None, val_ds, rank, world, device)[0].item()
 
     if cfg.warmup_steps >= cfg.rank_steps:
         print0(f"notice: every one of the {cfg.rank_steps} steps of each short run is in the LR warmup (--warmup_steps "
@@ -625,12 +609,21 @@ def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, ra
     return out
 
 
-def log_val(cfg, step, steps, v, metrics):
-    line = f"step {step}/{steps} | val loss {v[0]:.4f}" + (f" | val ce {v[1]:.4f}" if cfg.stage == 2 else "")
+def log(line, record, metrics, log_path=None):
+    # a line on the console (and in log.txt), a record in metrics.jsonl (rank 0 only: metrics is None elsewhere)
     print0(line)
+    if log_path:
+        with open(log_path, "a") as fh:
+            fh.write(line + "\n")
     if metrics:
-        metrics.write(json.dumps({"step": step, "val_loss": v[0], "val_ce": v[1]}) + "\n")
+        metrics.write(json.dumps(record) + "\n")
         metrics.flush()
+
+
+def log_val(cfg, step, steps, v, metrics):
+    v = v.tolist()
+    log(f"step {step}/{steps} | val loss {v[0]:.4f}" + (f" | val ce {v[1]:.4f}" if cfg.stage == 2 else ""),
+        {"step": step, "val_loss": v[0], "val_ce": v[1]}, metrics)
 
 
 def log_step(cfg, step, steps, tot, norm, lr, dt, world, fpt, peak, device, log_path, metrics):
@@ -639,26 +632,11 @@ def log_step(cfg, step, steps, tot, norm, lr, dt, world, fpt, peak, device, log_
     mem = (f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else  # peak so far
            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS")  # Linux: ru_maxrss in KiB
     rate = lambda x: f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
-    line = (f"step {step}/{steps} | loss {tot[0]:.4f}" + (f" | ce {tot[1]:.4f}" if cfg.stage == 2 else "") +
-            f" | lr {lr:.2e} | norm {norm:.3f} | {dt * 1000:.0f} ms | {rate(tps)} tok/s"
-            f" | {rate(tps / world)} tok/s/dev | mfu {mfu} | mem {mem}")
-    print0(line)
-    with open(log_path, "a") as fh:
-        fh.write(line + "\n")
-    metrics.write(json.dumps({"step": step, "loss": tot[0], "ce": tot[1], "lr": lr, "norm": norm,
-                              "ms": dt * 1000, "tok_s": tps}) + "\n")
-    metrics.flush()
-
-
-def open_metrics(path):
-    # for appending; a last line that a crash cut short is ended first (else this run's first record joins it)
-    fh = open(path, "a")
-    if fh.tell():
-        with open(path, "rb") as last:
-            last.seek(-1, os.SEEK_END)
-            if last.read(1) != b"\n":
-                fh.write("\n")
-    return fh
+    log(f"step {step}/{steps} | loss {tot[0]:.4f}" + (f" | ce {tot[1]:.4f}" if cfg.stage == 2 else "") +
+        f" | lr {lr:.2e} | norm {norm:.3f} | {dt * 1000:.0f} ms | {rate(tps)} tok/s"
+        f" | {rate(tps / world)} tok/s/dev | mfu {mfu} | mem {mem}",
+        {"step": step, "loss": tot[0], "ce": tot[1], "lr": lr, "norm": norm, "ms": dt * 1000, "tok_s": tps},
+        metrics, log_path)
 
 
 def finish(cfg, student, stage_dir, rank, metrics):
@@ -727,12 +705,20 @@ def main(argv):
     start = resume(cfg, ckpt_root, student, opt, rank, device)
     if start > steps:
         raise data.UsageError(f"--max_steps {cfg.max_steps}: the run in {ckpt_root} is at step {start} already")
-    log_path = os.path.join(stage_dir, "log.txt")
+    log_path, metrics = os.path.join(stage_dir, "log.txt"), None
     if rank == 0:
         with open(log_path, "a") as fh:
             fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} torch {torch.__version__} world {world} "
                      f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}\n")
             fh.write("# config " + json.dumps(dataclasses.asdict(cfg)) + "\n")
+        # metrics.jsonl for appending; a last line that a crash cut short is ended first (else this run's first
+        # record joins it)
+        metrics = open(os.path.join(stage_dir, "metrics.jsonl"), "a")
+        if metrics.tell():
+            with open(metrics.name, "rb") as last:
+                last.seek(-1, os.SEEK_END)
+                if last.read(1) != b"\n":
+                    metrics.write("\n")
     n_total, n_new = M.param_count(student)
     print0(f"step {cfg.stage}: {student.cfg.model_type} student, {n_total / 1e6:.1f}M params ({n_new / 1e6:.2f}M new), "
            f"{world} processes, {steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens, accumulation "
@@ -740,18 +726,15 @@ def main(argv):
     fpt, peak = flops_per_token(cfg, teacher, student), peak_flops(cfg, device)
 
     # loop: validation, the gradients, a checkpoint of the weights that just gave them, the update, a log line
-    metrics = open_metrics(os.path.join(stage_dir, "metrics.jsonl")) if rank == 0 else None
-    save = lambda step: convert.save_checkpoint(ckpt_root, step, student, opt, rank, cfg.keep_ckpts,
-                                                dataclasses.asdict(cfg))
     student.train()
     with tqdm(total=steps, initial=start, disable=rank != 0, dynamic_ncols=True, leave=False) as bar:
         for step in range(start, steps + 1):
             if val_ds is not None and step % cfg.val_every == 0 and step < steps:
                 log_val(cfg, step, steps, evaluate(cfg, teacher, student, hooks, val_ds, rank, world, device), metrics)
             t0 = time.perf_counter()
-            if step == steps:  # the final weights are checked on one more batch before they are kept
-                tot, norm = final_check(cfg, teacher, student, hooks, get_batch(step * cfg.batch_size // cfg.micro_batch
-                                                                                // world), device)
+            if step == steps:  # the final weights are checked on one more batch (as train_step's) before they are kept
+                tot = evaluate(cfg, teacher, student, hooks, None, rank, world, device, get_batch(step * accum))
+                norm = torch.zeros((), device=device)
             else:
                 tot, norm = train_step(cfg, teacher, student, hooks, opt, lrs, step, total, get_batch, world, device)
             if not torch.isfinite(tot).all() or not torch.isfinite(norm):  # never keep weights that produce this
@@ -761,7 +744,8 @@ def main(argv):
                                          "(lower --lr and resume from it, in a new --out_dir or with --resume_changed)")
             if step > start and (step % cfg.ckpt_every == 0 or step == steps):
                 t_save = time.perf_counter()
-                save(step)  # the state after `step` updates, whose loss and gradient are finite
+                # the state after `step` updates, whose loss and gradient are finite
+                convert.save_checkpoint(ckpt_root, step, student, opt, rank, cfg.keep_ckpts, dataclasses.asdict(cfg))
                 t0 += time.perf_counter() - t_save  # a log line's time and tokens/s are the step's alone
             if step == steps:
                 break
@@ -795,18 +779,14 @@ def plot(stage_dir):
             rows.append(json.loads(line))
         except ValueError:  # a line a crash cut short
             pass
-    # a resumed run logs the steps after its checkpoint again: keep the last value per step
-    train = sorted({r["step"]: r["loss"] for r in rows if "loss" in r}.items())
-    val = sorted({r["step"]: r["val_loss"] for r in rows if "val_loss" in r}.items())
     plt.figure(figsize=(6, 4))
-    for pts, label in [(train, "train"), (val, "val")]:
+    for key, label in [("loss", "train"), ("val_loss", "val")]:
+        # a resumed run logs the steps after its checkpoint again: keep the last value per step
+        pts = sorted({r["step"]: r[key] for r in rows if key in r}.items())
         if pts:
             plt.plot(*zip(*pts), label=label)
-    plt.xlabel("step")
-    plt.ylabel("loss")
-    plt.yscale("log")
+    plt.gca().set(xlabel="step", ylabel="loss", yscale="log", title=os.path.basename(os.path.normpath(stage_dir)))
     plt.legend()
-    plt.title(os.path.basename(os.path.normpath(stage_dir)))
     plt.savefig(os.path.join(stage_dir, "loss.png"), dpi=120, bbox_inches="tight")
     plt.close()
 

@@ -10,8 +10,9 @@
 #    each followed by main again at B8 T4096 (ours_again.out: the drift between them).
 # 3. fla at every shape with Triton's own ptxas, autotuned already (our kernels again, mma.sync): kernels_fla.json.
 # 4. a per-kernel profile of ours (results/wkv7_chunk_ref_h200/prof.py, B8 T4096 N128): prof.out.
-# 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8 minutes on an H200, 14-16 on an H100): twg.out; on the
-#    variant that .carry/k/test_tree names, if it is there, else on main's kernels; TESTK=EXPR runs only -k EXPR.
+# 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8 minutes on an H200, 14-16 on an H100) on main's kernels:
+#    twg.out (TESTK=EXPR runs only -k EXPR); then on the variant that .carry/k/test_tree names, if it is there:
+#    twg_variant.out (TESTV=EXPR: only -k EXPR, e.g. the recurrence the variant changes).
 L=/tmp/logs
 if [ "$1" != run ]; then
   set -e
@@ -29,7 +30,7 @@ if [ "$1" != run ]; then
   exit 0
 fi
 NS=${2//,/ } S=8x4096,64x512,2x16384 TT=/tmp/repo
-[ ! -f /tmp/test_tree ] || TT=/tmp/ab_$(cat /tmp/test_tree)  # the tree the GPU tests run on: main's, or a variant
+[ ! -f /tmp/test_tree ] || TT=/tmp/ab_$(cat /tmp/test_tree)  # a variant the GPU tests run on after main
 st() { echo "$(date +%T) $*" >> $L/status.txt; }
 keep() { (cd /tmp/tcache && find . -name "*.autotune.json" | tar -czf $L/fla_autotune.tgz -T -); }
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/tmp/tcache
@@ -48,6 +49,8 @@ for d in /tmp/ab_*/; do [ -d "$d" ] || continue; v=$(basename $d | cut -c4-)
 PYTHONPATH=/tmp/site python bench.py kernels --shapes $S --head_sizes ${2:-64,128,256} --out $L/kernels_fla.json \
   > $L/fla.out 2>&1; keep; st fla done
 TRITON_PTXAS_PATH=/tmp/ptxas PYTHONPATH=. python results/wkv7_chunk_ref_h200/prof.py > $L/prof.out 2>&1; st profile done
-(cd $TT && TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py ${TESTK:+-k "$TESTK"} > $L/twg.out 2>&1)
-st tests done in $TT
+(cd /tmp/repo && TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py ${TESTK:+-k "$TESTK"} \
+  > $L/twg.out 2>&1); st tests done on main
+[ "$TT" = /tmp/repo ] || { (cd $TT && TRITON_PTXAS_PATH=/tmp/ptxas python -m pytest -q tests/test_wkv_gpu.py \
+  ${TESTV:+-k "$TESTV"} > $L/twg_variant.out 2>&1); st tests done in $TT; }
 touch $L/DONE

@@ -77,7 +77,7 @@ def read_rows(path):
 
 
 def write_rows(name, rows, out):
-    # appended to the file's rows (each row carries its date and GPU), so runs of one session add up
+    # appended to the file's rows (each row carries its date and GPU), so successive runs add up
     path = out or os.path.join(RESULTS, f"{name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     old = read_rows(path)

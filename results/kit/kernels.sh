@@ -1,10 +1,10 @@
-# The README's kernel table in one hold, flash-linear-attention 0.6.0 beside. Carry .carry/k (CUDA 13.5's ptxas.xz,
-# the fla-core and flash-linear-attention wheels, and fla_autotune_h100.tgz / _h200.tgz where an earlier hold of that
+# The README's kernel table in one GPU run, flash-linear-attention 0.6.0 beside. Carry .carry/k (CUDA 13.5's ptxas.xz,
+# the fla-core and flash-linear-attention wheels, and fla_autotune_h100.tgz / _h200.tgz where an earlier run on that
 # GPU brought its fla_autotune.tgz back: the cache key names sm_90 alone, so each GPU gets only its own), then
 # bash results/kit/kernels.sh [HEAD_SIZES] && bash results/kit/poll.sh 560 (and poll.sh again at once until DONE).
 # 1. fla's autotuning (about 9-10 minutes per head size) alone on the GPU, one head size at a time, timings thrown
 #    away (seconds where the tuning came along); its results stay in TRITON_CACHE_DIR and come back as
-#    fla_autotune.tgz for the next hold.
+#    fla_autotune.tgz for the next run.
 # 2. our kernels with CUDA 13.5's ptxas (wgmma in every kernel) at every shape: kernels.json; then each variant
 #    .carry/k/ab/NAME/wkv_kernel.py at B8 T4096 (kernels_NAME.json) and whether it computes main's bits (same.py),
 #    each followed by main again at B8 T4096 (ours_again.out: the drift between them).

@@ -1,4 +1,4 @@
-# started by hand once pipe.sh was done, in the same hold: K = 2 from the same step-1 student, step 2 only
+# started by hand once pipe.sh was done, in the same GPU run: K = 2 from the same step-1 student, step 2 only
 cd /tmp/repo
 export TRITON_PTXAS_PATH=/tmp/ptxas PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
 L=/tmp/logs

@@ -28,5 +28,5 @@ python distill.py --stage 3 --data data/gall --out_dir runs/h4 --init_from runs/
   > $L/h4_s3.out 2>&1; st step 3 done; cp_logs
 python eval.py --models h4s3=runs/h4/stage3/final $E --out $L/eval_s3 > $L/eval_s3.out 2>&1; st eval s3 done
 touch $L/DONE
-# the GPU tests of the smaller head sizes, while the hold lasts (the gradient-matrix tiles at N <= 64 are new)
+# the GPU tests of the smaller head sizes, while the GPU run lasts (the gradient-matrix tiles at N <= 64 are new)
 python -m pytest -q tests/test_wkv_gpu.py -k "wkv7 and (N16 or N32)" > $L/twg.log 2>&1; st gpu tests done

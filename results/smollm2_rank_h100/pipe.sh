@@ -1,4 +1,4 @@
-# The first half of results/smollm2_rank_steps_h200/pipe.sh, for a hold too short for all of it (an H100): step 1
+# The first half of results/smollm2_rank_steps_h200/pipe.sh, for a GPU run too short for all of it (an H100): step 1
 # (20M tokens) and the KL-guided ranking (distill.py --rank_steps 30: each layer given its attention back trains 30
 # steps of step 2 from the step-1 student). The ranking then goes to smollm2_rank_steps_h200/train.sh.
 # Started by results/kit/run.sh (about 20 GPU-minutes with the ferry).

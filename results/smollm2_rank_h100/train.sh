@@ -1,4 +1,4 @@
-# The second half, in the same hold as pipe.sh (same /tmp/repo): step 2 from pipe.sh's step-1 student with the
+# The second half, in the same GPU run as pipe.sh (same /tmp/repo): step 2 from pipe.sh's step-1 student with the
 # ranking's top 4 layers as attention, in the 80M recipe (50M tokens at 3e-4 -> 1e-5), and the evaluation.
 # cp results/smollm2_rank_h100/train.sh /tmp/repo/ && cd /tmp/repo && setsid nohup bash train.sh > /tmp/logs/run2.log 2>&1 &
 export TRITON_PTXAS_PATH=/tmp/ptxas PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site

@@ -3,7 +3,7 @@
 # in the 80M recipe (20M of step 1, 50M of step 2 at 3e-4 -> 1e-5): against the zero-shot ranking (1, 8, 2, 10),
 # evenly spaced and last-4 runs of smollm2_hybrid80m_h200 and smollm2_even_last80m_h200, which found the zero-shot
 # ranking behind evenly spaced layers. Started by results/kit/run.sh (about 25 GPU-minutes with the ferry if the 31
-# short runs take ~15 s each; 30 steps, not 40, to fit one hold; train.sh does the rest from a ranking made here).
+# short runs take ~15 s each; 30 steps, not 40, to fit one GPU run; train.sh does the rest from a ranking made here).
 . results/kit/prep.sh  # in /tmp/repo: environment, st, teacher, data/gall, data/val, V, E
 cp_logs() { for r in c g; do for s in 1 2; do for f in log.txt metrics.jsonl ranking.json; do
   [ -f runs/$r/stage$s/$f ] && cp runs/$r/stage$s/$f $L/${r}_stage${s}_$f; done; done; done; }

@@ -1,4 +1,4 @@
-# The second half of pipe.sh, for a hold that starts with the ranking already made (ranking.json in this folder, from
+# The second half of pipe.sh, for a GPU run that starts with the ranking already made (ranking.json in this folder, from
 # pipe.sh's run): step 1 again (deterministic: validation 0.34356), step 2 with the ranking's top 4 as attention in
 # the 80M recipe, the evaluation. Started by results/kit/run.sh (about 18 GPU-minutes with the ferry).
 . results/kit/prep.sh  # in /tmp/repo: environment, st, teacher, data/gall, data/val, V, E

@@ -1,6 +1,7 @@
 # The README's kernel table in one GPU run, flash-linear-attention 0.6.0 beside. Carry .carry/k (CUDA 13.5's ptxas.xz,
 # the fla-core and flash-linear-attention wheels, and fla_autotune_h100.tgz / _h200.tgz where an earlier run on that
-# GPU brought its fla_autotune.tgz back: the cache key names sm_90 alone, so each GPU gets only its own), then
+# GPU brought its fla_autotune.tgz back: the cache key names sm_90 alone; the H100's served the H200 as well on
+# 2026-12-06, fla's times within 3% of its own H200 tuning's, results/README.md), then
 # bash results/kit/kernels.sh [HEAD_SIZES] && bash results/kit/poll.sh 560 (and poll.sh again at once until DONE).
 # 1. fla's autotuning (about 9-10 minutes per head size) alone on the GPU, one head size at a time, timings thrown
 #    away (seconds where the tuning came along); its results stay in TRITON_CACHE_DIR and come back as
@@ -10,7 +11,7 @@
 #    each followed by main again at B8 T4096 (ours_again.out: the drift between them).
 # 3. fla at every shape with Triton's own ptxas, autotuned already (our kernels again, mma.sync): kernels_fla.json.
 # 4. a per-kernel profile of ours (results/wkv7_chunk_ref_h200/prof.py, B8 T4096 N128): prof.out.
-# 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8 minutes on an H200, 14-16 on an H100) on main's kernels:
+# 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8-13 minutes on an H200, 14-16 on an H100) on main's kernels:
 #    twg.out (TESTK=EXPR runs only -k EXPR); then on the variant that .carry/k/test_tree names, if it is there:
 #    twg_variant.out (TESTV=EXPR: only -k EXPR, e.g. the recurrence the variant changes).
 L=/tmp/logs

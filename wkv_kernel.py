@@ -87,12 +87,13 @@ CPU_GROUP_BYTES = 1 << 19  # the CPU runs the chunked form on groups of (batch, 
 CPU_TRIM = True  # ... and gives the heap's free pages back after those groups and their backward (malloc_trim):
 # the quick start's step 2 needs it to stay under 4 GB (3.7 GB); step 1 (distill) turns it off: its heap stays near
 # 3.5 GB without, and the trims took 40% of its time (results/README.md)
-WARPS = dict(prep=4, mats6=4, coef6=4, state=8, out=4, dmat=8, dinput=4)  # num_warps of each kernel
+WARPS = dict(prep=4, mats6=4, state=8, out=4, dmat=8, dinput=4)  # num_warps of each kernel
 BLOCK_V = dict(state=64, out=128, dmat=64)  # value columns per program (state: the serial passes, unless split)
-BLOCK_K = dict(prep=32, mats6=128, coef6=64, dmat=64, dinput=32)  # key columns per step of the parallel kernels
+BLOCK_K = dict(prep=32, mats6=64, dmat=64, dinput=32)  # key columns per step of the parallel kernels
 # tiles and warps by a one-at-a-time sweep on an H200 (B8 T4096 H28 N128 bf16, wgmma): dinput 32 columns instead of 16
 # took forward+backward from 8.56 to 7.15 ms (wkv6) and 21.46 to 20.97 (wkv7); dmat 8 warps 21.46 to 20.82 (wkv7);
-# wkv6's chunk pass in two kernels 1.41 -> 1.07 ms, wkv7's in two slower (results/prep_h200_1203e)
+# wkv6's chunk pass in two kernels 1.41 -> 1.07 ms, wkv7's in two slower (results/prep_h200_1203e); wkv6's in one
+# again that loads r, k, logw once, not twice: forward 1.60 -> 1.54 ms (results/kernels_h200_1206)
 # the output kernel's 128 value columns instead of 64 and the serial passes unsplit from 128 (batch * heads) instead
 # of 256: forwards 1.80 -> 1.65 ms (wkv6), 4.29 -> 4.00 (wkv7); O written by the serial pass instead: 2.05, 4.53-5.13
 # (results/fuse_out_h200)
@@ -261,9 +262,9 @@ def wkv7_chunked(r, logw, k, v, a, b, state=None, logw_min=-5.0):
 
 
 # -----------------------------------------------------------------------------
-# Triton kernels. Parallel over (chunk, batch * head): _prep_kernel (R, A, K, W, Bt, gL; wkv6's: _mats6_kernel for
-# A, then _coef6_kernel for R, K, gL per key block), _out_kernel (O), _dmat_kernel (dV and the gradients of the
-# chunk's [BT, BT] matrices), _dinput6_kernel / _dinput7_kernel (the input gradients, also parallel over key blocks).
+# Triton kernels. Parallel over (chunk, batch * head): _prep_kernel (R, A, K, W, Bt, gL; wkv6's: _mats6_kernel),
+# _out_kernel (O), _dmat_kernel (dV and the gradients of the chunk's [BT, BT] matrices), _dinput6_kernel /
+# _dinput7_kernel (the input gradients, also parallel over key blocks).
 # Serial over chunks, parallel over (value block, batch * head): _state_kernel, forwards for X and backwards for dL/dX.
 
 
@@ -346,14 +347,19 @@ def _col_factors(b_gc, BT: tl.constexpr, BC: tl.constexpr):
 
 @triton.jit
 def _tri_mats(r, w, k, a, b, p_t, m_x, N: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-              HAS_AB: tl.constexpr, BF16: tl.constexpr):
-    # Ark, Arb (s <= t), Lak, Lab (s < t) of the chunk, summed over key blocks  # [BT, BT]
+              HAS_AB: tl.constexpr, BF16: tl.constexpr, R=None, K=None, gl=None, p_gl=None):
+    # Ark, Arb (s <= t), Lak, Lab (s < t) of the chunk, summed over key blocks  # [BT, BT]; given R (wkv6), also
+    # the chunk's R, K, gL from the same loads
     o_t = tl.arange(0, BT)
     b_Ark = tl.zeros([BT, BT], dtype=tl.float32)
     b_Arb, b_Lak, b_Lab = b_Ark, b_Ark, b_Ark
     for i_k in range(N // BK):
         p_x = p_t + i_k * BK + tl.arange(0, BK)[None, :]
-        b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, _ = _load_block(r, w, k, a, b, p_x, m_x, BT, BC, HAS_AB)
+        b_r, b_k, b_a, b_b, b_gc, b_gp, b_gm, b_gl = _load_block(r, w, k, a, b, p_x, m_x, BT, BC, HAS_AB)
+        if R is not None:
+            tl.store(R + p_x, (b_r * _exp(b_gc)).to(R.dtype.element_ty), mask=m_x)
+            tl.store(K + p_x, (b_k * _exp(b_gl[None, :] - b_gc)).to(K.dtype.element_ty), mask=m_x)
+            tl.store(gl + p_gl + i_k * BK + tl.arange(0, BK), b_gl)
         b_rm = b_r * _exp(b_gc - b_gm)  # rows relative to their block's middle row  # [BT, BK]
         b_am = b_a * _exp(b_gp - b_gm)
         for i in tl.static_range(BT // BC):  # row block i against the columns up to its end
@@ -398,22 +404,20 @@ def _chunk_ptrs(T, i_t, i_bh, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr
 
 @triton.jit
 def _coefs(r, w, k, a, b, R, K, W, Bt, gl, AH, b_T, b_M, b_Arb, p_0, p_t, m_x, i_k, i_bh, i_t, NT,
-           N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, HAS_AB: tl.constexpr, BF16: tl.constexpr,
-           KEEP: tl.constexpr):
-    # R, K (and W, Bt, AH) and gL of key block i_k, given the chunk's T, M, Arb (wkv7)
+           N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BF16: tl.constexpr, KEEP: tl.constexpr):
+    # wkv7: R, K, W, Bt (and AH) and gL of key block i_k, given the chunk's T, M, Arb
     o_k = i_k * BK + tl.arange(0, BK)
     p_x = p_t + o_k[None, :]
-    b_r, b_k, b_a, b_b, b_gc, b_gp, _, b_gl = _load_block(r, w, k, a, b, p_x, m_x, BT, BT, HAS_AB)
+    b_r, b_k, b_a, b_b, b_gc, b_gp, _, b_gl = _load_block(r, w, k, a, b, p_x, m_x, BT, BT, True)
     b_e_l = _exp(b_gl[None, :] - b_gc)
     b_R, b_K = b_r * _exp(b_gc), b_k * b_e_l  # [BT, BK]
-    if HAS_AB:
-        b_W, b_Bt = _mmx(b_T, b_a * _exp(b_gp), BF16), b_b * b_e_l
-        b_R += _mmx(b_Arb, b_W, BF16)
-        b_K += _mmx(tl.trans(b_M), b_Bt, BF16)
-        tl.store(W + p_x, b_W.to(W.dtype.element_ty), mask=m_x)
-        if KEEP:
-            tl.store(AH + p_0 + p_x, (b_a * _exp(b_gp)).to(AH.dtype.element_ty), mask=m_x)
-        tl.store(Bt + p_x, b_Bt.to(Bt.dtype.element_ty), mask=m_x)
+    b_W, b_Bt = _mmx(b_T, b_a * _exp(b_gp), BF16), b_b * b_e_l
+    b_R += _mmx(b_Arb, b_W, BF16)
+    b_K += _mmx(tl.trans(b_M), b_Bt, BF16)
+    tl.store(W + p_x, b_W.to(W.dtype.element_ty), mask=m_x)
+    if KEEP:
+        tl.store(AH + p_0 + p_x, (b_a * _exp(b_gp)).to(AH.dtype.element_ty), mask=m_x)
+    tl.store(Bt + p_x, b_Bt.to(Bt.dtype.element_ty), mask=m_x)
     tl.store(R + p_x, b_R.to(R.dtype.element_ty), mask=m_x)
     tl.store(K + p_x, b_K.to(K.dtype.element_ty), mask=m_x)
     tl.store(gl + (i_bh.to(tl.int64) * NT + i_t) * N + o_k, b_gl)
@@ -439,28 +443,18 @@ def _prep_kernel(r, w, k, a, b, R, A, K, W, Bt, gl, AH, Tm, Mm, Arbm, Lakm, T, N
         tl.store(Lakm + p_m, b_Lak.to(Lakm.dtype.element_ty))
     for i_k in range(N // BK):
         _coefs(r, w, k, a, b, R, K, W, Bt, gl, AH, b_T, b_M, b_Arb, p_0, p_t, m_x, i_k, i_bh, i_t, NT,
-               N, BT, BK, True, BF16, KEEP)
+               N, BT, BK, BF16, KEEP)
 
 
 @triton.jit
-def _mats6_kernel(r, w, k, A, T, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                  BK: tl.constexpr, BF16: tl.constexpr):
-    # wkv6's chunk pass in two kernels (its R, K need none of the chunk's matrices, so they run per key block): A = Ark
+def _mats6_kernel(r, w, k, A, R, K, gl, T, NT, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr,
+                  BC: tl.constexpr, BK: tl.constexpr, BF16: tl.constexpr):
+    # wkv6's chunk pass: A = Ark, and R, K, gL from the same loads of r, k, logw
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
-    b_A = _tri_mats(r + p_0, w + p_0, k + p_0, r, k, p_t, m_x, N, BK, BT, BC, False, BF16)[0]
+    b_A = _tri_mats(r + p_0, w + p_0, k + p_0, r, k, p_t, m_x, N, BK, BT, BC, False, BF16,
+                    R + p_0, K + p_0, gl, (i_bh.to(tl.int64) * NT + i_t) * N)[0]
     tl.store(A + p_0 // N * BT + p_t // N * BT + tl.arange(0, BT)[None, :], b_A.to(A.dtype.element_ty), mask=m_x)
-
-
-@triton.jit
-def _coef6_kernel(r, w, k, R, K, gl, T, NT, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                  BF16: tl.constexpr):
-    # ... and R, K, gL per chunk and key block
-    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    p_0, p_t, m_x = _chunk_ptrs(T, i_t, i_bh, H, N, BT)
-    r, w, k = r + p_0, w + p_0, k + p_0
-    _coefs(r, w, k, r, k, R + p_0, K + p_0, R, K, gl, R, r, r, r, p_0, p_t, m_x, i_k, i_bh, i_t, NT,
-           N, BT, BK, False, BF16, False)
 
 
 @triton.jit
@@ -808,13 +802,12 @@ def _prep(r, w, k, a, b, BC, keep=False):
     mats = [r.new_empty(B * H, int(NT), CHUNK, CHUNK, dtype=dtype) if keep else A for _ in range(4)]
     BF16 = r.dtype == torch.bfloat16
     if a is None:
-        BK = min(BLOCK_K["mats6"], N)  # (float32 at N = 256: three stages of its r, k, logw tiles would need 256 KiB)
-        _mats6_kernel[(int(NT), B * H)](r, w, k, A, T, H=H, N=N, BT=CHUNK, BC=BC, BK=BK, BF16=BF16,
+        # 64 key columns: at 128 and 4 warps the kernel spills (368 bytes a thread at bf16 N = 128, sm_90); (float32 at
+        # N = 256: three stages of its r, k, logw tiles would need 256 KiB)
+        BK = min(BLOCK_K["mats6"], N)
+        _mats6_kernel[(int(NT), B * H)](r, w, k, A, R, K, gl, T, NT, H=H, N=N, BT=CHUNK, BC=BC, BK=BK, BF16=BF16,
                                         num_warps=WARPS["mats6"],
                                         num_stages=_stages(CHUNK * BK * (2 * r.element_size() + w.element_size())))
-        BK = min(BLOCK_K["coef6"], N)
-        _coef6_kernel[(N // BK, int(NT), B * H)](r, w, k, R, K, gl, T, NT, H=H, N=N, BT=CHUNK, BK=BK, BF16=BF16,
-                                                 num_warps=WARPS["coef6"])
     else:
         _prep_kernel[(int(NT), B * H)](r, w, k, a, b, R, A, K, W, Bt, gl, AH, *mats, T, NT, H=H, N=N, BT=CHUNK,
                                        BC=BC, BK=min(BLOCK_K["prep"], N), BF16=BF16, KEEP=keep,

@@ -26,7 +26,6 @@ VARIANTS = [  # (kernel, options, the recurrences that run it)
     ("_mats6_kernel", dict(num_warps=8, BK=64, maxnreg=128), ("wkv6",)),
     ("_mats6_kernel", dict(num_warps=8, BK=64), ("wkv6",)),
     ("_mats6_kernel", dict(maxnreg=168), ("wkv6",)),
-    ("_coef6_kernel", dict(maxnreg=128), ("wkv6",)),
     ("_prep_kernel", dict(maxnreg=168), ("wkv7",)),
     ("_prep_kernel", dict(num_warps=8, maxnreg=128), ("wkv7",)),
     ("_dinput6_kernel", dict(num_warps=8, maxnreg=128), ("wkv6",)),

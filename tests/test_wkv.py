@@ -1,7 +1,7 @@
 """wkv_kernel on the CPU: the chunked PyTorch algorithm and the Triton kernels (run by Triton's interpreter)
 against the per-timestep loops in float64: outputs, final states and every input gradient, on random inputs
 drawn two ways for wkv7 (independent keys, and keys alike from step to step as on real text) and on the
-inputs a real model makes (SmolLM2's step-1 activations through a fresh RAD-RWKV7 student).
+inputs a real model makes (SmolLM2's step-1 activations through fresh RAD-RWKV6 and RAD-RWKV7 students).
 
 Triton decides once per process, when it is first imported, whether kernels are interpreted. When this
 module is imported without TRITON_INTERPRET=1 (as in a plain `pytest tests/`), the kernel tests run in a
@@ -327,41 +327,55 @@ def test_bad_inputs_raise():
 
 
 # -----------------------------------------------------------------------------
-# real activations: a step-1 batch of SmolLM2-135M (the quick start's teacher) through a fresh RAD-RWKV7
-# student's time mixers, every layer's wkv7 inputs captured as the model hands them over
+# real activations: a step-1 batch of SmolLM2-135M (the quick start's teacher) through a fresh student's time mixers,
+# every layer's wkv6 / wkv7 inputs captured as the model hands them over
 
 
-@pytest.fixture(scope="module")
-def real_inputs(smollm2):
+def capture(smollm2, student):
     import convert
     import data
     import model as M
     out, books = smollm2
     teacher = convert.load_model(str(out), dtype=torch.float32).eval()
-    student = M.make_student(teacher, "rwkv7").eval()
+    mixers = M.make_student(teacher, student).eval()
     text = books[0]
     B, T = 2, 150  # chunks of 64: two whole ones and a part
     ids = torch.tensor(data.load_tokenizer(out).encode_ordinary(text[20000:60000])[: B * T]).view(B, T)
     inputs, layer_in = [], {}
     for i, block in enumerate(teacher.model.layers):  # step 1: each mixer sees the teacher's normed layer input
         block.self_attn.register_forward_hook(lambda m, a, o, i=i: layer_in.__setitem__(i, a[0]))
-    wkv7 = W.wkv7  # (the chunked version computes the outputs: the interpreter would take minutes)
-    W.wkv7 = lambda *a: inputs.append([x.detach().clone() for x in a[:6]]) or W.wkv7_chunked(*a)
-    try:
+    name, n = ("wkv6", 4) if student == "rwkv6" else ("wkv7", 6)  # the recurrence and its inputs (r, k, v, logw...)
+    wkv, chunked = getattr(W, name), getattr(W, name + "_chunked")  # (the chunked version computes the outputs: the
+    setattr(W, name, lambda *a: inputs.append([x.detach().clone() for x in a[:n]]) or chunked(*a))  # interpreter
+    try:  # would take minutes)
         with torch.no_grad():
             teacher(ids, hidden=True)
-            cos, sin = student.rope(torch.arange(T)[None])
+            cos, sin = mixers.rope(torch.arange(T)[None])
             v_first = None
-            for i, block in enumerate(student.model.layers):
+            for i, block in enumerate(mixers.model.layers):
                 _, v_first = block.self_attn(layer_in[i], cos, sin, v_first)
     finally:
-        W.wkv7 = wkv7
+        setattr(W, name, wkv)
     assert len(inputs) == teacher.cfg.num_hidden_layers
     return inputs
 
 
+@pytest.fixture(scope="module")
+def real_inputs(smollm2):
+    return capture(smollm2, "rwkv7")
+
+
+@pytest.fixture(scope="module")
+def real_inputs6(smollm2):
+    return capture(smollm2, "rwkv6")
+
+
 def alike(kk):  # mean cosine of consecutive unit keys
     return (kk[:, 1:] * kk[:, :-1]).sum(-1).mean().item()
+
+
+def unit_keys(kind, args):  # wkv7: -a is the unit key kk; wkv6: k normalised per head
+    return -args[4] if kind.startswith("wkv7") else torch.nn.functional.normalize(args[1], dim=-1)
 
 
 def test_real_activations_have_alike_keys(real_inputs):
@@ -370,22 +384,24 @@ def test_real_activations_have_alike_keys(real_inputs):
     assert min(cos) > 0.4 and sum(cos) / len(cos) > 0.7, cos
 
 
-@pytest.mark.parametrize("kind", ["wkv7", "wkv7-any"])
-def test_chunked_on_real_activations(real_inputs, kind):
-    for i, args in enumerate(real_inputs):
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7", "wkv7-any"])
+def test_chunked_on_real_activations(kind, request):
+    for i, args in enumerate(request.getfixturevalue("real_inputs6" if kind == "wkv6" else "real_inputs")):
         try:
-            check_against_loop("wkv7", impl(kind, chunked=True), args, None)
+            check_against_loop(kind, impl(kind, chunked=True), args, None)
         except AssertionError as e:
             raise AssertionError(f"layer {i}: {e}") from None
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="runs in a TRITON_INTERPRET=1 child process")
-def test_kernel_on_real_activations(real_inputs):
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
+def test_kernel_on_real_activations(kind, request):
     # the interpreter is slow: the two layers whose keys are most alike, three heads of one sequence each
-    worst = sorted(range(len(real_inputs)), key=lambda i: -alike(-real_inputs[i][4]))[:2]
+    inputs = request.getfixturevalue("real_inputs6" if kind == "wkv6" else "real_inputs")
+    worst = sorted(range(len(inputs)), key=lambda i: -alike(unit_keys(kind, inputs[i])))[:2]
     for i in worst:
         try:
-            check_against_loop("wkv7", impl("wkv7"), [x[:1, :, :3] for x in real_inputs[i]], None)
+            check_against_loop(kind, impl(kind), [x[:1, :, :3] for x in inputs[i]], None)
         except AssertionError as e:
             raise AssertionError(f"layer {i}: {e}") from None
 

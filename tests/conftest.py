@@ -58,6 +58,75 @@ def smollm2(tmp_path_factory):
     return out / "teacher", books
 
 
+# ----------------------------------------------------------------------------- a real model's wkv inputs
+
+
+def capture(smollm2, student):
+    """A step-1 batch of SmolLM2-135M through a fresh RAD-RWKV6 / RAD-RWKV7 student's time mixers: every layer's
+    wkv6 / wkv7 inputs [r, k, v, logw] / [r, logw, k, v, a, b] (float32, B2 T150 H9 N64) as the model hands them over."""
+    import wkv_kernel as W
+    teacher = convert.load_model(str(smollm2[0]), dtype=torch.float32).eval()
+    mixers = M.make_student(teacher, student).eval()
+    B, T = 2, 150  # chunks of 64: two whole ones and a part
+    ids = data.load_tokenizer(smollm2[0]).encode_ordinary(smollm2[1][0][20000:60000])
+    ids = torch.tensor(ids[: B * T]).view(B, T)
+    inputs, layer_in = [], {}
+    for i, block in enumerate(teacher.model.layers):  # step 1: each mixer sees the teacher's normed layer input
+        block.self_attn.register_forward_hook(lambda m, a, o, i=i: layer_in.__setitem__(i, a[0]))
+    name, n = ("wkv6", 4) if student == "rwkv6" else ("wkv7", 6)  # the recurrence and its inputs (r, k, v, logw...)
+    wkv, chunked = getattr(W, name), getattr(W, name + "_chunked")  # (the chunked version computes the outputs: the
+    setattr(W, name, lambda *a: inputs.append([x.detach().clone() for x in a[:n]]) or chunked(*a))  # interpreter
+    try:  # would take minutes)
+        with torch.no_grad():
+            teacher(ids, hidden=True)
+            cos, sin = mixers.rope(torch.arange(T)[None])
+            v_first = None
+            for i, block in enumerate(mixers.model.layers):
+                _, v_first = block.self_attn(layer_in[i], cos, sin, v_first)
+    finally:
+        setattr(W, name, wkv)
+    assert len(inputs) == teacher.cfg.num_hidden_layers
+    if os.environ.get("WKV_REAL_INPUTS"):  # for tests/test_wkv_gpu.py where SmolLM2 is not installed
+        save_most_alike(os.environ["WKV_REAL_INPUTS"], name, inputs)
+    return inputs
+
+
+def alike(kk):  # mean cosine of consecutive unit keys
+    return (kk[:, 1:] * kk[:, :-1]).sum(-1).mean().item()
+
+
+def unit_keys(kind, args):  # wkv7: -a is the unit key kk; wkv6: k normalised per head
+    return -args[4] if kind.startswith("wkv7") else torch.nn.functional.normalize(args[1], dim=-1)
+
+
+def most_alike(kind, inputs, n):  # the indices of the n layers whose keys are most alike, most alike first
+    return sorted(range(len(inputs)), key=lambda i: -alike(unit_keys(kind, inputs[i])))[:n]
+
+
+def most_alike_bf16(kind, inputs, n=10):
+    """{layer: inputs} of the n layers whose keys are most alike, the first sequence, logw float32 and the rest
+    bfloat16 as the students hand them over in a bfloat16 run (tests/test_wkv_gpu.py's real inputs)."""
+    lw = 1 if kind == "wkv7" else 3  # logw's place
+    return {i: [x[:1].clone() if j == lw else x[:1].bfloat16() for j, x in enumerate(inputs[i])]
+            for i in most_alike(kind, inputs, n)}
+
+
+def save_most_alike(path, kind, inputs):  # adds {kind: most_alike_bf16(...)} to the file (21 MB with both kinds)
+    got = torch.load(path) if Path(path).is_file() else {}
+    got[kind] = most_alike_bf16(kind, inputs)
+    torch.save(got, path)
+
+
+@pytest.fixture(scope="session")
+def real_inputs(smollm2):
+    return capture(smollm2, "rwkv7")
+
+
+@pytest.fixture(scope="session")
+def real_inputs6(smollm2):
+    return capture(smollm2, "rwkv6")
+
+
 # ----------------------------------------------------------------------------- distill.py on a tiny teacher
 
 

@@ -19,6 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import wkv_kernel as W  # noqa: E402
+from conftest import alike, most_alike  # noqa: E402  (and the fixtures real_inputs / real_inputs6: SmolLM2's wkv inputs)
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TOL = 1e-4  # relative RMS error against the float64 loop, float32 everywhere
@@ -328,54 +329,7 @@ def test_bad_inputs_raise():
 
 # -----------------------------------------------------------------------------
 # real activations: a step-1 batch of SmolLM2-135M (the quick start's teacher) through a fresh student's time mixers,
-# every layer's wkv6 / wkv7 inputs captured as the model hands them over
-
-
-def capture(smollm2, student):
-    import convert
-    import data
-    import model as M
-    out, books = smollm2
-    teacher = convert.load_model(str(out), dtype=torch.float32).eval()
-    mixers = M.make_student(teacher, student).eval()
-    text = books[0]
-    B, T = 2, 150  # chunks of 64: two whole ones and a part
-    ids = torch.tensor(data.load_tokenizer(out).encode_ordinary(text[20000:60000])[: B * T]).view(B, T)
-    inputs, layer_in = [], {}
-    for i, block in enumerate(teacher.model.layers):  # step 1: each mixer sees the teacher's normed layer input
-        block.self_attn.register_forward_hook(lambda m, a, o, i=i: layer_in.__setitem__(i, a[0]))
-    name, n = ("wkv6", 4) if student == "rwkv6" else ("wkv7", 6)  # the recurrence and its inputs (r, k, v, logw...)
-    wkv, chunked = getattr(W, name), getattr(W, name + "_chunked")  # (the chunked version computes the outputs: the
-    setattr(W, name, lambda *a: inputs.append([x.detach().clone() for x in a[:n]]) or chunked(*a))  # interpreter
-    try:  # would take minutes)
-        with torch.no_grad():
-            teacher(ids, hidden=True)
-            cos, sin = mixers.rope(torch.arange(T)[None])
-            v_first = None
-            for i, block in enumerate(mixers.model.layers):
-                _, v_first = block.self_attn(layer_in[i], cos, sin, v_first)
-    finally:
-        setattr(W, name, wkv)
-    assert len(inputs) == teacher.cfg.num_hidden_layers
-    return inputs
-
-
-@pytest.fixture(scope="module")
-def real_inputs(smollm2):
-    return capture(smollm2, "rwkv7")
-
-
-@pytest.fixture(scope="module")
-def real_inputs6(smollm2):
-    return capture(smollm2, "rwkv6")
-
-
-def alike(kk):  # mean cosine of consecutive unit keys
-    return (kk[:, 1:] * kk[:, :-1]).sum(-1).mean().item()
-
-
-def unit_keys(kind, args):  # wkv7: -a is the unit key kk; wkv6: k normalised per head
-    return -args[4] if kind.startswith("wkv7") else torch.nn.functional.normalize(args[1], dim=-1)
+# every layer's wkv6 / wkv7 inputs captured as the model hands them over (conftest.capture)
 
 
 def test_real_activations_have_alike_keys(real_inputs):
@@ -398,8 +352,7 @@ def test_chunked_on_real_activations(kind, request):
 def test_kernel_on_real_activations(kind, request):
     # the interpreter is slow: the two layers whose keys are most alike, three heads of one sequence each
     inputs = request.getfixturevalue("real_inputs6" if kind == "wkv6" else "real_inputs")
-    worst = sorted(range(len(inputs)), key=lambda i: -alike(unit_keys(kind, inputs[i])))[:2]
-    for i in worst:
+    for i in most_alike(kind, inputs, 2):
         try:
             check_against_loop(kind, impl(kind), [x[:1, :, :3] for x in inputs[i]], None)
         except AssertionError as e:

@@ -2,9 +2,11 @@
 chunked PyTorch version in float32 (the per-timestep loop is too slow at T = 16384; tests/test_wkv.py
 ties the chunked version to the loop at 1e-4), float32 and bfloat16 against the loop in float64, and decays at
 the edges; wkv7 on independent keys and on keys alike from step to step as on real text, told RAD-RWKV7's decay
-floor (one decay reference per chunk, as the model runs it) and not told ("wkv7-any": a reference per 16 rows).
+floor (one decay reference per chunk, as the model runs it) and not told ("wkv7-any": a reference per 16 rows);
+both on SmolLM2's own inputs to them (conftest.capture), in bfloat16 against the loop in float64.
 Tolerances (relative RMS error): 2e-2 for bfloat16 inputs, 5e-3 for float32 inputs (TF32 products)."""
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import wkv_kernel as W  # noqa: E402
+from conftest import most_alike_bf16  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL = {torch.bfloat16: 2e-2, torch.float32: 5e-3}
@@ -102,3 +105,27 @@ def test_head_sizes(kind, keys, N, dtype):
     # every head size the kernels take, each compiled for itself (tiles, warps and wgmma or mma.sync differ)
     args, state = make_inputs(kind, 2, 200, 2, N, dtype, keys=keys)
     compare(kind, args, state, getattr(W, f"{kind[:4]}_ref"), TOL[dtype], ref_dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def real(request):
+    """SmolLM2's wkv6 / wkv7 inputs in a bfloat16 run, the ten layers of each whose keys are most alike: from the file
+    that WKV_REAL_INPUTS names if it is there (where SmolLM2 is installed, `WKV_REAL_INPUTS=FILE pytest
+    tests/test_wkv.py -k real_activations` writes it), else captured here (skips without SmolLM2)."""
+    path = os.environ.get("WKV_REAL_INPUTS")
+    if path and os.path.isfile(path):
+        return torch.load(path)
+    return {"wkv6": most_alike_bf16("wkv6", request.getfixturevalue("real_inputs6")),
+            "wkv7": most_alike_bf16("wkv7", request.getfixturevalue("real_inputs"))}
+
+
+@pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
+def test_real_activations(kind, real):
+    for i, args in real[kind].items():
+        args = [x.cuda() for x in args]
+        B, T, H, N = args[0].shape
+        try:
+            compare(kind, args, torch.zeros(B, H, N, N, device="cuda"), getattr(W, f"{kind}_ref"),
+                    TOL[torch.bfloat16], ref_dtype=torch.float64)
+        except AssertionError as e:
+            raise AssertionError(f"layer {i}: {e}") from None

@@ -15,7 +15,8 @@
 # 5. tests/test_wkv_gpu.py whole with CUDA 13.5's ptxas (8-13 minutes on an H200, 14-16 on an H100) on main's
 #    kernels, its real-activation tests on .carry/k/wkv_inputs.pt (`WKV_REAL_INPUTS=.carry/k/wkv_inputs.pt pytest
 #    tests/test_wkv.py -k real_activations` writes it where SmolLM2 is installed): twg.out (TESTK=EXPR runs only
-#    -k EXPR); then on the variant that .carry/k/test_tree names, if it is there: twg_variant.out (TESTV=EXPR: only -k EXPR, e.g. the recurrence the variant changes).
+#    -k EXPR); then on the variant that .carry/k/test_tree names, if it is there: twg_variant.out (TESTV=EXPR:
+#    only -k EXPR, e.g. the recurrence the variant changes).
 L=/tmp/logs
 if [ "$1" != run ]; then
   set -e

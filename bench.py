@@ -44,6 +44,18 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def mark(device):  # a point in time: a CUDA event on the GPU's timeline (the host does not wait for it), else the clock
+    if device.type == "cuda":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
+
+
+def elapsed_ms(a, b):  # between two marks
+    return a.elapsed_time(b) if isinstance(a, torch.cuda.Event) else 1e3 * (b - a)
+
+
 def peak_gib(device):
     # the most memory the allocator held since torch.cuda.reset_peak_memory_stats(), GiB (None off a GPU)
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
@@ -403,11 +415,13 @@ def distill_step(cfg):
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, marks = time.perf_counter(), [mark(device)]
     for i in range(cfg.steps):
         step(i)
+        marks.append(mark(device))
     sync(device)
     dt = (time.perf_counter() - t0) / cfg.steps
+    each = sorted(elapsed_ms(a, b) for a, b in zip(marks, marks[1:]))  # one step's time, slowest last
     split = split_step(dcfg, teacher, student, hooks, opt, batch, device, distill, accum)
     if cfg.profile:  # every process steps (collectives), the first prints
         t0 = time.perf_counter()
@@ -427,7 +441,8 @@ def distill_step(cfg):
                activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
                tokens_per_s_per_gpu=tokens / dt, mfu=flops * tokens / dt / peak if peak else None,
                peak_mem_gib=peak_gib(device),
-               world_size=world, step_ms=dt * 1e3, split_ms=split)
+               world_size=world, step_ms=dt * 1e3, step_ms_min_median_max=[each[0], each[len(each) // 2], each[-1]],
+               split_ms=split)
     if rank == 0:
         print(table(["model", "layers", "step", "batch", "micro-batch", "ckpt", "tokens/s/device", "MFU", "peak GiB",
                      "ms"],
@@ -435,6 +450,7 @@ def distill_step(cfg):
                       row["activation_checkpointing"],
                       f"{row['tokens_per_s_per_gpu']:,.0f}", fmt(row["mfu"] and 100 * row["mfu"], ".1f") + "%",
                       fmt(row["peak_mem_gib"], ".1f"), f"{row['step_ms']:.1f}"]]))
+        print(f"steps one by one (ms): min {each[0]:.1f}, median {each[len(each) // 2]:.1f}, max {each[-1]:.1f}")
         print("split of one micro-batch with a synchronisation between parts, the optimizer's step divided by the "
               f"{accum} micro-batches of a step (ms): " +
               ", ".join(f"{k} {v:.1f}" for k, v in split.items()))

@@ -59,6 +59,8 @@ def test_distill_step_smoke(stage, tmp_path, monkeypatch):
                                                 out=str(out)))
     assert row["tokens_per_s_per_gpu"] > 0 and row["world_size"] == 1 and row["layers"] == 3
     assert row["batch_size"] == 4 and row["step_ms"] > 0  # two micro-batches per optimizer step
+    low, mid, high = row["step_ms_min_median_max"]
+    assert 0 < low <= mid <= high and low <= row["step_ms"] * 1.01 <= high * 1.02  # the mean lies within them
     assert set(row["split_ms"]) == {"teacher_forward", "student_forward", "backward", "optimizer", "wkv_forward",
                                     "wkv_backward"}
     assert row["split_ms"]["wkv_forward"] > 0 and row["split_ms"]["wkv_backward"] > 0

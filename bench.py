@@ -422,6 +422,7 @@ def distill_step(cfg):
     sync(device)
     dt = (time.perf_counter() - t0) / cfg.steps
     each = sorted(elapsed_ms(a, b) for a, b in zip(marks, marks[1:]))  # one step's time, slowest last
+    spread = [each[0], each[len(each) // 2], each[-1]]  # min, median, max
     split = split_step(dcfg, teacher, student, hooks, opt, batch, device, distill, accum)
     if cfg.profile:  # every process steps (collectives), the first prints
         t0 = time.perf_counter()
@@ -441,8 +442,7 @@ def distill_step(cfg):
                activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
                tokens_per_s_per_gpu=tokens / dt, mfu=flops * tokens / dt / peak if peak else None,
                peak_mem_gib=peak_gib(device),
-               world_size=world, step_ms=dt * 1e3, step_ms_min_median_max=[each[0], each[len(each) // 2], each[-1]],
-               split_ms=split)
+               world_size=world, step_ms=dt * 1e3, step_ms_min_median_max=spread, split_ms=split)
     if rank == 0:
         print(table(["model", "layers", "step", "batch", "micro-batch", "ckpt", "tokens/s/device", "MFU", "peak GiB",
                      "ms"],
@@ -450,7 +450,7 @@ def distill_step(cfg):
                       row["activation_checkpointing"],
                       f"{row['tokens_per_s_per_gpu']:,.0f}", fmt(row["mfu"] and 100 * row["mfu"], ".1f") + "%",
                       fmt(row["peak_mem_gib"], ".1f"), f"{row['step_ms']:.1f}"]]))
-        print(f"steps one by one (ms): min {each[0]:.1f}, median {each[len(each) // 2]:.1f}, max {each[-1]:.1f}")
+        print("steps one by one (ms): min {:.1f}, median {:.1f}, max {:.1f}".format(*spread))
         print("split of one micro-batch with a synchronisation between parts, the optimizer's step divided by the "
               f"{accum} micro-batches of a step (ms): " +
               ", ".join(f"{k} {v:.1f}" for k, v in split.items()))

@@ -1,7 +1,8 @@
 """wkv_kernel on the CPU: the chunked PyTorch algorithm and the Triton kernels (run by Triton's interpreter)
 against the per-timestep loops in float64: outputs, final states and every input gradient, on random inputs
 drawn two ways for wkv7 (independent keys, and keys alike from step to step as on real text) and on the
-inputs a real model makes (SmolLM2's step-1 activations through fresh RAD-RWKV6 and RAD-RWKV7 students).
+inputs a real model makes (SmolLM2's step-1 activations through fresh RAD-RWKV6 and RAD-RWKV7 students), those
+also in bfloat16 with the interpreter computing as a GPU does (the gpu_arithmetic fixture).
 
 Triton decides once per process, when it is first imported, whether kernels are interpreted. When this
 module is imported without TRITON_INTERPRET=1 (as in a plain `pytest tests/`), the kernel tests run in a

@@ -434,6 +434,16 @@ def test_kernel_gpu_arithmetic_emulated(gpu_arithmetic):
     assert 5e-5 < rel_rms(out, exact) < 1e-3  # TF32's 2^-11 = 5e-4; float32 would be ~1e-7
 
 
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32-tf32"])
+@pytest.mark.parametrize("kind,keys", KINDS, ids=KIND_IDS)
+def test_kernel_gpu_precision(kind, keys, dtype, gpu_arithmetic):
+    # tests/test_wkv_gpu.py's test_matches_float64_loop with the GPU's arithmetic (float32 inputs: TF32 products) and
+    # its tolerances: 2e-2 for bfloat16, 5e-3 for float32
+    args, state = W.example_inputs(kind[:4], 2, 300, 2, 64, keys=keys, dtype=dtype, state=True)
+    check_against_loop(kind, impl(kind), args, state, tol=2e-2 if dtype == torch.bfloat16 else 5e-3)
+
 @needs_interpreter
 @pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
 def test_kernel_on_real_activations_bf16(kind, request, gpu_arithmetic):

@@ -1,6 +1,6 @@
 # how far the float64 loop's own outputs move when what a bf16 kernel rounds is rounded: the cotangent do, and
 # the inputs perturbed by one bf16 rounding's worth (relative 2^-9 uniform)
-import sys, functools, torch
+import sys, torch
 sys.path[:0] = [".", "tests"]
 import wkv_kernel as W
 from test_wkv_gpu import rel_rms

@@ -23,7 +23,6 @@ EDITS = {
   "P4": ("b_P4 += _mm(b_dY + _mm(tl.trans(b_Arb), b_do, BF16), tl.trans(b_Z), BF16)", "b_P4 += _mm(b_dY + _mm(tl.trans(b_Arb), b_do, BF16), tl.trans(b_Z), False)"),
   "A": ("A = r.new_empty(B, T, H, CHUNK, dtype=dtype)", "A = r.new_empty(B, T, H, CHUNK, dtype=torch.float32)"),
 }
-import re
 def kernel_tf32(s, name, lines=None):
     # the kernel's products in TF32 (BF16 False in its calls), or only on its lines that contain one of LINES
     i = s.index(f"def {name}(")

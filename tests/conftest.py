@@ -111,6 +111,15 @@ def most_alike_bf16(kind, inputs, n=10):
             for i in most_alike(kind, inputs, n)}
 
 
+def each_layer(layers, check):
+    """check(args) on every (layer, args) of layers; the first failure names its layer."""
+    for i, args in layers:
+        try:
+            check(args)
+        except AssertionError as e:
+            raise AssertionError(f"layer {i}: {e}") from None
+
+
 def save_most_alike(path, kind, inputs):  # adds {kind: most_alike_bf16(...)} to the file (21 MB with both kinds)
     got = torch.load(path) if Path(path).is_file() else {}
     got[kind] = most_alike_bf16(kind, inputs)

@@ -20,7 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import wkv_kernel as W  # noqa: E402
-from conftest import alike, most_alike, most_alike_bf16  # noqa: E402  (and the fixtures real_inputs / real_inputs6: SmolLM2's wkv inputs)
+# (and conftest's fixtures real_inputs / real_inputs6: SmolLM2's wkv inputs)
+from conftest import alike, each_layer, most_alike, most_alike_bf16  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TOL = 1e-4  # relative RMS error against the float64 loop, float32 everywhere
@@ -341,11 +342,8 @@ def test_real_activations_have_alike_keys(real_inputs):
 
 @pytest.mark.parametrize("kind", ["wkv6", "wkv7", "wkv7-any"])
 def test_chunked_on_real_activations(kind, request):
-    for i, args in enumerate(request.getfixturevalue("real_inputs6" if kind == "wkv6" else "real_inputs")):
-        try:
-            check_against_loop(kind, impl(kind, chunked=True), args, None)
-        except AssertionError as e:
-            raise AssertionError(f"layer {i}: {e}") from None
+    inputs = request.getfixturevalue("real_inputs6" if kind == "wkv6" else "real_inputs")
+    each_layer(enumerate(inputs), lambda args: check_against_loop(kind, impl(kind, chunked=True), args, None))
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="runs in a TRITON_INTERPRET=1 child process")
@@ -353,11 +351,8 @@ def test_chunked_on_real_activations(kind, request):
 def test_kernel_on_real_activations(kind, request):
     # the interpreter is slow: the two layers whose keys are most alike, three heads of one sequence each
     inputs = request.getfixturevalue("real_inputs6" if kind == "wkv6" else "real_inputs")
-    for i in most_alike(kind, inputs, 2):
-        try:
-            check_against_loop(kind, impl(kind), [x[:1, :, :3] for x in inputs[i]], None)
-        except AssertionError as e:
-            raise AssertionError(f"layer {i}: {e}") from None
+    each_layer(((i, [x[:1, :, :3] for x in inputs[i]]) for i in most_alike(kind, inputs, 2)),
+               lambda args: check_against_loop(kind, impl(kind), args, None))
 
 
 # -----------------------------------------------------------------------------
@@ -403,7 +398,7 @@ def gpu_arithmetic(monkeypatch):
         return I.TensorHandle(np.matmul(x, y, dtype=np.float32) + acc.data, acc.dtype.scalar)
 
     monkeypatch.setattr(I.InterpreterBuilder, "cast_impl", cast_impl)
-    monkeypatch.setattr(I.InterpreterBuilder, "create_fp_to_fp", lambda self, src, dst_type, mode: cast_impl(self, src, dst_type))
+    monkeypatch.setattr(I.InterpreterBuilder, "create_fp_to_fp", lambda self, src, dst, mode: cast_impl(self, src, dst))
     monkeypatch.setattr(I.InterpreterBuilder, "create_dot", create_dot)
 
 
@@ -434,7 +429,6 @@ def test_kernel_gpu_arithmetic_emulated(gpu_arithmetic):
     assert 5e-5 < rel_rms(out, exact) < 1e-3  # TF32's 2^-11 = 5e-4; float32 would be ~1e-7
 
 
-
 @needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32-tf32"])
 @pytest.mark.parametrize("kind,keys", KINDS, ids=KIND_IDS)
@@ -444,6 +438,7 @@ def test_kernel_gpu_precision(kind, keys, dtype, gpu_arithmetic):
     args, state = W.example_inputs(kind[:4], 2, 300, 2, 64, keys=keys, dtype=dtype, state=True)
     check_against_loop(kind, impl(kind), args, state, tol=2e-2 if dtype == torch.bfloat16 else 5e-3)
 
+
 @needs_interpreter
 @pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
 def test_kernel_on_real_activations_bf16(kind, request, gpu_arithmetic):
@@ -451,11 +446,7 @@ def test_kernel_on_real_activations_bf16(kind, request, gpu_arithmetic):
     # and tolerance (2e-2 for bfloat16). Before dLab's products were TF32, wkv7's da was 1.2-2.3e-2 here
     # (2.3e-2 on an H100 on layer 19, where this gives 1.8e-2)
     inputs = most_alike_bf16(kind, request.getfixturevalue("real_inputs6" if kind == "wkv6" else "real_inputs"))
-    for i, args in inputs.items():
-        try:
-            check_against_loop(kind, impl(kind), args, None, tol=2e-2)
-        except AssertionError as e:
-            raise AssertionError(f"layer {i}: {e}") from None
+    each_layer(inputs.items(), lambda args: check_against_loop(kind, impl(kind), args, None, tol=2e-2))
 
 
 @needs_interpreter

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import wkv_kernel as W  # noqa: E402
-from conftest import most_alike_bf16  # noqa: E402
+from conftest import each_layer, most_alike_bf16  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL = {torch.bfloat16: 2e-2, torch.float32: 5e-3}
@@ -121,11 +121,10 @@ def real(request):
 
 @pytest.mark.parametrize("kind", ["wkv6", "wkv7"])
 def test_real_activations(kind, real):
-    for i, args in real[kind].items():
+    def check(args):
         args = [x.cuda() for x in args]
         B, T, H, N = args[0].shape
-        try:
-            compare(kind, args, torch.zeros(B, H, N, N, device="cuda"), getattr(W, f"{kind}_ref"),
-                    TOL[torch.bfloat16], ref_dtype=torch.float64)
-        except AssertionError as e:
-            raise AssertionError(f"layer {i}: {e}") from None
+        compare(kind, args, torch.zeros(B, H, N, N, device="cuda"), getattr(W, f"{kind}_ref"), TOL[torch.bfloat16],
+                ref_dtype=torch.float64)
+
+    each_layer(real[kind].items(), check)

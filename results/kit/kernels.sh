@@ -1,7 +1,8 @@
 # The README's kernel table in one GPU run, flash-linear-attention 0.6.0 beside. Carry .carry/k (CUDA 13.5's ptxas.xz,
 # the fla-core and flash-linear-attention wheels, and fla_autotune_h100.tgz / _h200.tgz where an earlier run on that
-# GPU brought its fla_autotune.tgz back: the cache key names sm_90 alone; the H100's served the H200 as well on
-# 2026-12-06, fla's times within 3% of its own H200 tuning's, results/README.md), then
+# GPU brought its fla_autotune.tgz back, else results/kit/fla_autotune_sm90.tgz, N = 128's from an H100: the cache
+# key names sm_90 alone; the H100's served the H200 as well on 2026-12-06, fla's times within 3% of its own H200
+# tuning's, results/README.md), then
 # bash results/kit/kernels.sh [HEAD_SIZES] && bash results/kit/poll.sh 560 (and poll.sh again at once until DONE).
 # 1. fla's autotuning (about 9-10 minutes per head size) alone on the GPU, one head size at a time, timings thrown
 #    away (seconds where the tuning came along); its results stay in TRITON_CACHE_DIR and come back as
@@ -24,7 +25,8 @@ if [ "$1" != run ]; then
   xz -dc .carry/k/ptxas.xz > /tmp/ptxas && chmod +x /tmp/ptxas
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .carry/k/*.whl
   G=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -o "H[0-9][0-9]*" | head -1 | tr H h)
-  [ ! -f .carry/k/fla_autotune_$G.tgz ] || tar -xzf .carry/k/fla_autotune_$G.tgz -C /tmp/tcache
+  F=.carry/k/fla_autotune_$G.tgz; [ -f $F ] || F=results/kit/fla_autotune_sm90.tgz  # fla's tuning at N = 128 (H100)
+  [ ! -f $F ] || tar -xzf $F -C /tmp/tcache
   rm -rf /tmp/repo && mkdir -p /tmp/repo && cp -r $(ls -A | grep -v "^.carry$") /tmp/repo/
   for v in $(ls .carry/k/ab 2>/dev/null); do rm -rf /tmp/ab_$v && cp -r /tmp/repo /tmp/ab_$v && \
     cp .carry/k/ab/$v/wkv_kernel.py /tmp/ab_$v/; done

@@ -381,6 +381,7 @@ class DistillBench:
     steps: int = 10  # timed steps, after 3 warm-up steps
     dtype: str = "bfloat16"  # compute dtype, as distill.py --dtype
     profile: int = 0  # then print the N GPU kernels that took longest over two more steps (torch.profiler; 0 = none)
+    trace: str = ""  # with --profile: also write those two steps' timeline to this file (Perfetto / chrome://tracing)
     out: str = ""  # JSON file ("" = results/distill_speed_<gpu>.json, rows appended)
 
 
@@ -429,8 +430,11 @@ def distill_step(cfg):
         with torch.profiler.profile() as prof:
             step(0), step(1), sync(device)
         wall, kernels = time.perf_counter() - t0, prof.key_averages()
-        busy = sum(e.self_device_time_total for e in kernels) / 1e3  # ms (profiled: both slower than unprofiled)
+        busy = sum(e.self_device_time_total for e in kernels  # ms (profiled: both slower than unprofiled)
+                   if e.device_type != torch.autograd.DeviceType.CPU) / 1e3  # the kernels, not the ops launching them
         if rank == 0:
+            if cfg.trace:
+                prof.export_chrome_trace(cfg.trace)
             print(kernels.table(sort_by="self_device_time_total", row_limit=cfg.profile, max_name_column_width=60))
             print(f"two profiled steps: {1e3 * wall:.0f} ms, the device's kernels {busy:.0f} ms of it")
     tokens = accum * cfg.micro_batch * cfg.seq_len

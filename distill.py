@@ -599,8 +599,7 @@ def rank_by_training(cfg, teacher, student, mp, get_batch, val_ds, stage_dir, ra
                   disable=rank != 0, dynamic_ncols=True, leave=False):
         c = dataclasses.replace(cfg, attention_layers=",".join(map(str, sorted(given + [i]))))
         rows.append({"layer": i, "kl": short_run(c, build(c, device, mp, teacher=teacher)[1].train())})
-        gc.collect()  # that student and its optimizer (FSDP's hooks hold them in cycles) freed while the process
-        #               group lives: left to the interpreter's exit, their teardown could abort a process
+        gc.collect()  # that student (in cycles through FSDP's hooks) freed now, not at exit after the process group
         print0(f"layer {i} given attention: val KL {rows[-1]['kl']:.4f}")
     out = {"teacher": cfg.teacher, "student": init_source(cfg), "given": given, "val_data": cfg.val_data,
            "steps": cfg.rank_steps, "tokens": cfg.rank_steps * cfg.batch_size * cfg.seq_len, "kl": base,

@@ -1,7 +1,7 @@
 # Rebuilds the ignored .carry/ folders the GPU runs take, from the package registries and ../shared (a fresh
 # checkout has none). From the root, with the project's environment active: bash results/kit/carry.sh
 #   .carry/k  CUDA 13.5's ptxas (xz), fla-core and flash-linear-attention 0.6.0 wheels, SmolLM2's wkv inputs for
-#             tests/test_wkv_gpu.py's real-activation tests; with the variant of results/variants_1206b as ab/hilo
+#             tests/test_wkv_gpu.py's real-activation tests (a variant to time: .carry/k/ab/NAME/wkv_kernel.py)
 #   .carry/a  the evaluation files, val-00, the gguf wheel      .carry/b  train-00..02      .carry/c  train-03..04
 #   .carry/d, .carry/e  the teacher's GGUF in two halves (results/kit/run.sh joins and checks them)
 # One call per folder (64 MiB a call): the first with .carry/k and .carry/a, then b, c, d, e, each copying its files
@@ -20,6 +20,4 @@ G=$(python -c "import convert; print(convert.smollm2_gguf_path())")  # pip insta
 split -b 50M "$G" $D/gguf. && mv $D/gguf.aa .carry/d/ && mv $D/gguf.ab .carry/e/
 WKV_REAL_INPUTS=.carry/k/wkv_inputs.pt python -m pytest -q tests/test_wkv.py -k "real_activations and not bf16 and not \
 interpret" > /dev/null
-mkdir -p .carry/k/ab/hilo && git show HEAD:wkv_kernel.py > .carry/k/ab/hilo/wkv_kernel.py
-(cd .carry/k/ab/hilo && patch -s wkv_kernel.py < ../../../../results/variants_1206b/dlab_hilo.diff)
 rm -rf $D; du -sh .carry/*

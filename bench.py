@@ -7,7 +7,7 @@ Benchmarks. Each prints a table and writes it as JSON (a list of rows) under res
         --tiles also times variants of the kernels' tiles and warps beside the defaults
     python bench.py decode --preset qwen2.5-7b | --models NAME=DIR ...
         prefill and decode tokens/s and peak memory: recurrent students against the KV-cache teacher
-    python bench.py distill --preset qwen2.5-7b --stage 1 [--layers 8]
+    python bench.py distill --preset qwen2.5-7b --stage 1 [--layers 8] [--profile 30 [--trace T.json]]
         one distillation step of distill.py on a random teacher built in memory: tokens/s per device, MFU,
         peak memory, and where the time goes (teacher forward, student forward, backward, optimizer, WKV)
 

@@ -430,8 +430,9 @@ def distill_step(cfg):
         with torch.profiler.profile() as prof:
             step(0), step(1), sync(device)
         wall, kernels = time.perf_counter() - t0, prof.key_averages()
-        busy = sum(e.self_device_time_total for e in kernels  # ms (profiled: both slower than unprofiled)
-                   if e.device_type != torch.autograd.DeviceType.CPU) / 1e3  # the kernels, not the ops launching them
+        busy = sum(e.self_device_time_total for e in kernels  # ms of kernels, as the table's total: not the ops
+                   if e.device_type == torch.autograd.DeviceType.CUDA  # launching them, nor the GPU-side annotations
+                   and not getattr(e, "is_user_annotation", False)) / 1e3  # (profiled: both slower than unprofiled)
         if rank == 0:
             if cfg.trace:
                 prof.export_chrome_trace(cfg.trace)

@@ -534,6 +534,8 @@ def main(argv):
         read_rows(cfg.out)
     if args.command == "distill" and cfg.layers > (n := M.ModelConfig.from_name(cfg.preset).num_hidden_layers):
         raise data.UsageError(f"--layers {cfg.layers}: {cfg.preset} has {n} (--layers keeps the first N)")
+    if args.command == "distill" and cfg.trace and not cfg.profile:
+        raise data.UsageError("--trace writes the profiled steps' timeline: give --profile N too")
     fn(cfg)
 
 

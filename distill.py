@@ -11,10 +11,10 @@ the same command resumes from the newest complete checkpoint.
 Sections: config -> distributed init -> data -> models -> sharding -> optimizer -> resume -> loop.
 """
 import dataclasses
-import gc
 import datetime
 import fcntl
 import functools
+import gc
 import glob
 import itertools
 import json

@@ -297,7 +297,8 @@ def test_flags_each_benchmark_refuses(monkeypatch):
                         (["distill", "--layers", "-1"], "--layers must be >= 0"),
                         (["distill", "--preset", "tiny", "--layers", "4"], "--layers 4: tiny has 3"),
                         (["distill", "--batch_size", "-4"], "--batch_size must be >= 0"),
-                        (["distill", "--preset", "qwen9"], "--preset must be one of")]:
+                        (["distill", "--preset", "qwen9"], "--preset must be one of"),
+                        (["distill", "--trace", "t.json"], "give --profile N too")]:
         with pytest.raises(bench.data.UsageError, match=words):
             bench.main(args)
 

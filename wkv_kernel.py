@@ -609,7 +609,7 @@ def _dmat_kernel(A, K, W, AH, Bt, v, do, states, dstates, Tm, Mm, Arbm, Lakm, dv
         b_Tt = tl.trans(b_T)
         b_dLak = tl.where(m_strict, _mm(b_Tt, b_dM, BF16), 0)
         # dLab: in bfloat16 this chain of two products left wkv7's da 1.2-2.3e-2 off the float64 loop on SmolLM2's
-        # inputs, in TF32 0.9-1.2e-2 and so with the float32 factor split in two bfloat16 parts (_mm_hilo), the
+        # inputs, in TF32 0.9-1.2e-2, the same with the float32 factor split in two bfloat16 parts (_mm_hilo), the
         # other gradients 3-8e-3 (tests/test_wkv.py, bfloat16 emulated in the interpreter); _mm_hilo's four products
         # ran wkv7's forward+backward 1.4% faster than TF32's two (H100) in fewer registers, no spills on sm_90
         b_dLab = tl.where(m_strict, _mm_hilo(_mm_hilo(b_Tt, b_dT, BF16, False), b_Tt, BF16, True), 0)

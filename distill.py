@@ -277,16 +277,23 @@ def sharded(model_cfg, dtype, device, mp, tensors, what, split_mixers=False, pre
     # FSDP2: each block (and in step 1 each time mixer on its own) then the root, whose embedding and head stay
     # gathered from the forward to the backward; a frozen model has no backward, so its root is freed after forward.
     # Step 1 calls the mixers alone, which makes each a root of its own: told to free their weights after forward,
-    # or all of them would stay gathered until the backward
+    # or all of them would stay gathered until the backward. A world of one process has nothing to shard, and there
+    # FSDP2 copies (and casts) each weight alone at every gather, thousands of copies a step that a small model's
+    # step waits on the CPU for: the frozen teacher stays a plain module, and the student's units keep their weights
+    # gathered from the forward to the backward (a compute-dtype copy of the student) unless they recompute their
+    # activations (--activation_checkpointing: memory first)
+    spread = dist.get_world_size() > 1
     with torch.device("meta"):
         model = M.Model(model_cfg).to(dtype)
     if prepare:
         prepare(model)
-    for block in model.model.layers:
-        if split_mixers:
-            fully_shard(block.self_attn, mp_policy=mp, reshard_after_forward=True)
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp, reshard_after_forward=frozen)
+    if spread or not frozen:
+        for block in model.model.layers:
+            free = spread or block.checkpointing
+            if split_mixers:
+                fully_shard(block.self_attn, mp_policy=mp, reshard_after_forward=free)
+            fully_shard(block, mp_policy=mp, reshard_after_forward=free)
+        fully_shard(model, mp_policy=mp, reshard_after_forward=frozen)
     model.to_empty(device=device)
     return model.init_weights() if tensors is None else convert.load_into(model, tensors, what)
 

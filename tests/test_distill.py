@@ -146,9 +146,10 @@ def test_two_processes_match_one(setup):
     assert min(losses(setup, "one", 2, "norm").values()) > 0.004  # so the clip acted
 
 
-def test_the_frozen_teacher_is_sharded_again_after_its_forward():
+def test_the_frozen_teacher_is_sharded_again_after_its_forward(tmp_path):
     # the teacher has no backward: its root (embedding, head) must not stay gathered after a forward, as the
-    # student's does until its backward (a 7B teacher's would hold 2.2 GB on every GPU for the whole run)
+    # student's does until its backward (a 7B teacher's would hold 2.2 GB on every GPU for the whole run); two
+    # processes (a world of one shards nothing)
     code = """if True:
         import torch, distill, model as M
         from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -160,9 +161,9 @@ def test_the_frozen_teacher_is_sharded_again_after_its_forward():
                                 frozen=frozen)
             with torch.no_grad():
                 m(torch.zeros(1, 4, dtype=torch.long, device=device))
-            print(frozen, [isinstance(p, DTensor) for p in (m.lm_head.weight, m.model.embed_tokens.weight)])
+            distill.print0(frozen, [isinstance(p, DTensor) for p in (m.lm_head.weight, m.model.embed_tokens.weight)])
     """
-    out = python_c(code)
+    out = python_c(code, nproc=2, tmp=tmp_path)
     assert out.split("\n")[:2] == ["True [True, True]", "False [False, False]"], out
 
 
@@ -193,9 +194,12 @@ def test_optimizer_step_is_adamw_on_the_shards():
     assert out.startswith("True True"), out
 
 
-def test_step1_mixers_free_their_weights_after_forward():
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_step1_mixers_free_their_weights_after_forward(nproc, tmp_path):
     # step 1 calls each sharded time mixer alone, which makes each an FSDP root: told to reshard after forward, its
-    # gathered weights are freed until its backward gathers them again (else every mixer's stayed gathered at once)
+    # gathered weights are freed until its backward gathers them again (else every mixer's stayed gathered at once).
+    # A world of one keeps them (it shards nothing: the gathered weights are one bfloat16 copy), and its teacher is
+    # no FSDP module at all
     code = """if True:
         import torch, distill, model as M
         from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -211,9 +215,34 @@ def test_step1_mixers_free_their_weights_after_forward():
         sharded = lambda: all(isinstance(p, DTensor) for m in mixers for p in m.parameters())
         after_forward = sharded()
         loss.backward()
-        print(after_forward, sharded(), all(m.q_proj.weight.grad is not None for m in mixers))
+        plain = not any(isinstance(p, DTensor) for p in teacher.parameters())
+        distill.print0(after_forward, sharded(), all(m.q_proj.weight.grad is not None for m in mixers), plain)
     """
-    assert python_c(code).split() == ["True", "True", "True"]
+    out = python_c(code, nproc=nproc, tmp=tmp_path).split()
+    assert out == ["True", "True", "True", "False"] if nproc == 2 else ["False", "True", "True", "True"], out
+
+
+def test_one_process_keeps_gathered_weights_unless_checkpointing():
+    # a world of one shards nothing: the student's blocks keep their gathered weights from the forward to the
+    # backward (no second gather of every weight for the backward) unless they recompute their activations; the
+    # backward frees them either way (the optimizer updates the sharded ones)
+    code = """if True:
+        import torch, distill, model as M
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+        from torch.distributed.tensor import DTensor
+        device = distill.setup_distributed()[2]
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for ckpt in (False, True):
+            cfg = distill.Config(stage=2, compile=False, activation_checkpointing=ckpt, init_from="teacher")
+            student = distill.build(cfg, device, mp, teacher_cfg=M.ModelConfig(**M.PRESETS["tiny"]))[1]
+            sharded = lambda: [isinstance(b.mlp.up_proj.weight, DTensor) for b in student.model.layers]
+            logits = student(torch.randint(0, 512, (1, 9)))
+            after_forward = sharded()
+            logits.float().square().mean().backward()
+            print(ckpt, after_forward, sharded())
+    """
+    out = python_c(code).splitlines()
+    assert out == ["False [False, False, False] [True, True, True]", "True [True, True, True] [True, True, True]"], out
 
 
 def process_tree(pid):

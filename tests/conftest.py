@@ -162,15 +162,18 @@ def small_args(setup, out):
             "--ckpt_every", "1000"]
 
 
+def launcher(nproc):
+    """The command a script runs under: plain python for one process, else torchrun with nproc on a free port."""
+    if nproc == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+
+
 def run(setup, out, *args, nproc=1, wait=True, check=True):
     """distill.py with small_args (later arguments override them): its output, or with check=False (returncode,
     output), or with wait=False the running process."""
     common = small_args(setup, out)
-    if nproc == 1:
-        cmd = [sys.executable, "distill.py"]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={free_port()}", "distill.py"]
+    cmd = launcher(nproc) + ["distill.py"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     p = subprocess.Popen(cmd + common + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -189,8 +192,7 @@ def python_c(code, nproc=1, tmp=None):
     cmd = [sys.executable, "-c", code]
     if nproc > 1:
         Path(tmp, "c.py").write_text(code)
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={free_port()}", str(Path(tmp, "c.py"))]
+        cmd = launcher(nproc) + [str(Path(tmp, "c.py"))]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)) if nproc > 1 else None
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -189,11 +189,11 @@ def run(setup, out, *args, nproc=1, wait=True, check=True):
 def python_c(code, nproc=1, tmp=None):
     """`python -c code` in the repository (distill's code as a world of one process), or as nproc processes under
     torchrun (the code in tmp / "c.py"): its stdout, once it succeeded."""
-    cmd = [sys.executable, "-c", code]
+    cmd, env = [sys.executable, "-c", code], None
     if nproc > 1:
         Path(tmp, "c.py").write_text(code)
         cmd = launcher(nproc) + [str(Path(tmp, "c.py"))]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)) if nproc > 1 else None
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout

@@ -660,7 +660,7 @@ def finish(cfg, student, stage_dir, rank, metrics):
             shutil.rmtree(final)
         os.replace(final + ".tmp", final)
         metrics.close()
-        plot(stage_dir)
+        E.plot_losses(stage_dir)
         print0(f"saved {final}")
     dist.barrier(group=wait)  # on the CPU: rank 0's write (minutes at 72B) may outlast the GPU collectives' timeout
 
@@ -772,32 +772,6 @@ def main(argv):
         log_val(cfg, steps, steps, evaluate(cfg, teacher, student, hooks, val_ds, rank, world, device), metrics)
     finish(cfg, student, stage_dir, rank, metrics)
     dist.destroy_process_group()
-
-
-def plot(stage_dir):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print0("matplotlib not installed: no loss curve PNG")
-        return
-    rows = []
-    for line in open(os.path.join(stage_dir, "metrics.jsonl")):
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line a crash cut short
-            pass
-    plt.figure(figsize=(6, 4))
-    for key, label in [("loss", "train"), ("val_loss", "val")]:
-        # a resumed run logs the steps after its checkpoint again: keep the last value per step
-        pts = sorted({r["step"]: r[key] for r in rows if key in r}.items())
-        if pts:
-            plt.plot(*zip(*pts), label=label)
-    plt.gca().set(xlabel="step", ylabel="loss", yscale="log", title=os.path.basename(os.path.normpath(stage_dir)))
-    plt.legend()
-    plt.savefig(os.path.join(stage_dir, "loss.png"), dpi=120, bbox_inches="tight")
-    plt.close()
 
 
 if __name__ == "__main__":

@@ -567,14 +567,21 @@ def write_ranking(cfg, paths, device, dtype):
     return out
 
 
-def plot_ranking(rep, path):
-    """ranking.json's KL per layer given attention as bars, the student's own KL as a line (needs matplotlib)."""
+def pyplot(what):
+    # matplotlib's pyplot drawing to files, or None (it is an optional extra) with a line saying what is not drawn
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt
     except ImportError:
-        print("matplotlib not installed: no ranking.png")
+        print(f"matplotlib not installed: no {what}")
+
+
+def plot_ranking(rep, path):
+    """ranking.json's KL per layer given attention as bars, the student's own KL as a line (needs matplotlib)."""
+    plt = pyplot("ranking.png")
+    if plt is None:
         return
     kl = {r["layer"]: r["kl"] for r in rep["ranking"]}
     top = [r["layer"] for r in rep["ranking"][:4]]
@@ -587,6 +594,29 @@ def plot_ranking(rep, path):
     plt.savefig(path, dpi=120, bbox_inches="tight")
     plt.close()
 
+
+
+def plot_losses(stage_dir):
+    """distill.py's metrics.jsonl: training and validation loss per step -> loss.png beside it (needs matplotlib)."""
+    plt = pyplot("loss curve PNG")
+    if plt is None:
+        return
+    rows = []
+    for line in open(os.path.join(stage_dir, "metrics.jsonl")):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line a crash cut short
+            pass
+    plt.figure(figsize=(6, 4))
+    for key, label in [("loss", "train"), ("val_loss", "val")]:
+        # a resumed run logs the steps after its checkpoint again: keep the last value per step
+        pts = sorted({r["step"]: r[key] for r in rows if key in r}.items())
+        if pts:
+            plt.plot(*zip(*pts), label=label)
+    plt.gca().set(xlabel="step", ylabel="loss", yscale="log", title=os.path.basename(os.path.normpath(stage_dir)))
+    plt.legend()
+    plt.savefig(os.path.join(stage_dir, "loss.png"), dpi=120, bbox_inches="tight")
+    plt.close()
 
 def merged_results(paths):
     results, devices = {}, []

@@ -453,7 +453,7 @@ def distill_step(cfg):
                      "ms"],
                     [[row["model"], row["layers"], row["stage"], row["batch_size"], row["micro_batch"],
                       row["activation_checkpointing"],
-                      f"{row['tokens_per_s_per_gpu']:,.0f}", fmt(row["mfu"] and 100 * row["mfu"], ".1f") + "%",
+                      f"{row['tokens_per_s_per_gpu']:,.0f}", fmt(row["mfu"], ".1%"),
                       fmt(row["peak_mem_gib"], ".1f"), f"{row['step_ms']:.1f}"]]))
         print("steps one by one (ms): min {:.1f}, median {:.1f}, max {:.1f}".format(*spread))
         print("split of one micro-batch with a synchronisation between parts, the optimizer's step divided by the "

@@ -1,6 +1,7 @@
 # Step 3 (context extension, cross-entropy at 16384 tokens, no teacher) timed with bench.py distill on one GPU: SmolLM2
 # at its whole depth, Qwen2.5-7B's width at 8 layers; the batch is step 3's default (8 x 16384, micro-batch 1, blocks
-# recomputed). Carry .carry/u (CUDA 13.5's ptxas). [SMOL_S=200 QWEN_S=360] bash results/distill_stage3_1206/run.sh (seconds each)
+# recomputed). Carry .carry/u (CUDA 13.5's ptxas). Each run's time limit in seconds:
+# [SMOL_S=200 QWEN_S=360] bash results/distill_stage3_1206/run.sh
 xz -dc .carry/u/ptxas.xz > /tmp/ptxas && chmod +x /tmp/ptxas
 nvidia-smi --query-gpu=name,driver_version --format=csv > $OUT/gpu.txt
 export TRITON_PTXAS_PATH=/tmp/ptxas

@@ -595,7 +595,6 @@ def plot_ranking(rep, path):
     plt.close()
 
 
-
 def plot_losses(stage_dir):
     """distill.py's metrics.jsonl: training and validation loss per step -> loss.png beside it (needs matplotlib)."""
     plt = pyplot("loss curve PNG")
@@ -617,6 +616,7 @@ def plot_losses(stage_dir):
     plt.legend()
     plt.savefig(os.path.join(stage_dir, "loss.png"), dpi=120, bbox_inches="tight")
     plt.close()
+
 
 def merged_results(paths):
     results, devices = {}, []
